@@ -29,7 +29,11 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("cache_length", None),
     ("layers", None),
     ("channels", None),
-    ("patch", None),
+    ("patch_h", None),
+    ("patch_w", None),
+    ("positions", None),
+    ("vision_embed", None),
+    ("norm", None),
 )
 
 

@@ -1,0 +1,197 @@
+"""A captioner bundle: weights + everything needed to turn an image into prompt inputs.
+
+Read from a llava-hf folder (`model.hf_dir`: config.json, safetensors, tokenizer, processor
+config, chat template) or from a converted checkpoint written by `recap_jax.convert`:
+
+    CHECKPOINT/
+      recap_config.json   model config, image settings, prompt template, stop tokens, dtype
+      tokenizer/          tokenizer files (save_pretrained)
+      params/             Orbax checkpoint of the Flax params
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import orbax.checkpoint as ocp
+import transformers
+from etils import epath
+from flax import linen as nn
+
+from recap_jax.conversion.llava import LLAVA_HF_RENAMES, abstract_params, convert_params
+from recap_jax.conversion.tensors import CheckpointTensors, ConversionError
+from recap_jax.models.config import LlavaConfig, llava_config_from_hf, read_json
+from recap_jax.preprocess.image import ImageSettings
+from recap_jax.preprocess.text import PromptEncoder, stop_token_ids
+
+CONFIG_FILE = "recap_config.json"
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+
+
+@dataclasses.dataclass
+class CaptionerSpec:
+    """Everything but the weights."""
+    config: LlavaConfig
+    image: ImageSettings
+    tokenizer: transformers.PreTrainedTokenizerBase
+    template: str | None  # a named template (preprocess.text.TEMPLATES) or None
+    chat_template: str | None  # the checkpoint's jinja template when `template` is None
+    stop_ids: tuple[int, ...]
+
+    def prompt_encoder(self) -> PromptEncoder:
+        return PromptEncoder(self.tokenizer, self.config.image_token_id, self.config.num_image_tokens,
+                             self.template, self.chat_template)
+
+
+def _dtype(name: str):
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r}: expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_tokenizer(folder: epath.PathLike) -> transformers.PreTrainedTokenizerBase:
+    folder = epath.Path(folder)
+    if not (folder / "tokenizer.json").exists() and not (folder / "tokenizer_config.json").exists():
+        raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def read_chat_template(folder: epath.PathLike) -> str | None:
+    """The processor's chat template (chat_template.jinja / .json), if the folder has one."""
+    folder = epath.Path(folder)
+    if (folder / "chat_template.jinja").exists():
+        return (folder / "chat_template.jinja").read_text()
+    if (folder / "chat_template.json").exists():
+        return json.loads((folder / "chat_template.json").read_text())["chat_template"]
+    if (folder / "processor_config.json").exists():
+        return json.loads((folder / "processor_config.json").read_text()).get("chat_template")
+    return None
+
+
+def read_image_processor_config(folder: epath.PathLike) -> dict[str, Any] | None:
+    """`preprocessor_config.json` (transformers 4.x) or the `image_processor` entry of
+    `processor_config.json` (transformers 5.x)."""
+    folder = epath.Path(folder)
+    if (folder / "preprocessor_config.json").exists():
+        return read_json(folder / "preprocessor_config.json")
+    if (folder / "processor_config.json").exists():
+        return read_json(folder / "processor_config.json").get("image_processor")
+    return None
+
+
+def read_llava_hf_spec(hf_dir: epath.PathLike, tokenizer_dir: epath.PathLike | None = None,
+                       template: str | None = None) -> CaptionerSpec:
+    """The spec of a llava-hf checkpoint folder (the weights are read separately)."""
+    hf_dir = epath.Path(hf_dir)
+    if not (hf_dir / "config.json").exists():
+        raise FileNotFoundError(f"{hf_dir}: no config.json; is this a llava-hf checkpoint folder?")
+    raw = read_json(hf_dir / "config.json")
+    config = llava_config_from_hf(raw)
+    processor = read_image_processor_config(hf_dir)
+    if processor is not None:
+        image = ImageSettings.from_hf_processor(processor)
+    else:  # no processor config: CLIP defaults at the tower's resolution, LLaVA-1.5's padding
+        image = ImageSettings(size=config.vision.image_size, mode="pad")
+    if image.size != config.vision.image_size:
+        raise ConversionError(f"preprocessor_config.json crops to {image.size}px but the vision tower "
+                              f"takes {config.vision.image_size}px")
+    tokenizer = load_tokenizer(tokenizer_dir or hf_dir)
+    chat_template = None if template else read_chat_template(hf_dir) or tokenizer.chat_template
+    generation = hf_dir / "generation_config.json"
+    eos = read_json(generation).get("eos_token_id") if generation.exists() else None
+    return CaptionerSpec(config, image, tokenizer, template, chat_template, stop_token_ids(tokenizer, eos))
+
+
+def llava_hf_tensors(hf_dir: epath.PathLike) -> CheckpointTensors:
+    return CheckpointTensors().add_folder(hf_dir, LLAVA_HF_RENAMES)
+
+
+# --- the converted checkpoint -------------------------------------------------------------
+
+
+def save_converted(out_dir: epath.PathLike, spec: CaptionerSpec, params: dict, dtype: str,
+                   source: dict[str, Any], overwrite: bool = False) -> epath.Path:
+    """Write the bundle into a temporary sibling folder, then rename: a crash leaves no half
+    checkpoint under `out_dir`."""
+    out_dir = epath.Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+        spec.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        meta = {"llava": spec.config.to_json_dict(), "image": spec.image.to_json_dict(),
+                "template": spec.template, "chat_template": spec.chat_template,
+                "stop_ids": list(spec.stop_ids), "dtype": dtype, "source": source}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(os.fspath(tmp / "params"), params)
+            checkpointer.wait_until_finished()
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir
+
+
+def read_converted_spec(checkpoint: epath.PathLike, tokenizer_dir: epath.PathLike | None = None
+                        ) -> tuple[CaptionerSpec, str]:
+    checkpoint = epath.Path(checkpoint)
+    if not (checkpoint / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{checkpoint}: no {CONFIG_FILE}; convert a checkpoint with "
+                                "`python -m recap_jax.convert` first")
+    meta = read_json(checkpoint / CONFIG_FILE)
+    tokenizer = load_tokenizer(tokenizer_dir or checkpoint / "tokenizer")
+    spec = CaptionerSpec(LlavaConfig.from_json_dict(meta["llava"]), ImageSettings.from_json_dict(meta["image"]),
+                         tokenizer, meta.get("template"), meta.get("chat_template"),
+                         tuple(meta["stop_ids"]))
+    return spec, meta["dtype"]
+
+
+def restore_params(checkpoint: epath.PathLike, config: LlavaConfig, dtype: str,
+                   shardings=None) -> dict:
+    """Orbax params, placed with `shardings` (a tree of NamedSharding) or on the default device."""
+    boxed = abstract_params(config, jnp.dtype(_dtype(dtype)))
+    shapes = nn.unbox(boxed)
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, shapes)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(os.fspath(epath.Path(checkpoint) / "params"), target)
+
+
+def load_captioner(*, checkpoint: str | None = None, hf_dir: str | None = None,
+                   tokenizer: str | None = None, template: str | None = None, dtype: str = "float32",
+                   shardings_fn=None) -> tuple[CaptionerSpec, Any]:
+    """(spec, params) from a converted checkpoint or a llava-hf folder.
+
+    `shardings_fn(boxed_abstract_params) -> shardings` places the params on a mesh.
+    """
+    _dtype(dtype)
+    if checkpoint:
+        spec, stored = read_converted_spec(checkpoint, tokenizer or hf_dir)
+        if template:
+            spec.template = template
+        shardings = shardings_fn(abstract_params(spec.config, jnp.dtype(_dtype(dtype)))) if shardings_fn else None
+        params = restore_params(checkpoint, spec.config, dtype, shardings)
+        return spec, params
+    if not hf_dir:
+        raise ValueError("model: set model.checkpoint (a converted checkpoint) or model.hf_dir")
+    spec = read_llava_hf_spec(hf_dir, tokenizer, template)
+    host_params = convert_params(spec.config, llava_hf_tensors(hf_dir), _dtype(dtype))
+    if shardings_fn:
+        shardings = nn.unbox(shardings_fn(abstract_params(spec.config, jnp.dtype(_dtype(dtype)))))
+        return spec, jax.tree.map(jax.device_put, host_params, shardings)
+    return spec, jax.tree.map(jnp.asarray, host_params)

@@ -1,0 +1,75 @@
+"""Convert a Hugging Face LLaVA checkpoint folder into a self-contained recap_jax checkpoint.
+
+    python -m recap_jax.convert --hf_dir llava-llama-3-8b-hf --out ckpt/llava-llama3 --dtype bfloat16
+
+The output (Orbax params + tokenizer + image settings + prompt template) is what
+`python -m recap_jax.caption --config.model.checkpoint=...` loads; no HF folder is needed after.
+Tensors are read from safetensors only (pickled .bin files are refused), one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+from etils import epath
+
+from recap_jax.conversion import bundle
+from recap_jax.conversion.tensors import ConversionError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m recap_jax.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hf_dir", required=True,
+                        help="llava-hf checkpoint folder: config.json, *.safetensors, tokenizer and "
+                             "preprocessor_config.json (LlavaForConditionalGeneration)")
+    parser.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(bundle.DTYPES),
+                        help="dtype of the stored weights (default: bfloat16, as TPUs run them)")
+    parser.add_argument("--tokenizer_dir", default=None,
+                        help="tokenizer folder, when the checkpoint folder has none")
+    parser.add_argument("--template", default=None,
+                        help="named prompt template (e.g. llama3_llava) instead of the checkpoint's chat template")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    return parser
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.time()
+    out = epath.Path(args.out)
+    if out.exists() and not args.overwrite:
+        print(f"error: --out {out} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    try:
+        spec = bundle.read_llava_hf_spec(args.hf_dir, args.tokenizer_dir, args.template)
+        tensors = bundle.llava_hf_tensors(args.hf_dir)
+        count = 0
+
+        def progress(name: str) -> None:
+            nonlocal count
+            count += 1
+            if count % 50 == 0:
+                print(f"  {count} tensors converted ({time.time() - start:.0f}s)", flush=True)
+
+        params = bundle.convert_params(spec.config, tensors, bundle.DTYPES[args.dtype], on_tensor=progress)
+        source = {"hf_dir": str(epath.Path(args.hf_dir).resolve()), "layout": "llava-hf"}
+        bundle.save_converted(out, spec, params, args.dtype, source, overwrite=args.overwrite)
+    except (ConversionError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    size = tensors.total_bytes()
+    print(f"converted {args.hf_dir} -> {out} ({args.dtype}) in {time.time() - start:.1f}s; "
+          f"checkpoint {size / 2**30:.2f} GiB, peak RSS {peak_rss_bytes() / 2**30:.2f} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""LLaMA-3 decoder: RMSNorm, SwiGLU, grouped-query attention (MQA included), RoPE, KV cache.
+
+Two ways through the same weights:
+- prefill: a right-padded block of tokens attends causally; returns every layer's K/V so the
+  sampler can store them in its cache.
+- decode: one token per row at its own position; K/V are written into the cache at that
+  position and the row attends to cache entries 0..position. Rows are independent, which is
+  what lets the sampler refill finished rows with new captions (continuous batching).
+The cache is an explicit input and output (no flax "cache" collection): decode is a pure function.
+"""
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from recap_jax.models.config import TextConfig
+
+Dtype = Any
+
+
+def _init(names, init=nn.initializers.normal(0.02)):
+    return nn.with_logical_partitioning(init, names)
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer: [layers, batch, cache_length, kv_heads, head_dim]."""
+    k: jax.Array
+    v: jax.Array
+
+    @classmethod
+    def zeros(cls, config: TextConfig, batch: int, length: int, dtype: Dtype) -> "KVCache":
+        shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+KV_CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+
+
+def rope_inverse_frequencies(config: TextConfig) -> np.ndarray:
+    """Per-pair RoPE frequencies, with LLaMA-3.1's "llama3" scaling when configured."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq.astype(np.float32)
+    low_freq_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+    high_freq_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = ((scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor)
+              / (scaling.high_freq_factor - scaling.low_freq_factor))
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """x [B, S, heads, head_dim], positions [B, S]; HF's rotate-half layout."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, S, head_dim/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", _init(("embed",), nn.initializers.ones), (x.shape[-1],),
+                           self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        # HF casts back to the input dtype before the scale; so do we, for bf16 parity.
+        return scale.astype(self.dtype) * normed.astype(self.dtype)
+
+
+def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """q [B, S, H, D], k/v [B, T, KVH, D], mask [B, S, T] (True = attend) -> [B, S, H, D]."""
+    batch, q_len, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("bskgd,btkd->bkgst", q, k).astype(jnp.float32) * head_dim**-0.5
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
+    return out.reshape(batch, q_len, heads, head_dim)
+
+
+class DecoderLayer(nn.Module):
+    config: TextConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array, layer_cache: tuple | None):
+        """layer_cache None: causal prefill, returns this block's (k, v).
+        Else (k_cache, v_cache) [B, T, KVH, D]: x is one token per row at `positions` [B, 1]."""
+        cfg = self.config
+        dense = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = dict(eps=cfg.rms_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
+        inv_freq = rope_inverse_frequencies(cfg)
+
+        h = RMSNorm(name="input_layernorm", **norm)(x)
+        q = nn.DenseGeneral((cfg.num_heads, cfg.head_dim), name="q_proj", **dense,
+                            kernel_init=_init(("embed", "heads", "head_dim")))(h)
+        k = nn.DenseGeneral((cfg.num_kv_heads, cfg.head_dim), name="k_proj", **dense,
+                            kernel_init=_init(("embed", "kv_heads", "head_dim")))(h)
+        v = nn.DenseGeneral((cfg.num_kv_heads, cfg.head_dim), name="v_proj", **dense,
+                            kernel_init=_init(("embed", "kv_heads", "head_dim")))(h)
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+
+        if layer_cache is None:
+            seq = x.shape[1]
+            # Right padding: padded keys sit after every real query, so the causal mask hides them.
+            causal = jnp.tril(jnp.ones((seq, seq), bool))[None]
+            attn = grouped_attention(q, k, v, causal)
+            new_kv = (k, v)
+        else:
+            k_cache, v_cache = layer_cache
+            rows = jnp.arange(x.shape[0])
+            pos = positions[:, 0]
+            k_cache = k_cache.at[rows, pos].set(k[:, 0].astype(k_cache.dtype))
+            v_cache = v_cache.at[rows, pos].set(v[:, 0].astype(v_cache.dtype))
+            visible = jnp.arange(k_cache.shape[1])[None, :] <= pos[:, None]  # [B, T]
+            attn = grouped_attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype),
+                                     visible[:, None, :])
+            new_kv = (k_cache, v_cache)
+        attn = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), name="o_proj", **dense,
+                               kernel_init=_init(("heads", "head_dim", "embed")))(attn)
+        x = x + attn
+
+        h = RMSNorm(name="post_attention_layernorm", **norm)(x)
+        gate = nn.Dense(cfg.intermediate_size, name="gate_proj", **dense, kernel_init=_init(("embed", "mlp")))(h)
+        up = nn.Dense(cfg.intermediate_size, name="up_proj", **dense, kernel_init=_init(("embed", "mlp")))(h)
+        down = nn.Dense(cfg.hidden_size, name="down_proj", **dense,
+                        kernel_init=_init(("mlp", "embed")))(jax.nn.silu(gate) * up)
+        return x + down, new_kv
+
+
+class LlamaDecoder(nn.Module):
+    """Token embeddings, the scanned decoder blocks, final norm and LM head."""
+    config: TextConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        cfg = self.config
+        self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype,
+                                     param_dtype=self.param_dtype,
+                                     embedding_init=_init(("vocab", "embed")))
+        self.layers = nn.scan(DecoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+                              in_axes=(nn.broadcast, 0), length=cfg.num_layers,
+                              metadata_params={nn.PARTITION_NAME: "layers"})(
+                                  cfg, self.dtype, self.param_dtype)
+        self.norm = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype,
+                                    param_dtype=self.param_dtype, kernel_init=_init(("embed", "vocab")))
+
+    def embed(self, token_ids: jax.Array) -> jax.Array:
+        return self.embed_tokens(token_ids)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        hidden = self.norm(hidden)
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens.attend(hidden).astype(jnp.float32)
+        return self.lm_head(hidden).astype(jnp.float32)
+
+    def prefill(self, embeds: jax.Array, positions: jax.Array) -> tuple[jax.Array, KVCache]:
+        """embeds [B, S, D] -> (final hidden states [B, S, D] before the norm, K/V [L, B, S, KVH, Dh])."""
+        hidden, (k, v) = self.layers(embeds, positions, None)
+        return hidden, KVCache(k, v)
+
+    def decode(self, embeds: jax.Array, positions: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """embeds [B, 1, D] at positions [B] -> (logits [B, V], updated cache)."""
+        hidden, (k, v) = self.layers(embeds, positions[:, None], (cache.k, cache.v))
+        return self.logits(hidden[:, 0]), KVCache(k, v)
+
+    def __call__(self, token_ids: jax.Array, positions: jax.Array) -> jax.Array:
+        """Text-only forward (all positions' logits); used for init and tests."""
+        hidden, _ = self.prefill(self.embed(token_ids), positions)
+        return self.logits(hidden)

@@ -1,0 +1,82 @@
+"""Prompt token ids: chat template + tokenizer, with `<image>` expanded to the image tokens.
+
+The chat template is the checkpoint's own (llava-hf processors ship one) or a named template
+from `TEMPLATES` (the original LLaVA layout ships none).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jinja2
+import numpy as np
+import transformers
+
+IMAGE_PLACEHOLDER = "<image>"
+
+# The paper's recaptioning prompt.
+DEFAULT_PROMPT = ("Please generate a detailed caption of this image. "
+                  "Please be as descriptive as possible.")
+
+# LLaVA-LLaMA-3 as trained by the paper: a system-less user turn, the image placeholder on its
+# own line before the prompt, then the assistant header; the answer ends at <|eot_id|>.
+LLAMA3_LLAVA_TEMPLATE = (
+    "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+    "<image>\n{{ prompt }}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+
+TEMPLATES = {"llama3_llava": LLAMA3_LLAVA_TEMPLATE}
+
+
+@dataclasses.dataclass
+class PromptEncoder:
+    """Turns a text prompt into the token ids the model prefills (image tokens expanded)."""
+    tokenizer: transformers.PreTrainedTokenizerBase
+    image_token_id: int
+    num_image_tokens: int
+    # A key of TEMPLATES, or None to use the tokenizer's/processor's own chat template.
+    template: str | None = None
+    chat_template: str | None = None  # the checkpoint's jinja chat template, if any
+
+    def render(self, prompt: str) -> str:
+        if self.template is not None:
+            if self.template not in TEMPLATES:
+                raise ValueError(f"prompt template {self.template!r}: known templates are {sorted(TEMPLATES)}")
+            return jinja2.Template(TEMPLATES[self.template]).render(prompt=prompt)
+        chat_template = self.chat_template or getattr(self.tokenizer, "chat_template", None)
+        if not chat_template:
+            raise ValueError("the checkpoint has no chat template; name one with model.template "
+                             f"(one of {sorted(TEMPLATES)})")
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return self.tokenizer.apply_chat_template(conversation, chat_template=chat_template,
+                                                  add_generation_prompt=True, tokenize=False)
+
+    def encode(self, prompt: str) -> np.ndarray:
+        """Prompt text -> int32 ids, exactly one `<image>` expanded to `num_image_tokens` ids."""
+        text = self.render(prompt)
+        if text.count(IMAGE_PLACEHOLDER) != 1:
+            raise ValueError(f"the rendered prompt must hold exactly one {IMAGE_PLACEHOLDER}, got {text!r}")
+        bos = self.tokenizer.bos_token
+        # Templates that write the BOS themselves must not get a second one from the tokenizer.
+        add_special = not (bos and text.startswith(bos))
+        ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        positions = [i for i, t in enumerate(ids) if t == self.image_token_id]
+        if len(positions) != 1:
+            raise ValueError(f"{IMAGE_PLACEHOLDER} must tokenize to the single id {self.image_token_id}; "
+                             f"got {len(positions)} occurrences in {ids}")
+        at = positions[0]
+        expanded = ids[:at] + [self.image_token_id] * self.num_image_tokens + ids[at + 1:]
+        return np.asarray(expanded, np.int32)
+
+
+def stop_token_ids(tokenizer: transformers.PreTrainedTokenizerBase,
+                   generation_eos: int | list[int] | None = None) -> tuple[int, ...]:
+    """End-of-turn/EOS ids: the generation config's, the tokenizer's EOS and `<|eot_id|>`."""
+    ids = set()
+    if generation_eos is not None:
+        ids.update([generation_eos] if isinstance(generation_eos, int) else generation_eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    if isinstance(eot, int) and eot != tokenizer.unk_token_id:
+        ids.add(eot)
+    return tuple(sorted(ids))
