@@ -48,7 +48,7 @@ def load_reference(folder: pathlib.Path):
     return model, processor
 
 
-def test_images(seed: int = 0) -> list[Image.Image]:
+def sample_images(seed: int = 0) -> list[Image.Image]:
     """Images of different sizes and aspect ratios (both pre-processing modes matter)."""
     rng = np.random.default_rng(seed)
     sizes = [(40, 30), (23, 57), (28, 28), (64, 17)]
