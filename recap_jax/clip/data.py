@@ -1,0 +1,238 @@
+"""Input pipelines for CLIP: grain over the captioner's TFDS ArrayRecord output folders.
+
+Training pipeline, per host (all steps are lazy, random-access `grain.MapDataset` operations):
+
+    concatenate(folders) -> shuffle(seed) -> repeat (reshuffled every epoch)
+      -> map_with_index(pick caption, tokenize, decode + random-resized-crop)
+      -> keep this host's elements (index % process_count == process_index) -> batch
+
+Randomness is a pure function of (seed, global element index): whether the example uses
+`re_caption` (probability `re_caption_prob`) or `org_caption`, and its crop. So the order and
+the content are the same on every run, and the iterator state is one number (the next batch
+index) that is identical on every host: it goes into the checkpoint as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+# OpenAI CLIP's normalisation (also HF's CLIPImageProcessor default).
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------------------
+
+
+class Tokenizer:
+    """A HF tokenizer folder, used as BOS + text + EOS, truncated and padded to a fixed length."""
+
+    def __init__(self, folder: str):
+        from transformers import AutoTokenizer
+
+        if not folder or not os.path.isdir(folder):
+            raise ValueError(f"data.tokenizer: {folder!r} is not a local tokenizer folder")
+        self.folder = folder
+        self.hf = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.eos_id = self.hf.eos_token_id
+        if self.eos_id is None:
+            raise ValueError(f"data.tokenizer: {folder} defines no eos_token (CLIP pools at EOS)")
+        self.pad_id = self.hf.pad_token_id if self.hf.pad_token_id is not None else self.eos_id
+        self.vocab_size = len(self.hf)
+
+    def __call__(self, texts: Sequence[str], max_tokens: int, pad_to: int | None = None) -> np.ndarray:
+        """int32 [len(texts), pad_to]; each row is truncated to `max_tokens` but keeps its EOS."""
+        pad_to = pad_to or max_tokens
+        ids = self.hf(list(texts), truncation=True, max_length=max_tokens, add_special_tokens=True)["input_ids"]
+        out = np.full((len(texts), pad_to), self.pad_id, np.int32)
+        for row, seq in enumerate(ids):
+            out[row, :len(seq)] = seq
+            out[row, len(seq) - 1] = self.eos_id  # if the tokenizer truncated without re-adding EOS
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------
+
+
+def decode_image(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def normalize(image: Image.Image) -> np.ndarray:
+    return (np.asarray(image, np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
+
+
+def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
+    """Evaluation transform (HF CLIPImageProcessor): shorter side -> size, centre crop, normalise."""
+    scale = size / min(image.size)
+    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((w, h), Image.BICUBIC)
+    left, top = (w - size) // 2, (h - size) // 2
+    return normalize(image.crop((left, top, left + size, top + size)))
+
+
+def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator,
+                        scale: tuple[float, float] = (0.9, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+    """Training transform: a random crop covering `scale` of the area, resized to size x size."""
+    area = image.width * image.height
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+        w, h = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+        if 0 < w <= image.width and 0 < h <= image.height:
+            left = int(rng.integers(0, image.width - w + 1))
+            top = int(rng.integers(0, image.height - h + 1))
+            return normalize(image.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h)))
+    return resize_center_crop(image, size)  # degenerate aspect ratios
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------------------------
+
+
+def open_tfds_folder(folder: str, split: str = "train", field: str = "data.folders"):
+    """Random-access source over a TFDS dataset folder (ArrayRecord), e.g. the captioner's output."""
+    try:
+        builder = tfds.builder_from_directory(folder)
+    except Exception as e:  # noqa: BLE001 - re-raised with the config field named
+        raise ValueError(f"{field}: cannot open {folder!r} as a TFDS dataset folder: {e}") from e
+    if split not in builder.info.splits:
+        raise ValueError(f"{field}: {folder} has no split {split!r}; it has {list(builder.info.splits)}")
+    return builder.as_data_source(split)
+
+
+def split_folders(folders: str | Sequence[str]) -> list[str]:
+    """`data.folders` may be one comma-separated string (CLI friendly) or a sequence."""
+    if isinstance(folders, str):
+        folders = folders.split(",")
+    return [f.strip() for f in folders if f and f.strip()]
+
+
+def as_text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training pipeline
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainTransform:
+    """Turns (global index, record) into one training example; randomness from (seed, index)."""
+    tokenizer: Tokenizer
+    image_size: int
+    re_caption_prob: float
+    re_caption_max_tokens: int
+    org_caption_max_tokens: int
+    crop_scale: tuple[float, float]
+    seed: int
+
+    def __call__(self, index: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, index])
+        re_caption, org_caption = as_text(record["re_caption"]), as_text(record["org_caption"])
+        use_re_caption = rng.random() < self.re_caption_prob
+        if not org_caption.strip():  # fall back to whichever caption exists
+            use_re_caption = True
+        elif not re_caption.strip():
+            use_re_caption = False
+        text, max_tokens = ((re_caption, self.re_caption_max_tokens) if use_re_caption
+                            else (org_caption, self.org_caption_max_tokens))
+        pad_to = max(self.re_caption_max_tokens, self.org_caption_max_tokens)
+        image = random_resized_crop(decode_image(record["image"]), self.image_size, rng, self.crop_scale)
+        return {"image": image, "tokens": self.tokenizer([text], max_tokens, pad_to)[0],
+                "is_re_caption": np.bool_(use_re_caption)}
+
+
+def train_dataset(folders: str | Sequence[str], tokenizer: Tokenizer, *, image_size: int,
+                  per_host_batch: int, seed: int, re_caption_prob: float = 0.8,
+                  re_caption_max_tokens: int = 128, org_caption_max_tokens: int = 77,
+                  crop_scale: tuple[float, float] = (0.9, 1.0), process_index: int = 0,
+                  process_count: int = 1, split: str = "train") -> grain.MapDataset:
+    """An infinite MapDataset of batches for this host: element b is this host's share of step b."""
+    if not 0.0 <= re_caption_prob <= 1.0:
+        raise ValueError(f"data.re_caption_prob: {re_caption_prob} is not in [0, 1]")
+    paths = split_folders(folders)
+    if not paths:
+        raise ValueError("data.folders: no dataset folder given")
+    sources = [grain.MapDataset.source(open_tfds_folder(p, split)) for p in paths]
+    records = sources[0] if len(sources) == 1 else grain.MapDataset.concatenate(sources)
+    if len(records) < per_host_batch * process_count:
+        raise ValueError(f"data.folders: {len(records)} records are fewer than one global batch "
+                         f"({per_host_batch * process_count})")
+    transform = TrainTransform(tokenizer, image_size, re_caption_prob, re_caption_max_tokens,
+                               org_caption_max_tokens, tuple(crop_scale), seed)
+    stream = records.shuffle(seed=seed).repeat(None)  # a new permutation every epoch
+    examples = stream.map_with_index(transform)  # index = global position in the stream
+    mine = examples[process_index::process_count]
+    return mine.batch(per_host_batch, drop_remainder=True)
+
+
+class CheckpointableIterator:
+    """Prefetching iterator over a MapDataset of batches; state = {"next_index": batches consumed}."""
+
+    def __init__(self, batches: grain.MapDataset, num_threads: int = 8, prefetch: int = 4,
+                 num_workers: int = 0):
+        self._batches = batches
+        self._options = (num_threads, prefetch, num_workers)
+        self._iterator = self._start()
+
+    def _start(self):
+        num_threads, prefetch, num_workers = self._options
+        ds = self._batches.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                             prefetch_buffer_size=prefetch))
+        if num_workers > 0:  # separate processes for JPEG decoding on big hosts
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        return iter(ds)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._iterator)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._iterator.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._iterator.set_state(state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation data: images with one or more captions each
+# ---------------------------------------------------------------------------------------------
+
+
+def get_field(record: dict[str, Any], path: str) -> Any:
+    """`captions/text` reads record["captions"]["text"] (nested TFDS features)."""
+    value = record
+    for part in path.split("/"):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(path)
+        value = value[part]
+    return value
+
+
+def record_captions(record: dict[str, Any], caption_fields: Sequence[str]) -> list[str]:
+    """All non-empty captions of a record from the named fields (each a text or a list of texts)."""
+    out = []
+    for field in caption_fields:
+        value = get_field(record, field)
+        values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        out.extend(t for t in (as_text(v).strip() for v in values) if t)
+    return out

@@ -1,0 +1,239 @@
+"""The CLIP training loop: config -> mesh, data, model, optimizer -> steps, logs, checkpoints, evals.
+
+Everything numeric happens in the jitted `train_step` (train_step.py); this file is the host-side
+bookkeeping: resume from the latest Orbax checkpoint (params + optimizer + data-iterator state),
+JSON-lines metrics, progress lines, periodic evaluation, and stopping on a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from recap_jax.clip import data as data_lib
+from recap_jax.clip import evaluate, hf_weights, model as model_lib, train_step
+from recap_jax.parallel.mesh import make_mesh
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the training loss becomes NaN/inf; the run stops without saving that state."""
+
+
+def build_model(model_cfg: ml_collections.ConfigDict, tokenizer: data_lib.Tokenizer):
+    """(CLIP module, HF params or None) from `config.model`; vocab/EOS come from the tokenizer."""
+    if model_cfg.get("hf_dir"):
+        cfg = hf_weights.read_hf_config(model_cfg.hf_dir, dtype=model_cfg.get("dtype", "float32"),
+                                        remat=model_cfg.get("remat", False))
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise ValueError(f"data.tokenizer: {tokenizer.vocab_size} tokens do not fit the vocabulary "
+                             f"({cfg.vocab_size}) of model.hf_dir={model_cfg.hf_dir}")
+        return model_lib.CLIP(cfg), hf_weights.load_hf_params(model_cfg.hf_dir, cfg)
+    merged = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
+    merged.setdefault("vocab_size", tokenizer.vocab_size)
+    if not merged.get("vocab_size"):
+        merged["vocab_size"] = tokenizer.vocab_size
+    if merged["vocab_size"] < tokenizer.vocab_size:
+        raise ValueError(f"model.vocab_size: {merged['vocab_size']} is smaller than the tokenizer's "
+                         f"{tokenizer.vocab_size} tokens")
+    merged["eos_token_id"] = tokenizer.eos_id
+    return model_lib.CLIP(model_lib.config_from_dict(merged)), None
+
+
+def text_length(data_cfg) -> int:
+    """Token length of every text batch: long enough for the longer of the two caption kinds."""
+    return max(data_cfg.re_caption_max_tokens, data_cfg.org_caption_max_tokens)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    if not config.get("workdir"):
+        raise ValueError("workdir: set --config.workdir (checkpoints and metrics.jsonl go there)")
+    t = config.train
+    batch_devices = jax.device_count() // (config.mesh.get("tensor", 1) or 1)
+    if t.global_batch_size % jax.process_count():
+        raise ValueError(f"train.global_batch_size: {t.global_batch_size} is not divisible by the "
+                         f"{jax.process_count()} hosts")
+    if t.global_batch_size % (t.accum_steps * max(batch_devices, 1)):
+        raise ValueError(f"train.global_batch_size: {t.global_batch_size} must be divisible by "
+                         f"train.accum_steps ({t.accum_steps}) x batch-sharded devices ({batch_devices})")
+    if t.loss not in ("softmax", "sigmoid"):
+        raise ValueError(f"train.loss: {t.loss!r} is not 'softmax' or 'sigmoid'")
+    if not config.model.get("hf_dir") and text_length(config.data) > config.model.text_context:
+        raise ValueError(f"data.re_caption_max_tokens/org_caption_max_tokens ({text_length(config.data)}) "
+                         f"exceed model.text_context ({config.model.text_context})")
+
+
+def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options,
+                                 item_names=("state", "data"))
+
+
+def latest_params(workdir: str, model: model_lib.CLIP, mesh) -> tuple[Any, int]:
+    """Params of the latest checkpoint under `workdir` (for evaluation), and its step."""
+    manager = _checkpoint_manager(workdir, keep=1_000_000)
+    step = manager.latest_step()
+    if step is None:
+        raise ValueError(f"model.checkpoint: no checkpoint under {workdir}/checkpoints")
+    tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    params = tree.state["params"]
+    return jax.tree.map(np.asarray, params), step
+
+
+class MetricsLog:
+    """Appends one JSON object per line to workdir/metrics.jsonl (process 0 only)."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.enabled = jax.process_index() == 0
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), "time": time.time()}
+        row.update({k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist()) for k, v in metrics.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def run_evals(config, model, mesh, params, params_shardings, tokenizer) -> dict[str, float]:
+    """In-training retrieval evaluation on every `config.eval.datasets` entry with a folder."""
+    results = {}
+    datasets = config.eval.get("datasets") or {}
+    active = {name: d for name, d in datasets.items() if d.get("folder")}
+    if not active:
+        return results
+    encoders = evaluate.make_encoders(model, mesh, params, tokenizer, text_length=text_length(config.data),
+                                      batch_size=config.eval.batch_size, params_shardings=params_shardings)
+    for name, d in active.items():
+        fields = d.caption_fields.split(",") if isinstance(d.caption_fields, str) else list(d.caption_fields)
+        metrics = evaluate.evaluate_retrieval(
+            encoders, d.folder, split=d.get("split", "train"), caption_fields=fields,
+            image_field=d.get("image_field", "image"), max_images=d.get("max_images", 0),
+            field_prefix=f"eval.datasets.{name}")
+        _log(f"eval {name} ({metrics['num_images']} images, {metrics['num_texts']} texts): "
+             f"{evaluate.format_recalls(metrics)}")
+        results.update({f"eval/{name}/{k}": v for k, v in metrics.items()})
+    return results
+
+
+def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Runs (or resumes) training as configured; returns the last logged metrics."""
+    validate_config(config)
+    workdir = config.workdir
+    os.makedirs(workdir, exist_ok=True)
+    t = config.train
+    mesh = make_mesh(dict(config.mesh))
+    tokenizer = data_lib.Tokenizer(config.data.tokenizer)
+    model, hf_params = build_model(config.model, tokenizer)
+    tx = train_step.make_optimizer(t)
+    lr_fn = train_step.learning_rate_schedule(t)
+    abstract_state, shardings = train_step.abstract_train_state(model, tx, mesh, config.seed)
+    step_fn = train_step.make_train_step(
+        model, tx, mesh, loss_kind=t.loss, accum_steps=t.accum_steps, logit_scale_max=t.logit_scale_max,
+        learning_rate_fn=lr_fn, state_shardings=shardings)
+
+    batches = data_lib.train_dataset(
+        config.data.folders, tokenizer, image_size=model.cfg.image_size,
+        per_host_batch=t.global_batch_size // jax.process_count(), seed=config.seed,
+        re_caption_prob=config.data.re_caption_prob,
+        re_caption_max_tokens=config.data.re_caption_max_tokens,
+        org_caption_max_tokens=config.data.org_caption_max_tokens,
+        crop_scale=tuple(config.data.crop_scale), process_index=jax.process_index(),
+        process_count=jax.process_count(), split=config.data.split)
+    batch_iter = data_lib.CheckpointableIterator(batches, config.data.num_threads, config.data.prefetch,
+                                                 config.data.num_workers)
+
+    manager = _checkpoint_manager(workdir, t.keep_checkpoints)
+    latest = manager.latest_step()
+    if latest is not None:
+        restored = manager.restore(latest, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        state = restored.state
+        batch_iter.set_state(restored.data)
+        _log(f"resumed from {workdir}/checkpoints step {latest}")
+    else:
+        state, _ = train_step.create_train_state(model, tx, mesh, config.seed, init_from=hf_params)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+        _log(f"new run in {workdir}: {model_lib.count_params(state.params) / 1e6:.2f}M params, "
+             f"mesh {dict(mesh.shape)}")
+
+    def save(step: int) -> None:
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   data=ocp.args.JsonSave(batch_iter.get_state())))
+
+    log = MetricsLog(workdir)
+    sharding = train_step.batch_sharding(mesh)
+    first_step = int(state.step)
+    stop_at = t.num_steps if not t.get("stop_after_steps") else min(t.num_steps, first_step + t.stop_after_steps)
+    pending: list[tuple[int, dict]] = []  # device metrics not yet fetched (fetching syncs the host)
+    interval_start, interval_steps = time.time(), 0
+    last: dict[str, Any] = {}
+
+    def flush(step: int) -> None:
+        """Fetch pending metrics; stop on a non-finite loss; log their average."""
+        nonlocal pending, interval_start, interval_steps, last
+        if not pending:
+            return
+        fetched = [(s, jax.device_get(m)) for s, m in pending]
+        pending = []
+        for s, m in fetched:
+            if not np.isfinite(m["loss"]):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({m['loss']}) at step {s}: stopping. The last checkpoint "
+                    f"(step {manager.latest_step()}) is intact; lower train.learning_rate, set "
+                    "train.grad_clip_norm, or use model.dtype=float32, then rerun to resume.")
+        averaged = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+        elapsed = time.time() - interval_start
+        steps_per_s = interval_steps / max(elapsed, 1e-9)
+        averaged.update(steps_per_second=steps_per_s, samples_per_second=steps_per_s * t.global_batch_size)
+        log.write(step, averaged)
+        last = averaged
+        _log(f"step {step}/{t.num_steps} loss {averaged['loss']:.4f} scale {averaged['logit_scale']:.1f} "
+             f"lr {averaged.get('learning_rate', 0):.2e} | {steps_per_s:.2f} steps/s "
+             f"{averaged['samples_per_second']:.0f} samples/s ETA {_eta((t.num_steps - step) / max(steps_per_s, 1e-9))}")
+        interval_start, interval_steps = time.time(), 0
+
+    step = first_step
+    while step < stop_at:
+        local = next(batch_iter)
+        batch = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+        state, metrics = step_fn(state, batch)
+        step += 1
+        interval_steps += 1
+        pending.append((step, metrics))
+        is_last = step == stop_at
+        if step % t.log_every == 0 or is_last:
+            flush(step)
+        if step % t.checkpoint_every == 0 or is_last:
+            flush(step)  # never checkpoint an unchecked state
+            save(step)
+        every = config.eval.every_steps
+        if (every and step % every == 0) or step == t.num_steps:
+            eval_metrics = run_evals(config, model, mesh, state.params, shardings.params, tokenizer)
+            log.write(step, eval_metrics)
+            last.update(eval_metrics)
+            interval_start = time.time()  # do not count evaluation time as training time
+    manager.wait_until_finished()
+    manager.close()
+    last["step"] = step
+    last["params"] = state.params
+    return last
