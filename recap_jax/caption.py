@@ -1,0 +1,42 @@
+"""Recaption an image dataset with a LLaVA-LLaMA-3 captioner.
+
+    python -m recap_jax.caption --config configs/demo.py
+    python -m recap_jax.caption --config configs/v4_256.py --config.model.checkpoint=gs://... \
+        --config.input.paths='gs://bucket/datacomp/{00000..01000}.tar' --config.output.dir=gs://...
+
+Run the same command on every host of a pod; each host captions its own share of the input and
+writes its own output shards. Run it again after a crash or preemption: finished shards are kept
+and the rest is redone. Config fields are documented in recap_jax/captioning/defaults.py.
+"""
+
+import json
+import sys
+
+from absl import app
+from ml_collections import config_flags
+
+from recap_jax.data.sources import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Caption config file (configs/*.py).",
+                                          lock_config=True)
+
+
+def main(argv):
+    del argv
+    from recap_jax.captioning.run import run
+    if _CONFIG.value is None:
+        print("error: --config is required, e.g. --config configs/demo.py", file=sys.stderr)
+        return 2
+    try:
+        summary = run(_CONFIG.value)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    print(f"[caption] output: {_CONFIG.value.output.dir} (read it with "
+          f"tfds.builder_from_directory(...).as_data_source('train'))")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,216 @@
+"""The caption job: input shards -> decoded, pre-processed images -> greedy captions -> output shards.
+
+Follow one image:
+1. `plan_work_units` splits the input into units (a tar, a chunk of files, a record range); this
+   host takes its share (`units_for_host`) and skips units already written (resume).
+2. `read_unit` yields samples; `prepared_samples` decodes and pre-processes them in worker
+   threads (`_prepare`) while the device computes.
+3. The `Sampler` prefills and decodes them with continuous batching; results come back tagged with
+   their unit and position.
+4. When every sample of a unit is captioned or failed, `OutputDataset.write_unit` writes its
+   ArrayRecord shard and failures list atomically, in input order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+
+from recap_jax.captioning.progress import Progress
+from recap_jax.conversion import bundle
+from recap_jax.data import images, pipeline, sources
+from recap_jax.data.sources import ConfigError, Failure, Sample
+from recap_jax.data.writer import OutputDataset
+from recap_jax.decoding.sampler import DecodeSettings, Request, Result, Sampler
+from recap_jax.decoding.sharding import decode_state_shardings
+from recap_jax.models.llava import LlavaModel
+from recap_jax.parallel import mesh as mesh_lib
+from recap_jax.preprocess.image import preprocess_image
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Fail at start-up, naming the field, rather than hours into a run."""
+    m = config.model
+    if bool(m.hf_dir) == bool(m.checkpoint):
+        raise ConfigError("model: set exactly one of model.hf_dir and model.checkpoint")
+    if m.hf_dir and _is_local(m.hf_dir) and not epath.Path(m.hf_dir).exists():
+        raise ConfigError(f"model.hf_dir: {m.hf_dir} does not exist")
+    if (m.checkpoint and _is_local(m.checkpoint) and not m.build_tiny_if_missing
+            and not epath.Path(m.checkpoint).exists()):
+        raise ConfigError(f"model.checkpoint: {m.checkpoint} does not exist")
+    if m.dtype not in bundle.DTYPES:
+        raise ConfigError(f"model.dtype={m.dtype!r}: expected one of {sorted(bundle.DTYPES)}")
+    if not config.output.dir:
+        raise ConfigError("output.dir: required (where the captioned dataset is written)")
+    if not config.prompt.strip():
+        raise ConfigError("prompt: must not be empty")
+    if config.distributed.mode not in ("auto", "on", "off"):
+        raise ConfigError(f"distributed.mode={config.distributed.mode!r}: expected auto, on or off")
+    if config.input.num_workers < 1:
+        raise ConfigError(f"input.num_workers={config.input.num_workers}: must be >= 1")
+    try:
+        decode_settings(config, ())
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _is_local(path: str) -> bool:
+    """Remote paths (gs://) are checked when opened; local ones at start-up."""
+    return "://" not in path
+
+
+def decode_settings(config: ml_collections.ConfigDict, stop_ids: tuple[int, ...]) -> DecodeSettings:
+    d = config.decode
+    return DecodeSettings(max_new_tokens=d.max_new_tokens, batch_size=d.batch_size,
+                          prefill_batch=d.prefill_batch, prompt_buckets=tuple(d.prompt_buckets),
+                          steps_per_sync=d.steps_per_sync, stop_ids=stop_ids)
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    d = config.distributed
+    if d.mode == "on":
+        jax.distributed.initialize(coordinator_address=d.coordinator_address or None,
+                                   num_processes=d.num_processes, process_id=d.process_id,
+                                   local_device_ids=None)
+    elif d.mode == "auto" and _on_multihost_tpu():
+        jax.distributed.initialize()  # TPU pods discover the coordinator themselves
+
+
+def _on_multihost_tpu() -> bool:
+    import os
+    return bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))
+
+
+@dataclasses.dataclass
+class _UnitProgress:
+    unit: sources.WorkUnit
+    records: dict[int, dict] = dataclasses.field(default_factory=dict)
+    failures: list[tuple[int, Failure]] = dataclasses.field(default_factory=list)
+    read: int | None = None  # samples read, once reading the unit has finished
+
+    @property
+    def complete(self) -> bool:
+        return self.read is not None and len(self.records) + len(self.failures) == self.read
+
+
+@dataclasses.dataclass
+class _Prepared:
+    pixels: np.ndarray
+    width: int
+    height: int
+
+
+def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Caption this host's share of the input; returns the run summary."""
+    validate(config)
+    maybe_initialize_distributed(config)
+    units = sources.plan_work_units(config.input.format, config.input.paths,
+                                    files_per_unit=config.input.files_per_unit,
+                                    records_per_unit=config.input.records_per_unit)
+    output = OutputDataset(config.output.dir, len(units))
+    mine = sources.units_for_host(units, jax.process_index(), jax.process_count())
+    todo = [u for u in mine if not output.is_done(u.index)]
+    print(f"[caption] host {jax.process_index()}/{jax.process_count()}: {len(mine)} of {len(units)} units, "
+          f"{len(mine) - len(todo)} already done", flush=True)
+
+    start = time.time()
+    stats = {"captioned": 0, "failed": 0, "generated_tokens": 0, "prefill_tokens": 0}
+    if todo:
+        stats = caption_units(config, todo, output)
+    wall = time.time() - start
+    summary = {"host": jax.process_index(), "units": len(mine), "units_captioned_now": len(todo),
+               **stats, "wall_s": round(wall, 2),
+               "images_per_s": round(stats["captioned"] / wall, 3) if wall else 0.0,
+               "generated_tokens_per_s": round(stats["generated_tokens"] / wall, 2) if wall else 0.0}
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("recap_jax.caption: all units written")
+    if jax.process_index() == 0:
+        summary["finalized"] = output.finalize(summary)
+    return summary
+
+
+def load_model(config: ml_collections.ConfigDict, mesh):
+    m = config.model
+    if m.checkpoint and m.build_tiny_if_missing and not epath.Path(m.checkpoint).exists():
+        from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
+        build_tiny_checkpoint(m.checkpoint)
+    dtype = jnp.dtype(bundle.DTYPES[m.dtype])
+    spec, params = bundle.load_captioner(
+        checkpoint=m.checkpoint or None, hf_dir=m.hf_dir or None, tokenizer=m.tokenizer or None,
+        template=m.template or None, dtype=m.dtype,
+        shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed))
+    return spec, params, LlavaModel(spec.config, dtype=dtype, param_dtype=dtype), dtype
+
+
+def caption_units(config: ml_collections.ConfigDict, units: list[sources.WorkUnit],
+                  output: OutputDataset) -> dict[str, int]:
+    mesh = mesh_lib.make_mesh(dict(config.mesh), jax.local_devices())
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    for field in ("batch_size", "prefill_batch"):
+        if config.decode[field] % batch_shards:
+            raise ConfigError(f"decode.{field}={config.decode[field]} must be a multiple of "
+                              f"mesh.data x mesh.fsdp = {batch_shards}")
+    spec, params, model, dtype = load_model(config, mesh)
+    prompt_ids = spec.prompt_encoder().encode(config.prompt)
+    settings = decode_settings(config, spec.stop_ids)
+    settings.bucket(len(prompt_ids))  # fails now if the prompt cannot fit any bucket
+    sampler = Sampler(model, params, settings, cache_dtype=dtype, state_sharding=decode_state_shardings(mesh),
+                      data_sharding=mesh_lib.logical_sharding(mesh, ("batch",)))
+
+    def prepare(sample: Sample) -> _Prepared:
+        image = images.decode_image(sample.image_bytes, max_pixels=config.input.max_pixels)
+        return _Prepared(preprocess_image(image, spec.image), *image.size)
+
+    progress = {u.index: _UnitProgress(u) for u in units}
+    meter = Progress(total_units=len(units), every_s=config.progress_every_s)
+
+    def requests() -> Iterator[Request]:
+        for unit in units:
+            position = -1
+            prepared = pipeline.prepared_samples(sources.read_unit(unit), prepare,
+                                                 num_workers=config.input.num_workers,
+                                                 prefetch=config.input.prefetch)
+            for position, item in enumerate(prepared):
+                if isinstance(item, Failure):
+                    progress[unit.index].failures.append((position, item))
+                    continue
+                sample, ready = item
+                yield Request(prompt_ids, ready.pixels, (unit.index, position, sample, ready))
+            progress[unit.index].read = position + 1
+            flush_complete()
+
+    def flush_complete():
+        for index in [i for i, p in progress.items() if p.complete]:
+            p = progress.pop(index)
+            records = [p.records[k] for k in sorted(p.records)]
+            failures = [f for _, f in sorted(p.failures, key=lambda x: x[0])]
+            output.write_unit(index, records, failures)
+            meter.unit_done(len(records), len(failures))
+
+    for result in sampler.generate(requests()):
+        unit_index, position, sample, ready = result.tag
+        progress[unit_index].records[position] = _record(spec.tokenizer, sample, ready, result)
+        meter.update(captioned=1, generated_tokens=len(result.tokens) + result.stopped,
+                     prefill_tokens=result.prompt_length)
+        flush_complete()
+    flush_complete()
+    meter.close()
+    return {"captioned": meter.captioned, "failed": meter.failed,
+            "generated_tokens": meter.generated_tokens, "prefill_tokens": meter.prefill_tokens}
+
+
+def _record(tokenizer, sample: Sample, ready: _Prepared, result: Result) -> dict[str, Any]:
+    caption = tokenizer.decode(result.tokens, skip_special_tokens=True).strip()
+    return {"key": sample.key, "url": sample.url, "org_caption": sample.org_caption,
+            "re_caption": caption, "image": sample.image_bytes, "width": ready.width,
+            "height": ready.height, "org_caption_length": len(sample.org_caption.split()),
+            "re_caption_length": len(result.tokens)}
