@@ -1,4 +1,4 @@
-"""Tiny CLIP on CPU in a few minutes (synthetic shapes; see docs/clip.md).
+r"""Tiny CLIP on CPU in a few minutes (synthetic shapes; see docs/clip.md).
 
     python -m recap_jax.clip.synthetic --out /tmp/shapes
     python -m recap_jax.train_clip --config configs/clip_tiny.py \
@@ -50,7 +50,7 @@ def get_config(folders: str = "") -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.global_batch_size = 64  # examples per step over all hosts and devices
-    config.train.num_steps = 600  # total optimizer steps (the cosine schedule spans them)
+    config.train.num_steps = 2000  # total optimizer steps (the cosine schedule spans them)
     config.train.accum_steps = 1  # micro-batches per step (exact full-batch contrastive gradient)
     config.train.loss = "softmax"  # softmax (CLIP) or sigmoid (SigLIP; needs model.use_logit_bias)
     config.train.learning_rate = 1e-3  # peak AdamW learning rate

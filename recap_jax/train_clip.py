@@ -1,4 +1,4 @@
-"""Train CLIP on recaptioned data (the captioner's TFDS ArrayRecord output folders).
+r"""Train CLIP on recaptioned data (the captioner's TFDS ArrayRecord output folders).
 
     python -m recap_jax.train_clip --config configs/clip_tiny.py \
         --config.workdir=/tmp/clip_tiny --config.data.folders=/data/recap_out \
@@ -11,7 +11,7 @@ On a multi-host TPU pod run the same command on every host (jax.distributed is i
 automatically when --distributed is set).
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -26,6 +26,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
+    if not flags.FLAGS["verbosity"].present:  # Orbax logs every file it writes at INFO
+        logging.set_verbosity(logging.WARNING)
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
     from recap_jax.clip import trainer

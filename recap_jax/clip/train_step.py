@@ -166,7 +166,7 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, mesh: Mesh, *
         # Clamp the temperature as CLIP does (scale <= 100) so the logits cannot blow up.
         params = dict(params, logit_scale=jnp.minimum(params["logit_scale"], math.log(logit_scale_max)))
         metrics = {"loss": loss, "logit_scale": jnp.exp(params["logit_scale"]),
-                   "grad_norm": optax.global_norm(grads),
+                   "grad_norm": optax.tree.norm(grads),
                    "re_caption_fraction": jnp.mean(batch["is_re_caption"].astype(jnp.float32))
                    if "is_re_caption" in batch else jnp.float32(0)}
         if learning_rate_fn is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -91,7 +92,7 @@ class MetricsLog:
     """Appends one JSON object per line to workdir/metrics.jsonl (process 0 only)."""
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = epath.Path(workdir) / "metrics.jsonl"  # local or gs://
         self.enabled = jax.process_index() == 0
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
@@ -99,7 +100,7 @@ class MetricsLog:
             return
         row = {"step": int(step), "time": time.time()}
         row.update({k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist()) for k, v in metrics.items()})
-        with open(self.path, "a") as f:
+        with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
 
@@ -138,7 +139,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) training as configured; returns the last logged metrics."""
     validate_config(config)
     workdir = config.workdir
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     t = config.train
     mesh = make_mesh(dict(config.mesh))
     tokenizer = data_lib.Tokenizer(config.data.tokenizer)
@@ -171,8 +172,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
         _log(f"resumed from {workdir}/checkpoints step {latest}")
     else:
         state, _ = train_step.create_train_state(model, tx, mesh, config.seed, init_from=hf_params)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
         _log(f"new run in {workdir}: {model_lib.count_params(state.params) / 1e6:.2f}M params, "
              f"mesh {dict(mesh.shape)}")
 
@@ -213,27 +213,29 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
         interval_start, interval_steps = time.time(), 0
 
     step = first_step
-    while step < stop_at:
-        local = next(batch_iter)
-        batch = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
-        state, metrics = step_fn(state, batch)
-        step += 1
-        interval_steps += 1
-        pending.append((step, metrics))
-        is_last = step == stop_at
-        if step % t.log_every == 0 or is_last:
-            flush(step)
-        if step % t.checkpoint_every == 0 or is_last:
-            flush(step)  # never checkpoint an unchecked state
-            save(step)
-        every = config.eval.every_steps
-        if (every and step % every == 0) or step == t.num_steps:
-            eval_metrics = run_evals(config, model, mesh, state.params, shardings.params, tokenizer)
-            log.write(step, eval_metrics)
-            last.update(eval_metrics)
-            interval_start = time.time()  # do not count evaluation time as training time
-    manager.wait_until_finished()
-    manager.close()
+    try:
+        while step < stop_at:
+            local = next(batch_iter)
+            batch = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+            state, metrics = step_fn(state, batch)
+            step += 1
+            interval_steps += 1
+            pending.append((step, metrics))
+            is_last = step == stop_at
+            if step % t.log_every == 0 or is_last:
+                flush(step)
+            if step % t.checkpoint_every == 0 or is_last:
+                flush(step)  # never checkpoint an unchecked state
+                save(step)
+            every = config.eval.every_steps
+            if (every and step % every == 0) or step == t.num_steps:
+                eval_metrics = run_evals(config, model, mesh, state.params, shardings.params, tokenizer)
+                log.write(step, eval_metrics)
+                last.update(eval_metrics)
+                interval_start = time.time()  # do not count evaluation time as training time
+    finally:  # also on errors/preemption: let an in-flight checkpoint save complete
+        manager.wait_until_finished()
+        manager.close()
     last["step"] = step
     last["params"] = state.params
     return last

@@ -1,0 +1,90 @@
+r"""Recap-CLIP on a TPU v4 pod: ViT-L/16 image tower + larger (H: 1024 wide, 24 deep) text tower.
+
+The paper's setting: p = 0.8 recaptions (else the original alt-text), a longer text context for
+recaptions (128 tokens) than for alt-text (77 tokens). Paths go in the config argument:
+
+    # on every host of the pod (e.g. gcloud compute tpus tpu-vm ssh ... --worker=all --command=...):
+    python -m recap_jax.train_clip --distributed \
+      --config "configs/clip_v4_pod.py:workdir=gs://BUCKET/runs/recap_clip_l16;folders=gs://BUCKET/recap/shard_a,gs://BUCKET/recap/shard_b;tokenizer=/home/USER/clip_tokenizer;eval=gs://BUCKET/eval/coco_karpathy"
+
+Argument syntax: `key=value` pairs separated by ';' (folders itself is comma-separated). The
+tokenizer must be a local folder on every host (copy the CLIP tokenizer files there); gs://
+paths need `pip install gcsfs` (etils epath) on the TPU VMs. Any field can still be overridden
+with --config.a.b=value.
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _tiny_config_module():
+    """configs/clip_tiny.py (same fields, each documented there), loaded by path."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_tiny.py")
+    spec = importlib.util.spec_from_file_location("clip_tiny_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _parse(arg: str) -> dict[str, str]:
+    out = {}
+    for part in filter(None, (p.strip() for p in arg.split(";"))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in ("workdir", "folders", "tokenizer", "eval"):
+            raise ValueError(f"clip_v4_pod config argument: expected workdir=|folders=|tokenizer=|eval=, got {part!r}")
+        out[key] = value
+    return out
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    args = _parse(arg)
+    config = _tiny_config_module().get_config(args.get("folders", ""))
+    config.workdir = args.get("workdir", "")
+
+    # v4-256 = 128 chips on 32 hosts. Parameters/optimizer state are sharded over 4 chips (one
+    # host, ICI-local) with `fsdp`; the rest is data parallel.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=4, tensor=1))
+
+    m = config.model
+    m.image = "L/16"  # ViT-L/16 image tower
+    m.text = "H"  # larger text tower (1024 wide, 16 heads, 24 blocks)
+    m.image_size = 224
+    m.text_context = 128  # room for the 128-token recaptions
+    m.embed_dim = 768
+    m.activation = "gelu"
+    m.dtype = "bfloat16"  # bf16 compute, fp32 params and optimizer state
+    m.remat = True  # activation memory of 256 examples/chip would not fit otherwise
+
+    d = config.data
+    d.tokenizer = args.get("tokenizer", "")
+    d.re_caption_prob = 0.8  # the paper's mixing ratio
+    d.re_caption_max_tokens = 128  # long recaptions
+    d.org_caption_max_tokens = 77  # alt-text: CLIP's usual context
+    d.crop_scale = (0.9, 1.0)  # CLIP-style light augmentation
+    d.num_threads = 32
+    d.prefetch = 4
+    d.num_workers = 16  # grain worker processes per host for JPEG decoding
+
+    t = config.train
+    t.global_batch_size = 32768  # 256 per chip
+    t.num_steps = 40_000  # ~1.3B samples seen (one pass of Recap-DataComp-1B)
+    t.accum_steps = 1
+    t.loss = "softmax"
+    t.learning_rate = 1e-3
+    t.warmup_steps = 2_000
+    t.end_lr_ratio = 0.0
+    t.b2 = 0.95
+    t.weight_decay = 0.2
+    t.grad_clip_norm = 1.0
+    t.log_every = 50
+    t.checkpoint_every = 1_000
+    t.keep_checkpoints = 3
+
+    config.eval.every_steps = 2_000
+    config.eval.batch_size = 1024
+    config.eval.datasets.heldout.folder = args.get("eval", "")
+    config.eval.datasets.heldout.split = "test"
+    config.eval.datasets.heldout.caption_fields = "captions/text"  # COCO Karpathy style (5 per image)
+    return config

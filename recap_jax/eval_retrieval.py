@@ -1,0 +1,110 @@
+r"""Zero-shot image<->text retrieval (recall@1/5/10, CLIP_benchmark definitions) of a CLIP model.
+
+    python -m recap_jax.eval_retrieval --config configs/clip_eval.py \
+        --config.model.checkpoint=/tmp/clip_tiny \
+        --config.datasets.main.folder=/data/coco_karpathy --config.datasets.main.split=test \
+        --config.datasets.main.caption_fields=captions/text
+
+The model is either a train_clip workdir (--config.model.checkpoint) or a Hugging Face CLIPModel
+folder (--config.model.hf_dir). Datasets are TFDS/ArrayRecord folders with one record per image
+and one or more caption fields. See configs/clip_eval.py for every field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from absl import app, flags, logging
+from etils import epath
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Evaluation config file, e.g. configs/clip_eval.py; fields are overridden "
+    "with --config.a.b=value.", lock_config=True)
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU pods).")
+
+
+def load_model(config) -> tuple[Any, Any, Any, int]:
+    """(model, params, tokenizer, text_length) from config.model.checkpoint or config.model.hf_dir."""
+    import ml_collections
+
+    from recap_jax.clip import data as data_lib, hf_weights, model as model_lib, trainer
+    from recap_jax.parallel.mesh import make_mesh
+
+    if bool(config.model.checkpoint) == bool(config.model.hf_dir):
+        raise ValueError("model.checkpoint / model.hf_dir: set exactly one of them")
+    if config.model.hf_dir:
+        cfg = hf_weights.read_hf_config(config.model.hf_dir, dtype=config.model.dtype)
+        tokenizer = data_lib.Tokenizer(config.tokenizer or config.model.hf_dir)
+        params = hf_weights.load_hf_params(config.model.hf_dir, cfg)
+        return model_lib.CLIP(cfg), params, tokenizer, config.text_length or cfg.text_context
+    run_config_path = epath.Path(config.model.checkpoint) / "config.json"
+    if not run_config_path.exists():
+        raise ValueError(f"model.checkpoint: {config.model.checkpoint} has no config.json (not a train_clip workdir?)")
+    run = ml_collections.ConfigDict(json.loads(run_config_path.read_text()))
+    tokenizer = data_lib.Tokenizer(config.tokenizer or run.data.tokenizer)
+    run.model.dtype = config.model.dtype
+    model, _ = trainer.build_model(run.model, tokenizer)
+    params, step = trainer.latest_params(config.model.checkpoint, model, make_mesh(dict(config.mesh)))
+    logging.info("loaded step %d of %s", step, config.model.checkpoint)
+    return model, params, tokenizer, config.text_length or trainer.text_length(run.data)
+
+
+def run(config) -> dict[str, Any]:
+    """Evaluates every configured dataset; returns {dataset: metrics}."""
+    import jax
+
+    from recap_jax.clip import evaluate
+    from recap_jax.parallel.mesh import make_mesh
+
+    mesh = make_mesh(dict(config.mesh))
+    model, params, tokenizer, text_length = load_model(config)
+    if text_length > model.cfg.text_context:
+        raise ValueError(f"text_length: {text_length} exceeds the model's {model.cfg.text_context} positions")
+    params = jax.device_put(params)
+    encoders = evaluate.make_encoders(model, mesh, params, tokenizer, text_length=text_length,
+                                      batch_size=config.batch_size)
+    results: dict[str, Any] = {}
+    for name, d in config.datasets.items():
+        if not d.folder:
+            continue
+        metrics = evaluate.evaluate_retrieval(
+            encoders, d.folder, split=d.split, caption_fields=[f for f in d.caption_fields.split(",") if f],
+            image_field=d.image_field, max_images=d.max_images, field_prefix=f"datasets.{name}")
+        results[name] = metrics
+        print(f"{name} [{d.folder}:{d.split}] {metrics['num_images']} images, {metrics['num_texts']} texts: "
+              f"{evaluate.format_recalls(metrics)}", flush=True)
+    z = config.zeroshot
+    if z.folder:
+        metrics = evaluate.evaluate_zero_shot(
+            encoders, z.folder, split=z.split, label_field=z.label_field,
+            classnames=[c.strip() for c in z.classnames.split(",") if c.strip()] or None,
+            templates=[t for t in z.templates.split("|") if t], image_field=z.image_field,
+            max_images=z.max_images)
+        results["zeroshot"] = metrics
+        print(f"zero-shot [{z.folder}:{z.split}] {metrics['num_images']} images: "
+              f"top1 {100 * metrics['top1']:.1f} top5 {100 * metrics['top5']:.1f}", flush=True)
+    if not results:
+        raise ValueError("datasets.*.folder / zeroshot.folder: nothing to evaluate; set a folder")
+    if config.output and jax.process_index() == 0:
+        with open(config.output, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if _DISTRIBUTED.value:
+        import jax
+        jax.distributed.initialize()
+    run(_CONFIG.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)

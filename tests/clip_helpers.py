@@ -1,0 +1,30 @@
+"""Shared helpers for the CLIP tests: a synthetic captioner-output dataset and tiny configs."""
+
+import os
+
+from recap_jax.clip import synthetic
+
+
+def write_shapes(root, num_train=512, image_size=32, seed=0):
+    """train/heldout folders in the captioner's output layout + a word tokenizer (cached per root)."""
+    root = str(root)
+    if not os.path.exists(os.path.join(root, "tokenizer")):
+        synthetic.write_demo(root, num_train=num_train, image_size=image_size, seed=seed)
+    return dict(train=os.path.join(root, "train"), heldout=os.path.join(root, "heldout"),
+                tokenizer=os.path.join(root, "tokenizer"))
+
+
+def tiny_config(paths, workdir, **train_overrides):
+    """configs/clip_tiny.py pointed at the synthetic data, with quick defaults for tests."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "clip_tiny.py")
+    spec = importlib.util.spec_from_file_location("clip_tiny_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(paths["train"])
+    config.workdir = str(workdir)
+    config.data.tokenizer = paths["tokenizer"]
+    config.data.num_threads = 2
+    config.train.update(train_overrides)
+    return config
