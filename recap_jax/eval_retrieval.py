@@ -38,6 +38,9 @@ def load_model(config) -> tuple[Any, Any, Any, int]:
     if config.model.hf_dir:
         cfg = hf_weights.read_hf_config(config.model.hf_dir, dtype=config.model.dtype)
         tokenizer = data_lib.Tokenizer(config.tokenizer or config.model.hf_dir)
+        if not cfg.pool_text_at_argmax and tokenizer.eos_id != cfg.eos_token_id:
+            raise ValueError(f"tokenizer: its EOS id {tokenizer.eos_id} differs from the model's "
+                             f"eos_token_id {cfg.eos_token_id}")
         params = hf_weights.load_hf_params(config.model.hf_dir, cfg)
         return model_lib.CLIP(cfg), params, tokenizer, config.text_length or cfg.text_context
     run_config_path = epath.Path(config.model.checkpoint) / "config.json"

@@ -10,8 +10,10 @@ def write_shapes(root, num_train=512, image_size=32, seed=0):
     root = str(root)
     if not os.path.exists(os.path.join(root, "tokenizer")):
         synthetic.write_demo(root, num_train=num_train, image_size=image_size, seed=seed)
+        synthetic.write_eval_folders(root, image_size, seed=seed + 17)
     return dict(train=os.path.join(root, "train"), heldout=os.path.join(root, "heldout"),
-                tokenizer=os.path.join(root, "tokenizer"))
+                tokenizer=os.path.join(root, "tokenizer"), coco_style=os.path.join(root, "coco_style"),
+                colours=os.path.join(root, "colours"))
 
 
 def tiny_config(paths, workdir, **train_overrides):

@@ -60,7 +60,18 @@ def test_tiny_clip_learns_retrieval_on_heldout_shapes(shapes, tmp_path):
     eval_config.datasets.main.split = "train"
     eval_config.datasets.main.caption_fields = "re_caption,org_caption"
     eval_config.output = str(tmp_path / "eval.json")
-    again = eval_retrieval.run(eval_config)["main"]
+    # Same images as a COCO-style folder (a list of captions per record), and zero-shot colours.
+    eval_config.datasets.coco_style = ml_collections.ConfigDict(dict(
+        folder=shapes["coco_style"], split="test", caption_fields="captions", image_field="image",
+        max_images=0))
+    eval_config.zeroshot.folder = shapes["colours"]
+    eval_config.zeroshot.templates = "{} circle left|{} square right|{} triangle top|{} circle bottom"
+    results = eval_retrieval.run(eval_config)
+    again = results["main"]
+    assert results["coco_style"]["num_texts"] == 192
+    assert results["coco_style"]["text_to_image/R@5"] > 3 * chance_r5
+    print("zero-shot colour accuracy:", results["zeroshot"])
+    assert results["zeroshot"]["num_images"] == 96 and results["zeroshot"]["top1"] > 3 / 8
     for key in ("image_to_text/R@1", "text_to_image/R@1", "image_to_text/R@10"):
         assert again[key] == pytest.approx(r[key])
     assert json.load(open(tmp_path / "eval.json"))["main"]["num_texts"] == 192

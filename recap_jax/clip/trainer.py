@@ -36,6 +36,9 @@ def build_model(model_cfg: ml_collections.ConfigDict, tokenizer: data_lib.Tokeni
         if tokenizer.vocab_size > cfg.vocab_size:
             raise ValueError(f"data.tokenizer: {tokenizer.vocab_size} tokens do not fit the vocabulary "
                              f"({cfg.vocab_size}) of model.hf_dir={model_cfg.hf_dir}")
+        if not cfg.pool_text_at_argmax and tokenizer.eos_id != cfg.eos_token_id:
+            raise ValueError(f"data.tokenizer: its EOS id {tokenizer.eos_id} differs from the eos_token_id "
+                             f"{cfg.eos_token_id} of model.hf_dir (text would be pooled at the wrong token)")
         return model_lib.CLIP(cfg), hf_weights.load_hf_params(model_cfg.hf_dir, cfg)
     merged = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
     merged.setdefault("vocab_size", tokenizer.vocab_size)
