@@ -12,7 +12,7 @@ and the rest is redone. Config fields are documented in recap_jax/captioning/def
 import json
 import sys
 
-from absl import app
+from absl import app, logging
 from ml_collections import config_flags
 
 from recap_jax.data.sources import ConfigError
@@ -23,6 +23,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Caption config file (
 
 def main(argv):
     del argv
+    if logging.get_verbosity() == logging.INFO and "-v" not in " ".join(sys.argv):
+        logging.set_verbosity(logging.WARNING)  # library INFO logs (Orbax) drown the progress lines
     from recap_jax.captioning.run import run
     if _CONFIG.value is None:
         print("error: --config is required, e.g. --config configs/demo.py", file=sys.stderr)

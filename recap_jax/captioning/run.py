@@ -115,7 +115,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     units = sources.plan_work_units(config.input.format, config.input.paths,
                                     files_per_unit=config.input.files_per_unit,
                                     records_per_unit=config.input.records_per_unit)
-    output = OutputDataset(config.output.dir, len(units))
+    output = OutputDataset(config.output.dir, len(units), fingerprint={
+        "input.format": config.input.format, "input.paths": config.input.paths,
+        "first_unit": dataclasses.asdict(units[0]) if units else None})
     mine = sources.units_for_host(units, jax.process_index(), jax.process_count())
     todo = [u for u in mine if not output.is_done(u.index)]
     print(f"[caption] host {jax.process_index()}/{jax.process_count()}: {len(mine)} of {len(units)} units, "
