@@ -111,3 +111,17 @@ def test_image_transforms():
     assert a.shape == (32, 32, 3) and not np.array_equal(a, b)
     decoded = data.decode_image(synthetic.encode_png(image))
     assert decoded.size == (80, 60) and decoded.mode == "RGB"
+
+
+def test_tokenizer_is_safe_under_concurrent_threads(tokenizer):
+    """grain tokenizes in threads with two different lengths; results must not depend on timing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [" ".join(synthetic.captions(*c)) for c in synthetic.COMBINATIONS]
+    jobs = [(t, 6 if i % 2 else 24) for i, t in enumerate(texts * 4)]
+    sequential = [tokenizer([t], n, 24)[0] for t, n in jobs]
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(lambda job: tokenizer([job[0]], job[1], 24)[0], jobs))
+    for want, got, (_, n) in zip(sequential, threaded, jobs):
+        np.testing.assert_array_equal(got, want)
+        assert got[n - 1] == tokenizer.eos_id  # truncated with EOS kept

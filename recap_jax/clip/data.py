@@ -54,11 +54,16 @@ class Tokenizer:
     def __call__(self, texts: Sequence[str], max_tokens: int, pad_to: int | None = None) -> np.ndarray:
         """int32 [len(texts), pad_to]; each row is truncated to `max_tokens` but keeps its EOS."""
         pad_to = pad_to or max_tokens
-        ids = self.hf(list(texts), truncation=True, max_length=max_tokens, add_special_tokens=True)["input_ids"]
+        # No truncation/padding arguments: HF would store them in the shared Rust tokenizer, which
+        # races when grain threads tokenize concurrently. We cut and pad ourselves instead.
+        ids = self.hf(list(texts), add_special_tokens=True)["input_ids"]
         out = np.full((len(texts), pad_to), self.pad_id, np.int32)
         for row, seq in enumerate(ids):
+            if not seq or seq[-1] != self.eos_id:  # tokenizers without an EOS post-processor
+                seq = list(seq) + [self.eos_id]
+            if len(seq) > max_tokens:
+                seq = seq[:max_tokens - 1] + [self.eos_id]
             out[row, :len(seq)] = seq
-            out[row, len(seq) - 1] = self.eos_id  # if the tokenizer truncated without re-adding EOS
         return out
 
 
