@@ -123,6 +123,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     print(f"[caption] host {jax.process_index()}/{jax.process_count()}: {len(mine)} of {len(units)} units, "
           f"{len(mine) - len(todo)} already done", flush=True)
 
+    for unit in todo:
+        output.clean_unit(unit.index)
     start = time.time()
     stats = {"captioned": 0, "failed": 0, "generated_tokens": 0, "prefill_tokens": 0}
     if todo:
@@ -200,7 +202,12 @@ def caption_units(config: ml_collections.ConfigDict, units: list[sources.WorkUni
 
     for result in sampler.generate(requests()):
         unit_index, position, sample, ready = result.tag
-        progress[unit_index].records[position] = _record(spec.tokenizer, sample, ready, result)
+        record = _record(spec.tokenizer, sample, ready, result)
+        if record["re_caption"]:
+            progress[unit_index].records[position] = record
+        else:  # an empty recaption is no caption: list it rather than write an empty text
+            progress[unit_index].failures.append(
+                (position, Failure(sample.key, sample.source, "empty caption (the model stopped at once)")))
         meter.update(captioned=1, generated_tokens=len(result.tokens) + result.stopped,
                      prefill_tokens=result.prompt_length)
         flush_complete()

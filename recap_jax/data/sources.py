@@ -197,6 +197,16 @@ def _split_member(name: str) -> tuple[str, str]:
     return posixpath.join(directory, key) if directory else key, ext.lower()
 
 
+def _ends_with_tar_marker(path: str) -> bool:
+    with epath.Path(path).open("rb") as f:
+        f.seek(0, io.SEEK_END)
+        size = f.tell()
+        if size < 1024:
+            return False
+        f.seek(size - 1024)
+        return not any(f.read(1024))
+
+
 def _read_tar(unit: WorkUnit) -> Iterator[Sample | Failure]:
     shard = posixpath.basename(unit.path)
     groups: dict[str, dict[str, bytes]] = {}
@@ -211,6 +221,10 @@ def _read_tar(unit: WorkUnit) -> Iterator[Sample | Failure]:
                 if len(data) != member.size:
                     raise tarfile.ReadError(f"member {member.name} is truncated")
                 groups.setdefault(key, {})[ext] = data
+        if not _ends_with_tar_marker(unit.path):
+            # Cut at a header boundary, a tar reads as if it ended there: only the missing
+            # end-of-archive blocks tell.
+            raise tarfile.ReadError("no end-of-archive marker (file truncated)")
     except (tarfile.TarError, OSError, EOFError) as e:
         error = f"{type(e).__name__}: {e}"
     for key, parts in groups.items():

@@ -63,6 +63,12 @@ class OutputDataset:
     def is_done(self, index: int) -> bool:
         return self._marker(index).exists()
 
+    def clean_unit(self, index: int) -> None:
+        """Remove temporary files a killed run left for this unit (only its owner may call this)."""
+        for final in (self.shard_path(index), self.failures_path(index), self._marker(index)):
+            for stale in final.parent.glob(f".{final.name}.tmp-*"):
+                stale.unlink()
+
     def write_unit(self, index: int, records: Sequence[dict[str, Any]], failures: Sequence[Failure]) -> None:
         """Write one unit's shard, failures and marker (in that order, each atomically)."""
         if not 0 <= index < self.num_units:
@@ -75,7 +81,7 @@ class OutputDataset:
                 writer.write(self.features.serialize_example(record))
         finally:
             writer.close()
-        tmp.rename(shard)
+        tmp.replace(shard)
         lines = "".join(json.dumps({"key": f.key, "source": f.source, "reason": f.reason}) + "\n"
                         for f in failures)
         _atomic_write(self.failures_path(index), lines.encode())
@@ -107,4 +113,4 @@ class OutputDataset:
 def _atomic_write(path: epath.Path, data: bytes) -> None:
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.write_bytes(data)
-    tmp.rename(path)
+    tmp.replace(path)
