@@ -125,6 +125,6 @@ def test_bfloat16_compute_step():
     state, metrics = step(state, _random_batch())
     assert np.isfinite(float(metrics["loss"]))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))  # params stay float32
-    hidden = model.apply({"params": state.params}, jnp.ones((2, 16, 16, 3)),
-                         method=lambda m, x: m.image_tower(x))
+    hidden = jax.jit(lambda p, x: model.apply({"params": p}, x, method=lambda m, x: m.image_tower(x)))(
+        state.params, jnp.ones((2, 16, 16, 3)))
     assert hidden.dtype == jnp.bfloat16  # compute really ran in bfloat16

@@ -79,8 +79,8 @@ def test_params_carry_logical_axes_and_bfloat16_compute():
     assert tuple(mesh_axes) == ("fsdp", "tensor", None)
     params = nn.unbox(boxed)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
-    img, txt = model.apply({"params": params}, jnp.ones((2, 16, 16, 3)),
-                           jnp.array([[0, 5, 49, 49, 49, 49, 49, 49]] * 2))
+    img, txt = jax.jit(model.apply)({"params": params}, jnp.ones((2, 16, 16, 3)),
+                                    jnp.array([[0, 5, 49, 49, 49, 49, 49, 49]] * 2))
     assert img.shape == txt.shape == (2, 8) and img.dtype == jnp.float32
     np.testing.assert_allclose(np.linalg.norm(np.asarray(img), axis=-1), 1.0, rtol=1e-5)
     assert count_params(boxed) > 0

@@ -199,8 +199,8 @@ _SHARDED_STEP_CHECK = textwrap.dedent("""
         return jax.device_get(state.params), losses
 
     single = make_mesh({"data": 1}, devices=jax.devices()[:1])
-    for loss, accum, axes in (("softmax", 1, {"data": 8}), ("softmax", 2, {"data": 2, "fsdp": 4}),
-                              ("sigmoid", 1, {"data": 4, "tensor": 2})):
+    # (data=8 alone is covered by test_clip_loss; here FSDP + accumulation, and tensor parallelism.)
+    for loss, accum, axes in (("softmax", 2, {"data": 2, "fsdp": 4}), ("sigmoid", 1, {"data": 4, "tensor": 2})):
         want_params, want_losses = run(single, loss, accum)
         got_params, got_losses = run(make_mesh(axes), loss, accum)
         np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
@@ -216,4 +216,4 @@ def test_sharded_train_step_on_8_devices_matches_one_device():
     result = subprocess.run([sys.executable, "-c", _SHARDED_STEP_CHECK], env=env, capture_output=True,
                             text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr[-5000:]
-    assert result.stdout.count("ok") == 3, result.stdout
+    assert result.stdout.count("ok") == 2, result.stdout
