@@ -1,0 +1,261 @@
+"""Captioning throughput: recap_jax's sampler vs Hugging Face `generate`, plus a roofline.
+
+    python benchmarks/caption_vs_hf.py [--images 32] [--batch 16] [--new-tokens 32]
+
+One random llava-hf checkpoint (~120M parameters: 8-layer LLaMA-3-style decoder, hidden 768, GQA
+12/4 heads, 32k vocabulary; 6-layer ViT at 112 px = 64 image tokens) captions the same images
+with the same prompt, greedy, float32, on the CPU:
+- HF: `LlavaForConditionalGeneration.generate(do_sample=False)`, batches of --batch, left padding.
+- ours: the `recap_jax.caption` engine (Sampler: bucketed prefill + continuous-batching decode),
+  --batch decode slots.
+Each side runs in its own subprocess (so peak RSS is its own); the parent checks that both produce
+the same tokens and prints ratios. The roofline part counts model FLOPs from the config
+(recap_jax/models/flops.py) and divides the achieved FLOP/s, end to end and per phase, by this
+machine's dense float32 matmul FLOP/s measured here with `jnp.dot`.
+Writes benchmarks/results/caption_vs_hf.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # tiny_llava: the random-checkpoint builder
+
+BENCH_CONFIG = dict(vocab_size=32000, image_size=112, patch_size=14, vision_layers=6, vision_hidden=512,
+                    text_layers=8, hidden=768, heads=12, kv_heads=4)
+PROMPT = "Please generate a detailed caption of this image. Please be as descriptive as possible."
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_images(n: int, seed: int = 0):
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    images = []
+    for i in range(n):
+        w, h = int(rng.integers(120, 240)), int(rng.integers(120, 240))
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([(xx * (i + 1)) % 256, (yy * 3) % 256, ((xx + yy) * 2) % 256], -1)
+        noise = rng.integers(0, 40, (h, w, 3))
+        images.append(Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)))
+    return images
+
+
+def build_checkpoint(folder: pathlib.Path) -> None:
+    from tiny_llava import save_tiny_llava
+    save_tiny_llava(folder, pad=True, **BENCH_CONFIG)
+
+
+# --- HF side -----------------------------------------------------------------------------------
+
+
+def run_hf(folder: str, n: int, batch: int, new_tokens: int) -> dict:
+    import torch
+    from tiny_llava import load_reference
+    torch.set_num_threads(os.cpu_count() or 2)
+    model, processor = load_reference(pathlib.Path(folder))
+    processor.tokenizer.padding_side = "left"
+    images = make_images(n)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],
+        add_generation_prompt=True)
+    eos = processor.tokenizer.convert_tokens_to_ids("<|eot_id|>")
+
+    def generate(batch_images):
+        inputs = processor(images=batch_images, text=[text] * len(batch_images), return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, pad_token_id=1,
+                                 eos_token_id=eos)
+        return out[:, inputs["input_ids"].shape[1]:].numpy(), inputs["input_ids"].shape[1]
+
+    start = time.perf_counter()
+    generate(images[:2])  # warm-up (first-call overheads), reported like our compile time
+    warmup = time.perf_counter() - start
+    tokens, prompt_len = [], 0
+    start = time.perf_counter()
+    for i in range(0, n, batch):
+        out, prompt_len = generate(images[i:i + batch])
+        for row in out:
+            row = row.tolist()
+            tokens.append(row[:row.index(eos)] if eos in row else row)
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "warmup_s": warmup, "tokens": tokens, "prompt_tokens": prompt_len,
+            "peak_rss_mib": peak_rss_mib()}
+
+
+# --- our side ----------------------------------------------------------------------------------
+
+
+def run_ours(folder: str, n: int, batch: int, new_tokens: int, prefill_batch: int, steps: int) -> dict:
+    import jax
+    from recap_jax.conversion import bundle
+    from recap_jax.decoding.sampler import DecodeSettings, Request, Sampler
+    from recap_jax.models.llava import LlavaModel
+    from recap_jax.preprocess.image import preprocess_image
+
+    spec, params = bundle.load_captioner(hf_dir=folder)
+    model = LlavaModel(spec.config)
+    prompt_ids = spec.prompt_encoder().encode(PROMPT)
+    images = make_images(n)
+    bucket = int(np.ceil(len(prompt_ids) / 16) * 16)
+    settings = DecodeSettings(max_new_tokens=new_tokens, batch_size=batch, prefill_batch=prefill_batch,
+                              prompt_buckets=(bucket,), steps_per_sync=steps, stop_ids=spec.stop_ids)
+    sampler = Sampler(model, params, settings)
+
+    def requests(imgs):
+        return [Request(prompt_ids, preprocess_image(im.convert("RGB"), spec.image), i) for i, im in enumerate(imgs)]
+
+    start = time.perf_counter()
+    list(sampler.generate(requests(images[:2])))  # compiles prefill + decode
+    compile_s = time.perf_counter() - start
+    sampler.generated_tokens = sampler.prefill_tokens = 0
+    start = time.perf_counter()
+    results = {r.tag: r.tokens.tolist() for r in sampler.generate(requests(images))}
+    wall = time.perf_counter() - start
+    phases = time_phases(sampler, model, params, settings, requests(images[:prefill_batch]))
+    return {"wall_s": wall, "compile_s": compile_s, "tokens": [results[i] for i in range(n)],
+            "prompt_tokens": len(prompt_ids), "peak_rss_mib": peak_rss_mib(), "phases": phases,
+            "config": spec.config.to_json_dict(), "matmul_flops": dense_matmul_flops(),
+            "devices": str(jax.devices())}
+
+
+def time_phases(sampler, model, params, settings, group) -> dict:
+    """Prefill alone (groups of prefill_batch) and decode alone (a full batch), steady state."""
+    import jax
+    state = sampler._init()
+    slots = list(range(len(group)))
+    state = sampler._prefill_group(state, group, slots)
+    jax.block_until_ready(state)
+    repeats = 5
+    start = time.perf_counter()
+    for _ in range(repeats):
+        state = sampler._prefill_group(state, group, slots)
+    jax.block_until_ready(state)
+    prefill_s = (time.perf_counter() - start) / repeats / len(group)  # per image
+
+    # Fill every slot, then time decode steps while none finishes.
+    state = sampler._init()
+    for first in range(0, settings.batch_size, len(group)):
+        state = sampler._prefill_group(state, group, list(range(first, first + len(group))))
+    state = state._replace(done=jax.numpy.zeros_like(state.done), num_generated=jax.numpy.zeros_like(state.num_generated))
+    state = sampler._decode(params, state)  # warm
+    jax.block_until_ready(state)
+    state = state._replace(num_generated=jax.numpy.zeros_like(state.num_generated),
+                           done=jax.numpy.zeros_like(state.done))
+    start = time.perf_counter()
+    calls = 3
+    for _ in range(calls):
+        state = sampler._decode(params, state._replace(done=jax.numpy.zeros_like(state.done),
+                                                       num_generated=jax.numpy.zeros_like(state.num_generated)))
+    jax.block_until_ready(state)
+    step_s = (time.perf_counter() - start) / (calls * settings.steps_per_sync)
+    return {"prefill_s_per_image": prefill_s, "decode_step_s": step_s, "decode_batch": settings.batch_size}
+
+
+def dense_matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+    import jax
+    import jax.numpy as jnp
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = f(a)
+    out.block_until_ready()
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+# --- the comparison ------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--prefill-batch", type=int, default=4)
+    parser.add_argument("--steps-per-sync", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--checkpoint", default="/tmp/recap_bench_llava")
+    parser.add_argument("--side", choices=["hf", "ours"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.side == "hf":
+        print("RESULT" + json.dumps(run_hf(args.checkpoint, args.images, args.batch, args.new_tokens)))
+        return
+    if args.side == "ours":
+        print("RESULT" + json.dumps(run_ours(args.checkpoint, args.images, args.batch, args.new_tokens,
+                                             args.prefill_batch, args.steps_per_sync)))
+        return
+
+    folder = pathlib.Path(args.checkpoint)
+    if not (folder / "config.json").exists():
+        build_checkpoint(folder)
+    sides = {}
+    for side in ("hf", "ours"):
+        cmd = [sys.executable, __file__, "--side", side, *sys.argv[1:]]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        if proc.returncode:
+            sys.exit(f"{side} failed:\n{proc.stderr[-4000:]}")
+        sides[side] = json.loads(proc.stdout.split("RESULT", 1)[1])
+    report(args, sides)
+
+
+def report(args, sides: dict) -> None:
+    from recap_jax.models.config import LlavaConfig
+    from recap_jax.models.flops import image_flops, parameter_count
+    hf, ours = sides["hf"], sides["ours"]
+    n = args.images
+    same = sum(a == b for a, b in zip(hf["tokens"], ours["tokens"]))
+    config = LlavaConfig.from_json_dict(ours["config"])
+    new_tokens = {s: sum(map(len, sides[s]["tokens"])) for s in sides}
+    mean_new = new_tokens["ours"] / n
+    flops = image_flops(config, ours["prompt_tokens"], int(round(mean_new)))
+    peak = ours["matmul_flops"]
+    rows = {}
+    for s in ("hf", "ours"):
+        wall = sides[s]["wall_s"]
+        rows[s] = {"images_per_s": n / wall, "generated_tokens_per_s": new_tokens[s] / wall,
+                   "prefill_tokens_per_s": n * ours["prompt_tokens"] / wall,
+                   "startup_s": sides[s].get("compile_s", sides[s].get("warmup_s")),
+                   "peak_rss_mib": sides[s]["peak_rss_mib"], "wall_s": wall}
+    ph = ours["phases"]
+    prefill_flops = flops.vision + flops.prefill
+    decode_step_flops = ph["decode_batch"] * flops.decode / max(mean_new, 1)
+    roofline = {
+        "params": parameter_count(config), "flops_per_image": flops.total,
+        "flops_vision": flops.vision, "flops_prefill": flops.prefill, "flops_decode": flops.decode,
+        "dense_matmul_flops_per_s": peak,
+        "end_to_end_fraction_of_peak": flops.total * n / ours["wall_s"] / peak,
+        "prefill_fraction_of_peak": prefill_flops / ph["prefill_s_per_image"] / peak,
+        "decode_fraction_of_peak": decode_step_flops / ph["decode_step_s"] / peak,
+    }
+    print(f"\n{'':28s}{'HF generate':>14s}{'recap_jax':>14s}{'ours/HF':>10s}")
+    for key in ("images_per_s", "generated_tokens_per_s", "prefill_tokens_per_s", "startup_s", "peak_rss_mib", "wall_s"):
+        a, b = rows["hf"][key], rows["ours"][key]
+        print(f"{key:28s}{a:14.2f}{b:14.2f}{b / a:10.2f}")
+    print(f"\nsame greedy tokens: {same}/{n} images")
+    print(f"model: {roofline['params'] / 1e6:.0f}M params; {flops.total / 1e9:.2f} GFLOP/image "
+          f"(vision {flops.vision / 1e9:.2f}, prefill {flops.prefill / 1e9:.2f}, decode {flops.decode / 1e9:.2f})")
+    print(f"dense f32 matmul: {peak / 1e9:.1f} GFLOP/s; end to end {100 * roofline['end_to_end_fraction_of_peak']:.1f}% "
+          f"of it; prefill phase {100 * roofline['prefill_fraction_of_peak']:.1f}%; decode phase (batch "
+          f"{ph['decode_batch']}) {100 * roofline['decode_fraction_of_peak']:.1f}%")
+    result = {"args": vars(args), "rows": rows, "same_tokens": same, "images": n, "roofline": roofline,
+              "phases": ph, "ratio_images_per_s": rows["ours"]["images_per_s"] / rows["hf"]["images_per_s"]}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "caption_vs_hf.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
