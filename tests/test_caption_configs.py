@@ -1,0 +1,54 @@
+"""Caption configs load and validate, the TPU one included (its path runs on CPU elsewhere)."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from recap_jax.captioning.run import decode_settings, validate
+from recap_jax.data.sources import ConfigError
+
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+def load(name, arg=None):
+    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def test_v4_256_config_validates_and_fits_a_v4_host():
+    c = load("v4_256", "input=gs://b/datacomp,output=gs://b/recap,checkpoint=gs://b/ckpt/hqedit")
+    validate(c)  # gs:// paths are checked when opened, not at start-up
+    assert c.model.checkpoint == "gs://b/ckpt/hqedit" and c.input.paths == "gs://b/datacomp/*.tar"
+    assert c.model.dtype == "bfloat16" and c.decode.max_new_tokens == 128
+    chips_per_host = 4
+    assert c.mesh.data * c.mesh.fsdp * c.mesh.tensor == chips_per_host
+    assert c.decode.batch_size % c.mesh.data == 0 and c.decode.prefill_batch % c.mesh.data == 0
+    settings = decode_settings(c, (128009,))
+    assert settings.bucket(576 + 40) == 640  # 576 image tokens + the paper's prompt
+    with pytest.raises(ValueError, match="unknown config argument"):
+        load("v4_256", "inputs=gs://typo")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.dtype", "fp8", "model.dtype"), ("decode.max_new_tokens", 0, "max_new_tokens"),
+    ("decode.prefill_batch", 99, "prefill_batch"), ("output.dir", "", "output.dir"),
+    ("distributed.mode", "maybe", "distributed.mode"), ("prompt", " ", "prompt")])
+def test_bad_fields_are_named(field, value, message):
+    c = load("demo")
+    section, name = field.split(".") if "." in field else (None, field)
+    (c[section] if section else c)[name] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(c)
+
+
+def test_cpu_and_demo_configs_validate(tmp_path):
+    validate(load("demo"))
+    c = load("cpu_small")
+    c.model.hf_dir, c.output.dir = str(tmp_path), str(tmp_path / "out")
+    validate(c)
+    c.model.checkpoint = "also-set"
+    with pytest.raises(ConfigError, match="exactly one"):
+        validate(c)
