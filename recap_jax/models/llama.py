@@ -102,9 +102,12 @@ class DecoderLayer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, layer_cache: tuple | None):
-        """layer_cache None: causal prefill, returns this block's (k, v).
-        Else (k_cache, v_cache) [B, T, KVH, D]: x is one token per row at `positions` [B, 1]."""
+    def __call__(self, carry: tuple, layer: jax.Array, positions: jax.Array):
+        """carry = (x, cache). cache None: causal prefill; returns this block's (k, v) as output.
+        Else cache = (k, v) of ALL layers [L, B, T, KVH, D], carried through the layer scan so
+        that each step writes one position in place instead of copying every layer's cache;
+        x is then one token per row at `positions` [B, 1]."""
+        x, cache = carry
         cfg = self.config
         dense = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = dict(eps=cfg.rms_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -119,22 +122,23 @@ class DecoderLayer(nn.Module):
                             kernel_init=_init(("embed", "kv_heads", "head_dim")))(h)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
 
-        if layer_cache is None:
+        if cache is None:
             seq = x.shape[1]
             # Right padding: padded keys sit after every real query, so the causal mask hides them.
             causal = jnp.tril(jnp.ones((seq, seq), bool))[None]
             attn = grouped_attention(q, k, v, causal)
-            new_kv = (k, v)
+            block_kv = (k, v)
         else:
-            k_cache, v_cache = layer_cache
+            k_cache, v_cache = cache
             rows = jnp.arange(x.shape[0])
             pos = positions[:, 0]
-            k_cache = k_cache.at[rows, pos].set(k[:, 0].astype(k_cache.dtype))
-            v_cache = v_cache.at[rows, pos].set(v[:, 0].astype(v_cache.dtype))
-            visible = jnp.arange(k_cache.shape[1])[None, :] <= pos[:, None]  # [B, T]
-            attn = grouped_attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype),
+            k_cache = k_cache.at[layer, rows, pos].set(k[:, 0].astype(k_cache.dtype))
+            v_cache = v_cache.at[layer, rows, pos].set(v[:, 0].astype(v_cache.dtype))
+            cache = (k_cache, v_cache)
+            visible = jnp.arange(k_cache.shape[2])[None, :] <= pos[:, None]  # [B, T]
+            attn = grouped_attention(q, k_cache[layer].astype(self.dtype), v_cache[layer].astype(self.dtype),
                                      visible[:, None, :])
-            new_kv = (k_cache, v_cache)
+            block_kv = None
         attn = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), name="o_proj", **dense,
                                kernel_init=_init(("heads", "head_dim", "embed")))(attn)
         x = x + attn
@@ -144,7 +148,7 @@ class DecoderLayer(nn.Module):
         up = nn.Dense(cfg.intermediate_size, name="up_proj", **dense, kernel_init=_init(("embed", "mlp")))(h)
         down = nn.Dense(cfg.hidden_size, name="down_proj", **dense,
                         kernel_init=_init(("mlp", "embed")))(jax.nn.silu(gate) * up)
-        return x + down, new_kv
+        return (x + down, cache), block_kv
 
 
 class LlamaDecoder(nn.Module):
@@ -159,7 +163,7 @@ class LlamaDecoder(nn.Module):
                                      param_dtype=self.param_dtype,
                                      embedding_init=_init(("vocab", "embed")))
         self.layers = nn.scan(DecoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
-                              in_axes=(nn.broadcast, 0), length=cfg.num_layers,
+                              in_axes=(0, nn.broadcast), length=cfg.num_layers,
                               metadata_params={nn.PARTITION_NAME: "layers"})(
                                   cfg, self.dtype, self.param_dtype)
         self.norm = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype)
@@ -178,12 +182,14 @@ class LlamaDecoder(nn.Module):
 
     def prefill(self, embeds: jax.Array, positions: jax.Array) -> tuple[jax.Array, KVCache]:
         """embeds [B, S, D] -> (final hidden states [B, S, D] before the norm, K/V [L, B, S, KVH, Dh])."""
-        hidden, (k, v) = self.layers(embeds, positions, None)
+        layers = jnp.arange(self.config.num_layers)
+        (hidden, _), (k, v) = self.layers((embeds, None), layers, positions)
         return hidden, KVCache(k, v)
 
     def decode(self, embeds: jax.Array, positions: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
         """embeds [B, 1, D] at positions [B] -> (logits [B, V], updated cache)."""
-        hidden, (k, v) = self.layers(embeds, positions[:, None], (cache.k, cache.v))
+        layers = jnp.arange(self.config.num_layers)
+        (hidden, (k, v)), _ = self.layers((embeds, (cache.k, cache.v)), layers, positions[:, None])
         return self.logits(hidden[:, 0]), KVCache(k, v)
 
     def __call__(self, token_ids: jax.Array, positions: jax.Array) -> jax.Array:
