@@ -1,6 +1,12 @@
-"""Convert a Hugging Face LLaVA checkpoint folder into a self-contained recap_jax checkpoint.
+r"""Convert a LLaVA checkpoint folder into a self-contained recap_jax checkpoint.
 
+    # llava-hf layout (LlavaForConditionalGeneration: weights, tokenizer, processor in one folder)
     python -m recap_jax.convert --hf_dir llava-llama-3-8b-hf --out ckpt/llava-llama3 --dtype bfloat16
+
+    # original LLaVA-repo layout (LlavaLlamaForCausalLM, e.g. tennant/llava-llama-3-8b-hqedit):
+    # no tokenizer or processor files, and usually no vision tower, in the checkpoint
+    python -m recap_jax.convert --hf_dir llava-llama-3-8b-hqedit --out ckpt/hqedit \
+        --vision_tower_dir clip-vit-large-patch14-336 --tokenizer_dir Meta-Llama-3-8B-Instruct
 
 The output (Orbax params + tokenizer + image settings + prompt template) is what
 `python -m recap_jax.caption --config.model.checkpoint=...` loads; no HF folder is needed after.
@@ -16,7 +22,7 @@ import time
 
 from etils import epath
 
-from recap_jax.conversion import bundle
+from recap_jax.conversion import bundle, original_llava
 from recap_jax.conversion.tensors import ConversionError
 
 
@@ -24,15 +30,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m recap_jax.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hf_dir", required=True,
-                        help="llava-hf checkpoint folder: config.json, *.safetensors, tokenizer and "
-                             "preprocessor_config.json (LlavaForConditionalGeneration)")
+                        help="checkpoint folder: config.json and *.safetensors, in the llava-hf layout "
+                             "(LlavaForConditionalGeneration, with tokenizer and processor config) or the "
+                             "original LLaVA-repo layout (LlavaLlamaForCausalLM, model_type llava_llama)")
+    parser.add_argument("--layout", default="auto", choices=("auto",) + original_llava.LAYOUTS,
+                        help="checkpoint layout; auto: from config.json's model_type/architectures")
+    parser.add_argument("--vision_tower_dir", default=None,
+                        help="original layout: HF CLIPVisionModel/CLIPModel folder (e.g. "
+                             "openai/clip-vit-large-patch14-336): the vision tower weights when the "
+                             "checkpoint has none, its config.json and preprocessor_config.json")
     parser.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(bundle.DTYPES),
                         help="dtype of the stored weights (default: bfloat16, as TPUs run them)")
     parser.add_argument("--tokenizer_dir", default=None,
-                        help="tokenizer folder, when the checkpoint folder has none")
+                        help="tokenizer folder, when the checkpoint folder has none; required for the "
+                             "original layout (the Meta-Llama-3-8B-Instruct tokenizer files)")
     parser.add_argument("--template", default=None,
-                        help="named prompt template (e.g. llama3_llava) instead of the checkpoint's chat template")
+                        help="named prompt template (e.g. llama3_llava) instead of the checkpoint's chat "
+                             "template; the original layout defaults to llama3_llava")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return parser
 
@@ -49,8 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --out {out} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
     try:
-        spec = bundle.read_llava_hf_spec(args.hf_dir, args.tokenizer_dir, args.template)
-        tensors = bundle.llava_hf_tensors(args.hf_dir)
+        layout = original_llava.detect_layout(args.hf_dir) if args.layout == "auto" else args.layout
+        if layout == "original":
+            spec, tensors = original_llava.read_original(args.hf_dir, args.tokenizer_dir,
+                                                         args.vision_tower_dir, args.template)
+        else:
+            spec = bundle.read_llava_hf_spec(args.hf_dir, args.tokenizer_dir, args.template)
+            tensors = bundle.llava_hf_tensors(args.hf_dir)
         count = 0
 
         def progress(name: str) -> None:
@@ -60,13 +80,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {count} tensors converted ({time.time() - start:.0f}s)", flush=True)
 
         params = bundle.convert_params(spec.config, tensors, bundle.DTYPES[args.dtype], on_tensor=progress)
-        source = {"hf_dir": str(epath.Path(args.hf_dir).resolve()), "layout": "llava-hf"}
+        source = {"hf_dir": str(epath.Path(args.hf_dir).resolve()), "layout": layout}
+        if layout == "original":
+            source.update(tokenizer_dir=str(args.tokenizer_dir),
+                          vision_tower_dir=str(args.vision_tower_dir) if args.vision_tower_dir else None)
         bundle.save_converted(out, spec, params, args.dtype, source, overwrite=args.overwrite)
     except (ConversionError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     size = tensors.total_bytes()
-    print(f"converted {args.hf_dir} -> {out} ({args.dtype}) in {time.time() - start:.1f}s; "
+    print(f"converted {args.hf_dir} ({layout} layout) -> {out} ({args.dtype}) in {time.time() - start:.1f}s; "
           f"checkpoint {size / 2**30:.2f} GiB, peak RSS {peak_rss_bytes() / 2**30:.2f} GiB")
     return 0
 

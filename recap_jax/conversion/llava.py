@@ -103,7 +103,8 @@ def param_rules(config: LlavaConfig) -> list[ParamRule]:
 # config disagree.
 _UNUSED = (re.compile(r"vision:post_layernorm\..*"), re.compile(r"vision:embeddings\.position_ids"),
            re.compile(r"text:layers\.\d+\.self_attn\.rotary_emb\.inv_freq"),
-           re.compile(r"vision:(visual_projection|text_model|logit_scale).*"))
+           # A full CLIPModel (e.g. openai/clip-vit-large-patch14-336) as the vision tower source.
+           re.compile(r"vision:(visual_projection|text_projection|text_model|logit_scale).*"))
 
 
 def abstract_params(config: LlavaConfig, dtype=jnp.float32):

@@ -117,8 +117,16 @@ def _rope_settings(tc: dict[str, Any]) -> tuple[float, RopeScaling | None]:
         original_max_position_embeddings=int(merged["original_max_position_embeddings"]))
 
 
+# transformers' LlamaConfig defaults. transformers 4.x writes a llava-hf `text_config` as a diff
+# against them (llava-hf/llava-1.5-7b-hf and xtuner/llava-llama-3-8b-hf omit hidden_size, heads...).
+_LLAMA_DEFAULTS = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+                   "num_hidden_layers": 32, "num_attention_heads": 32, "rms_norm_eps": 1e-6,
+                   "max_position_embeddings": 2048}
+
+
 def text_config_from_hf(tc: dict[str, Any]) -> TextConfig:
     """A LLaMA `config.json` dict (or a LLaVA's `text_config`) -> TextConfig."""
+    tc = {**_LLAMA_DEFAULTS, **{k: v for k, v in tc.items() if v is not None}}
     for field in ("attention_bias", "mlp_bias"):
         if tc.get(field):
             raise ModelConfigError(f"text_config.{field}=true is not supported (LLaMA-3 has no biases)")
@@ -131,8 +139,8 @@ def text_config_from_hf(tc: dict[str, Any]) -> TextConfig:
         intermediate_size=int(tc["intermediate_size"]), num_layers=int(tc["num_hidden_layers"]),
         num_heads=num_heads, num_kv_heads=int(tc.get("num_key_value_heads") or num_heads),
         head_dim=int(tc.get("head_dim") or tc["hidden_size"] // num_heads),
-        rms_norm_eps=float(tc.get("rms_norm_eps", 1e-5)), rope_theta=theta, rope_scaling=scaling,
-        max_position_embeddings=int(tc.get("max_position_embeddings", 8192)),
+        rms_norm_eps=float(tc["rms_norm_eps"]), rope_theta=theta, rope_scaling=scaling,
+        max_position_embeddings=int(tc["max_position_embeddings"]),
         tie_word_embeddings=bool(tc.get("tie_word_embeddings", False)))
 
 
