@@ -24,6 +24,7 @@ from etils import epath
 
 from recap_jax.conversion import bundle, original_llava
 from recap_jax.conversion.tensors import ConversionError
+from recap_jax.preprocess.text import TEMPLATES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     out = epath.Path(args.out)
     if out.exists() and not args.overwrite:
         print(f"error: --out {out} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
+    if args.template is not None and args.template not in TEMPLATES:
+        print(f"error: --template {args.template!r}: known templates are {sorted(TEMPLATES)}", file=sys.stderr)
         return 2
     try:
         layout = original_llava.detect_layout(args.hf_dir) if args.layout == "auto" else args.layout

@@ -277,3 +277,19 @@ def test_xtuner_style_llava_hf_checkpoint_converts(tmp_path, small_hf):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, reference)
     ids = spec.prompt_encoder().encode(PROMPT)
     np.testing.assert_array_equal(ids, reference_spec.prompt_encoder().encode(PROMPT))
+
+
+# --- the conversation format ----------------------------------------------------------------------
+
+def test_llama3_llava_templates_render_exactly():
+    """The LLaMA-3 LLaVA conversation, byte for byte (docs/original_layout.md shows these strings).
+    The assistant header ends in "\\n\\n": LLaMA-3 has distinct tokens for "\\n" and "\\n\\n"."""
+    from recap_jax.preprocess.text import DEFAULT_PROMPT, LLAVA_SYSTEM_PROMPT, PromptEncoder
+    user = ("<|start_header_id|>user<|end_header_id|>\n\n<image>\n" + DEFAULT_PROMPT
+            + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert DEFAULT_PROMPT == ("Please generate a detailed caption of this image. "
+                              "Please be as descriptive as possible.")
+    assert PromptEncoder(None, 0, 0, "llama3_llava").render(DEFAULT_PROMPT) == "<|begin_of_text|>" + user
+    assert PromptEncoder(None, 0, 0, "llama3_llava_system").render(DEFAULT_PROMPT) == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + LLAVA_SYSTEM_PROMPT
+        + "<|eot_id|>" + user)

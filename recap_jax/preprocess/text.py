@@ -24,7 +24,17 @@ LLAMA3_LLAVA_TEMPLATE = (
     "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
     "<image>\n{{ prompt }}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
 
-TEMPLATES = {"llama3_llava": LLAMA3_LLAVA_TEMPLATE}
+# The same with the system turn of LLaVA-NeXT's `conv_llava_llama_3` (and LLaVA++'s LLaMA-3
+# template), for checkpoints trained with that conversation instead.
+LLAVA_SYSTEM_PROMPT = ("You are a helpful language and vision assistant. You are able to understand the "
+                       "visual content that the user provides, and assist the user with a variety of tasks "
+                       "using natural language.")
+LLAMA3_LLAVA_SYSTEM_TEMPLATE = (
+    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + LLAVA_SYSTEM_PROMPT + "<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\n"
+    "<image>\n{{ prompt }}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+
+TEMPLATES = {"llama3_llava": LLAMA3_LLAVA_TEMPLATE, "llama3_llava_system": LLAMA3_LLAVA_SYSTEM_TEMPLATE}
 
 
 @dataclasses.dataclass
@@ -41,7 +51,10 @@ class PromptEncoder:
         if self.template is not None:
             if self.template not in TEMPLATES:
                 raise ValueError(f"prompt template {self.template!r}: known templates are {sorted(TEMPLATES)}")
-            return jinja2.Template(TEMPLATES[self.template]).render(prompt=prompt)
+            # keep_trailing_newline: jinja would otherwise drop the last "\n" of the assistant
+            # header's "\n\n" (LLaMA-3 tokenizes "\n\n" and "\n" differently).
+            env = jinja2.Environment(keep_trailing_newline=True)
+            return env.from_string(TEMPLATES[self.template]).render(prompt=prompt)
         chat_template = self.chat_template or getattr(self.tokenizer, "chat_template", None)
         if not chat_template:
             raise ValueError("the checkpoint has no chat template; name one with model.template "
