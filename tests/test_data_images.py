@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bad_images import cases
-from recap_jax.data.images import ImageError, decode_image
+from recap_jax.data.images import ImageError, decode_image, image_size
 
 CASES = cases()
 
@@ -44,3 +44,35 @@ def test_pixel_limit_is_configurable():
     data, _ = CASES["wide_banner"]
     with pytest.raises(ImageError, match="max_pixels"):
         decode_image(data, max_pixels=1000)
+
+
+def test_more_colours_survive_conversion():
+    assert _pixel("gray8") == [77, 77, 77]
+    assert _pixel("gray16_big_endian_white") == [255, 255, 255]
+    assert _pixel("rgb16") == [255, 128, 0]  # 16-bit RGB scaled to 8 bits
+    assert _pixel("rgba16_transparent") == [255, 255, 255]
+    assert _pixel("la") == [100, 100, 100]
+    assert _pixel("la_transparent") == [255, 255, 255]
+    assert _pixel("gif_transparent") == [255, 255, 255]
+    assert _pixel("float_tiff") == [128, 128, 128]
+    assert _pixel("png_named_jpg_ok") == [0, 0, 255]
+
+
+def test_exif_orientation_is_applied():
+    image = decode_image(CASES["exif_rotated"][0])
+    assert image.size == (10, 20)  # stored 20x10, EXIF says rotate 90 degrees clockwise
+    top, bottom = np.asarray(image)[2, 5], np.asarray(image)[17, 5]
+    assert top[0] > 200 and top[2] < 60  # the stored left (red) half is now on top
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_size_limits_refuse_before_decoding():
+    data, _ = CASES["one_pixel"]
+    with pytest.raises(ImageError, match="too small"):
+        decode_image(data, min_side=2)
+    assert image_size(decode_image(CASES["wide_banner"][0])) == (1500, 10)
+    with pytest.raises(ImageError, match="aspect"):
+        decode_image(CASES["wide_banner"][0], max_aspect=100)
+    # 10^10 pixels claimed by the header: refused at once, without allocating the pixels.
+    with pytest.raises(ImageError, match="decompression bomb"):
+        decode_image(CASES["bomb_header_only"][0], max_pixels=10**11)
