@@ -10,6 +10,8 @@ Optional argument after the file name: a comma-separated list of captioner outpu
 e.g. `--config configs/clip_tiny.py:/data/recap_a,/data/recap_b` (same as --config.data.folders).
 """
 
+import math
+
 import ml_collections
 
 
@@ -31,6 +33,8 @@ def get_config(folders: str = "") -> ml_collections.ConfigDict:
     config.model.vocab_size = 0  # 0 = the tokenizer's size; larger values leave room for new tokens
     config.model.activation = "quick_gelu"  # quick_gelu (OpenAI CLIP), gelu, gelu_tanh
     config.model.use_logit_bias = False  # SigLIP's learned logit bias (needed by train.loss=sigmoid)
+    config.model.init_logit_scale = math.log(1 / 0.07)  # initial log temperature inverse; SigLIP: log(10)
+    config.model.init_logit_bias = -10.0  # initial logit bias (SigLIP), used if use_logit_bias
     config.model.dtype = "float32"  # compute dtype: float32, or bfloat16 on TPU (params stay float32)
     config.model.remat = False  # recompute activations in the backward pass to save memory
     config.model.vision_overrides = ml_collections.ConfigDict()  # e.g. {"depth": 4} to change one tower field

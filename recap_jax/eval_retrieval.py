@@ -59,16 +59,17 @@ def run(config) -> dict[str, Any]:
     """Evaluates every configured dataset; returns {dataset: metrics}."""
     import jax
 
-    from recap_jax.clip import evaluate
+    from recap_jax.clip import evaluate, train_step
     from recap_jax.parallel.mesh import make_mesh
 
     mesh = make_mesh(dict(config.mesh))
     model, params, tokenizer, text_length = load_model(config)
     if text_length > model.cfg.text_context:
         raise ValueError(f"text_length: {text_length} exceeds the model's {model.cfg.text_context} positions")
-    params = jax.device_put(params)
+    shardings = train_step.params_shardings(model, mesh)
+    params = jax.device_put(params, shardings)  # once, placed by logical axes (HF params are numpy)
     encoders = evaluate.make_encoders(model, mesh, params, tokenizer, text_length=text_length,
-                                      batch_size=config.batch_size)
+                                      batch_size=config.batch_size, params_shardings=shardings)
     results: dict[str, Any] = {}
     for name, d in config.datasets.items():
         if not d.folder:

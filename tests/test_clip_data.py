@@ -1,5 +1,7 @@
 """The grain input pipeline over captioner output folders."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -30,12 +32,15 @@ def test_reads_the_captioner_layout_with_tfds(shapes):
     builder = tfds.builder_from_directory(shapes["train"])
     assert set(builder.info.features.keys()) == set(schema.RECORD_FEATURES.keys())
     record = builder.as_data_source(schema.SPLIT)[0]
+    # written by the captioner's own writer, in 4 units
+    assert os.path.exists(os.path.join(shapes["train"], "summary.json"))
+    assert len([f for f in os.listdir(shapes["train"]) if ".array_record-" in f]) == 4
     assert record["org_caption"].decode().split()[1] in synthetic.SHAPES
 
 
 def test_batches_have_static_shapes_and_truncated_captions(shapes, tokenizer):
     batch = _dataset(shapes, tokenizer, re_caption_max_tokens=12)[0]
-    assert batch["image"].shape == (16, 32, 32, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (16, 32, 32, 3) and batch["image"].dtype == np.uint8
     assert batch["tokens"].shape == (16, 12) and batch["tokens"].dtype == np.int32
     for tokens, is_re in zip(batch["tokens"], batch["is_re_caption"]):
         length = int(np.argmax(tokens == tokenizer.eos_id)) + 1  # BOS ... EOS
@@ -108,7 +113,9 @@ def test_image_transforms():
     assert data.resize_center_crop(image, 32).shape == (32, 32, 3)
     a = data.random_resized_crop(image, 32, np.random.default_rng(1), scale=(0.5, 1.0))
     b = data.random_resized_crop(image, 32, np.random.default_rng(2), scale=(0.5, 1.0))
-    assert a.shape == (32, 32, 3) and not np.array_equal(a, b)
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8 and not np.array_equal(a, b)
+    normalized = np.asarray(data.normalize_on_device(a))
+    np.testing.assert_allclose(normalized, (a / 255.0 - data.CLIP_MEAN) / data.CLIP_STD, rtol=1e-5, atol=1e-6)
     decoded = data.decode_image(synthetic.encode_png(image))
     assert decoded.size == (80, 60) and decoded.mode == "RGB"
 

@@ -76,23 +76,34 @@ def decode_image(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
-def normalize(image: Image.Image) -> np.ndarray:
-    return (np.asarray(image, np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
+def to_pixels(image: Image.Image) -> np.ndarray:
+    """uint8 [H, W, 3]. Images travel to the device as uint8 (4x less host memory and transfer
+    than float32); `normalize_on_device` turns them into CLIP-normalised floats inside jit."""
+    return np.asarray(image, np.uint8)
+
+
+def normalize_on_device(images):
+    """uint8 pixels -> CLIP-normalised float32 (float inputs are taken as already normalised)."""
+    import jax.numpy as jnp
+
+    if not jnp.issubdtype(images.dtype, jnp.integer):
+        return images
+    return (images.astype(jnp.float32) / 255.0 - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
 
 
 def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
-    """Evaluation transform (HF CLIPImageProcessor): shorter side -> size, centre crop, normalise."""
+    """Evaluation transform (HF CLIPImageProcessor): shorter side -> size, centre crop; uint8."""
     scale = size / min(image.size)
     w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
     image = image.resize((w, h), Image.BICUBIC)
     left, top = (w - size) // 2, (h - size) // 2
-    return normalize(image.crop((left, top, left + size, top + size)))
+    return to_pixels(image.crop((left, top, left + size, top + size)))
 
 
 def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator,
                         scale: tuple[float, float] = (0.9, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
-    """Training transform: a random crop covering `scale` of the area, resized to size x size."""
+    """Training transform: a random crop covering `scale` of the area, resized to size x size; uint8."""
     area = image.width * image.height
     for _ in range(10):
         target = area * rng.uniform(*scale)
@@ -101,7 +112,7 @@ def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator,
         if 0 < w <= image.width and 0 < h <= image.height:
             left = int(rng.integers(0, image.width - w + 1))
             top = int(rng.integers(0, image.height - h + 1))
-            return normalize(image.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h)))
+            return to_pixels(image.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h)))
     return resize_center_crop(image, size)  # degenerate aspect ratios
 
 
@@ -199,8 +210,9 @@ class CheckpointableIterator:
 
     def _start(self):
         num_threads, prefetch, num_workers = self._options
+        # Each thread prepares whole batches; the buffer must hold at least one per thread.
         ds = self._batches.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                             prefetch_buffer_size=prefetch))
+                                                             prefetch_buffer_size=max(prefetch, num_threads)))
         if num_workers > 0:  # separate processes for JPEG decoding on big hosts
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
         return iter(ds)

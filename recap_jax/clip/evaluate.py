@@ -139,7 +139,8 @@ def encode_image_dataset(encoders: Encoders, source, *, image_field: str = "imag
     if max_images:
         ds = ds[:max_images]
     batches = ds.map(prepare).batch(encoders.batch_size, batch_fn=lambda xs: xs)
-    it = iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)))
+    it = iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                        prefetch_buffer_size=num_threads)))
     embeddings, kept = [], []
     for examples in it:
         images = np.stack([e["image"] for e in examples])

@@ -92,7 +92,8 @@ def config_from_dict(model_cfg: Any, vocab_size: int | None = None) -> CLIPConfi
     """Builds a `CLIPConfig` from the `config.model` ConfigDict of a train/eval config.
 
     Fields: image (a key of IMAGE_TOWERS), text (a key of TEXT_TOWERS), image_size, text_context,
-    embed_dim, vocab_size, eos_token_id, activation, use_logit_bias, dtype, remat, and optional
+    embed_dim, vocab_size, eos_token_id, activation, use_logit_bias, init_logit_scale,
+    init_logit_bias, dtype, remat, and optional
     `vision_overrides` / `text_overrides` dicts to change single tower fields.
     """
     get = lambda k, d=None: model_cfg.get(k, d)  # noqa: E731
@@ -111,6 +112,8 @@ def config_from_dict(model_cfg: Any, vocab_size: int | None = None) -> CLIPConfi
         eos_token_id=int(get("eos_token_id", 49407)),
         activation=get("activation", "quick_gelu"),
         use_logit_bias=bool(get("use_logit_bias", False)),
+        init_logit_scale=float(get("init_logit_scale", math.log(1 / 0.07))),
+        init_logit_bias=float(get("init_logit_bias", -10.0)),
         dtype=_dtype(get("dtype", "float32")), remat=bool(get("remat", False)))
     validate(cfg)
     return cfg

@@ -7,7 +7,7 @@ of (colour, shape, position) has a unique caption, so retrieval on a split that 
 combination once is well posed (chance R@1 = 1 / number of images).
 
     python -m recap_jax.clip.synthetic --out /tmp/shapes --num_train 4000 --image_size 32
-writes /tmp/shapes/train (random renders) and /tmp/shapes/heldout (one fresh render per
+writes /tmp/shapes/train (random renders, with the captioner's own output writer) and /tmp/shapes/heldout (one fresh render per
 combination), plus /tmp/shapes/tokenizer (a word-level tokenizer covering the vocabulary).
 """
 
@@ -86,10 +86,10 @@ def make_records(num: int, size: int, seed: int, one_per_combination: bool = Fal
 def write_tfds_folder(folder: str, records: Iterable[Mapping[str, Any]],
                       features: tfds.features.FeaturesDict | None = None, split: str = "train",
                       dataset_name: str | None = None, num_shards: int = 1) -> str:
-    """Writes `records` as a TFDS ArrayRecord dataset folder (no TensorFlow needed).
+    """Writes `records` as a TFDS ArrayRecord dataset folder with any features/split (no TensorFlow).
 
-    Defaults to the captioner's record schema, so the folder looks exactly like a captioner
-    output folder: `tfds.builder_from_directory(folder).as_data_source(split)` reads it.
+    `tfds.builder_from_directory(folder).as_data_source(split)` reads it. For the captioner's own
+    layout use `write_captioner_output`.
     """
     from array_record.python.array_record_module import ArrayRecordWriter
 
@@ -137,6 +137,19 @@ def write_eval_folders(root: str, size: int, seed: int) -> dict[str, str]:
     return {"coco_style": coco, "colours": colours}
 
 
+def write_captioner_output(folder: str, records: Sequence[Mapping[str, Any]], num_units: int = 1) -> str:
+    """Writes `records` with the captioner's own writer (`recap_jax.data.writer.OutputDataset`):
+    the folder is byte-for-byte the layout `recap_jax.caption` produces (shards, markers, metadata)."""
+    from recap_jax.data.writer import OutputDataset
+
+    output = OutputDataset(folder, num_units=num_units, fingerprint={"synthetic": True})
+    for unit, chunk in enumerate(np.array_split(np.arange(len(records)), num_units)):
+        output.write_unit(unit, [records[i] for i in chunk], failures=[])
+    if not output.finalize({"synthetic": True}):
+        raise RuntimeError(f"{folder}: not every unit was written")
+    return folder
+
+
 def vocabulary() -> list[str]:
     words = set()
     for combo in COMBINATIONS:
@@ -172,8 +185,8 @@ def write_demo(out: str, num_train: int = 4000, image_size: int = 32, seed: int 
     """train/heldout dataset folders and a tokenizer under `out`; returns their paths."""
     paths = dict(train=os.path.join(out, "train"), heldout=os.path.join(out, "heldout"),
                  tokenizer=os.path.join(out, "tokenizer"))
-    write_tfds_folder(paths["train"], make_records(num_train, image_size, seed))
-    write_tfds_folder(paths["heldout"], make_records(0, image_size, seed + 1_000_003, one_per_combination=True))
+    write_captioner_output(paths["train"], make_records(num_train, image_size, seed), num_units=4)
+    write_captioner_output(paths["heldout"], make_records(0, image_size, seed + 1_000_003, one_per_combination=True))
     write_word_tokenizer(paths["tokenizer"], vocabulary() + ["a", "photo", "of", "the"])
     return paths
 

@@ -1,9 +1,10 @@
 """Train state, optimizer and the jitted CLIP training step (a pure function of state and batch).
 
 One step, for a newcomer:
-1. The global batch (images [B, H, W, 3], tokens [B, L]) arrives split over the mesh's batch
+1. The global batch (images uint8 [B, H, W, 3], tokens int32 [B, L]) arrives split over the mesh's batch
    axes (`data`, `fsdp`); parameters are placed by their logical axis names.
-2. Both towers embed their half of the batch; embeddings are L2-normalised.
+2. Images are normalised on the device; both towers embed their half of the batch; embeddings
+   are L2-normalised.
 3. `loss.sharded_contrastive_loss` compares every image with every text of the GLOBAL batch.
 4. AdamW (warmup + cosine) updates the params; `logit_scale` is clamped at log(logit_scale_max).
 
@@ -29,6 +30,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from recap_jax.clip import loss as loss_lib
+from recap_jax.clip.data import normalize_on_device
 from recap_jax.clip.model import CLIP, init_params
 from recap_jax.parallel.mesh import LOGICAL_AXIS_RULES
 
@@ -101,6 +103,12 @@ def abstract_train_state(model: CLIP, tx, mesh: Mesh, seed: int = 0):
                         nn.unbox(abstract), shardings), shardings
 
 
+def params_shardings(model: CLIP, mesh: Mesh) -> Any:
+    """NamedShardings of the model's params, from their logical axis names."""
+    boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, LOGICAL_AXIS_RULES)
+
+
 def _split_micro(x: jax.Array, accum_steps: int) -> jax.Array:
     """[B, ...] -> [accum, B/accum, ...]; micro-batch k takes rows k, k+accum, ... so that every
     device keeps its own rows (the batch dimension stays split the same way)."""
@@ -126,7 +134,7 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, mesh: Mesh, *
         raise ValueError(f"train.accum_steps must be >= 1, got {accum_steps}")
 
     def embed(params, images, tokens):
-        return model.apply({"params": params}, images, tokens)
+        return model.apply({"params": params}, normalize_on_device(images), tokens)
 
     def loss_from_embeddings(params, image_emb, text_emb):
         return contrastive(image_emb, text_emb, params["logit_scale"],
@@ -185,7 +193,8 @@ def make_encoders(model: CLIP, mesh: Mesh, params_shardings: Any = None):
     batch_spec = batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
     encode_images = jax.jit(
-        lambda params, images: model.apply({"params": params}, images, method=CLIP.encode_image),
+        lambda params, images: model.apply({"params": params}, normalize_on_device(images),
+                                           method=CLIP.encode_image),
         in_shardings=(params_shardings, batch_spec), out_shardings=replicated)
     encode_texts = jax.jit(
         lambda params, tokens: model.apply({"params": params}, tokens, method=CLIP.encode_text),

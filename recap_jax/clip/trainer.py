@@ -7,6 +7,7 @@ JSON-lines metrics, progress lines, periodic evaluation, and stopping on a non-f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 from etils import epath
+from flax import linen as nn
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -39,10 +41,12 @@ def build_model(model_cfg: ml_collections.ConfigDict, tokenizer: data_lib.Tokeni
         if not cfg.pool_text_at_argmax and tokenizer.eos_id != cfg.eos_token_id:
             raise ValueError(f"data.tokenizer: its EOS id {tokenizer.eos_id} differs from the eos_token_id "
                              f"{cfg.eos_token_id} of model.hf_dir (text would be pooled at the wrong token)")
+        # HF CLIP has no logit bias; a sigmoid-loss fine-tune adds one (initialised from the config).
+        cfg = dataclasses.replace(cfg, use_logit_bias=bool(model_cfg.get("use_logit_bias", False)),
+                                  init_logit_bias=float(model_cfg.get("init_logit_bias", -10.0)))
         return model_lib.CLIP(cfg), hf_weights.load_hf_params(model_cfg.hf_dir, cfg)
     merged = dict(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else model_cfg)
-    merged.setdefault("vocab_size", tokenizer.vocab_size)
-    if not merged.get("vocab_size"):
+    if not merged.get("vocab_size"):  # 0 / absent: exactly the tokenizer's vocabulary
         merged["vocab_size"] = tokenizer.vocab_size
     if merged["vocab_size"] < tokenizer.vocab_size:
         raise ValueError(f"model.vocab_size: {merged['vocab_size']} is smaller than the tokenizer's "
@@ -81,14 +85,23 @@ def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
 
 def latest_params(workdir: str, model: model_lib.CLIP, mesh) -> tuple[Any, int]:
-    """Params of the latest checkpoint under `workdir` (for evaluation), and its step."""
+    """Params (sharded on `mesh`) of the latest checkpoint under `workdir`, and its step.
+
+    Only the params are read (partial restore): the optimizer state, twice their size, stays on disk.
+    """
     manager = _checkpoint_manager(workdir, keep=1_000_000)
     step = manager.latest_step()
     if step is None:
         raise ValueError(f"model.checkpoint: no checkpoint under {workdir}/checkpoints")
-    tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    params = tree.state["params"]
-    return jax.tree.map(np.asarray, params), step
+    shardings = train_step.params_shardings(model, mesh)
+    shapes = nn.unbox(jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0))))
+    target = {"params": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                     shapes, shardings)}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True)))
+    manager.close()
+    return tree.state["params"], step
 
 
 class MetricsLog:
@@ -233,9 +246,10 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
             every = config.eval.every_steps
             if (every and step % every == 0) or step == t.num_steps:
                 eval_metrics = run_evals(config, model, mesh, state.params, shardings.params, tokenizer)
-                log.write(step, eval_metrics)
-                last.update(eval_metrics)
-                interval_start = time.time()  # do not count evaluation time as training time
+                if eval_metrics:
+                    log.write(step, eval_metrics)
+                    last.update(eval_metrics)
+                    interval_start = time.time()  # do not count evaluation time as training time
     finally:  # also on errors/preemption: let an in-flight checkpoint save complete
         manager.wait_until_finished()
         manager.close()
