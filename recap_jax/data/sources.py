@@ -1,18 +1,24 @@
-"""Input samples from image folders, img2dataset webdataset tars, and TFDS datasets.
+"""Input samples from image folders, img2dataset webdataset tars, and TFDS / ArrayRecord datasets.
 
 The input is split into work units, in a deterministic order: a unit is one tar, a chunk of
 `files_per_unit` files, or a range of `records_per_unit` records. A unit is also the unit of
-output (one ArrayRecord shard) and of resumption after a crash.
+output (one ArrayRecord shard) and of resumption after a crash, so every host must plan the same
+units from the same config: planning sorts everything it lists.
 Reading never raises for one bad sample: it yields a `Failure` instead and goes on.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import io
 import json
+import logging
 import posixpath
+import re
 import tarfile
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -20,7 +26,16 @@ import numpy as np
 from etils import epath
 
 FORMATS = ("folder", "webdataset", "tfds")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+# Webdataset image members, in order of preference when a key has several.
+WEBDATASET_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "jfif", "gif", "bmp", "tif", "tiff", "avif")
+# How many keys a tar may interleave: a key's members are gathered until this many other keys have
+# started after its last member (img2dataset writes them adjacent; this tolerates local reordering
+# without holding a whole tar in memory).
+TAR_REORDER_WINDOW = 64
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -45,19 +60,51 @@ class Failure:
 
 
 @dataclasses.dataclass(frozen=True)
+class TfdsFields:
+    """Which record fields hold what (the first present name wins)."""
+    image: tuple[str, ...] = ("image", "jpg", "png", "webp")
+    key: tuple[str, ...] = ("key",)
+    caption: tuple[str, ...] = ("org_caption", "caption", "text", "txt")
+    url: tuple[str, ...] = ("url",)
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkUnit:
     index: int  # position in the whole input; also the output shard index
     format: str
-    path: str  # the tar, the TFDS dataset folder, or the folder root
+    path: str  # the tar, the folder root, the TFDS dataset folder or the ArrayRecord file
     files: tuple[str, ...] = ()  # folder format: image files of this unit
+    keys: tuple[str, ...] = ()  # folder format: their keys (unique over the whole input)
     start: int = 0  # tfds format: record range [start, stop)
     stop: int = 0
+    split: str = ""  # tfds format: the split of a TFDS folder; "" for a bare ArrayRecord file
+    fields: TfdsFields | None = None  # tfds format: field names
+
+
+# --- planning ----------------------------------------------------------------------------------
 
 
 def _split_paths(paths: str | Sequence[str]) -> list[str]:
     if isinstance(paths, str):
-        paths = paths.split(",")
+        # Commas inside braces belong to a brace pattern ("{a,b}.tar"), not to the list.
+        paths = re.split(r",(?![^{]*\})", paths)
     return [p.strip() for p in paths if p and p.strip()]
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Webdataset brace notation: "s-{000..002}.tar" -> s-000.tar, s-001.tar, s-002.tar; "{a,b}" too."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if not match:
+        return [pattern]
+    head, tail, body = pattern[:match.start()], pattern[match.end():], match.group(1)
+    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if numeric:
+        first, last = numeric.groups()
+        width = len(first) if first.startswith("0") or len(first) == len(last) else 0
+        options = [str(i).zfill(width) for i in range(int(first), int(last) + 1)]
+    else:
+        options = body.split(",")
+    return [expanded for option in options for expanded in expand_braces(head + option + tail)]
 
 
 def _glob(pattern: str) -> list[epath.Path]:
@@ -80,78 +127,148 @@ def _resolve(paths: str | Sequence[str]) -> list[epath.Path]:
     patterns = _split_paths(paths)
     if not patterns:
         raise ConfigError("input.paths: empty; give a folder, a glob or a comma-separated list of globs")
-    found = []
+    found: dict[str, epath.Path] = {}  # ordered, without duplicates: a file named twice is read once
     for pattern in patterns:
-        matches = _glob(pattern)
-        if not matches:
-            raise ConfigError(f"input.paths: nothing matches {pattern!r}")
-        found += matches
-    return found
+        expanded = expand_braces(pattern)
+        for one in expanded:
+            matches = _glob(one)
+            if not matches:
+                raise ConfigError(f"input.paths: nothing matches {one!r}"
+                                  + (f" (from {pattern!r})" if len(expanded) > 1 else ""))
+            for match in matches:
+                found.setdefault(str(match), match)
+    return list(found.values())
 
 
 def plan_work_units(format: str, paths: str | Sequence[str], *, files_per_unit: int = 1000,
-                    records_per_unit: int = 1000) -> list[WorkUnit]:
-    """The whole input as work units, in a deterministic order (every host computes the same)."""
+                    records_per_unit: int = 1000, split: str | None = None,
+                    fields: TfdsFields | None = None) -> list[WorkUnit]:
+    """The whole input as work units, in a deterministic order (every host computes the same).
+
+    `paths`: a folder, a file, a glob or brace pattern, or several (a list or comma-separated).
+    `split`, `fields`: tfds format only (default: "train" if present, else the first split).
+    """
     if format not in FORMATS:
         raise ConfigError(f"input.format={format!r}: expected one of {FORMATS}")
-    if files_per_unit < 1 or records_per_unit < 1:
-        raise ConfigError("input.files_per_unit and input.records_per_unit must be >= 1")
+    if files_per_unit < 1:
+        raise ConfigError(f"input.files_per_unit={files_per_unit}: must be >= 1")
+    if records_per_unit < 1:
+        raise ConfigError(f"input.records_per_unit={records_per_unit}: must be >= 1")
     resolved = _resolve(paths)
     if format == "webdataset":
-        tars = []
-        for p in resolved:
-            tars += sorted(p.glob("*.tar")) if p.is_dir() else [p]
-        if not tars:
-            raise ConfigError(f"input.paths: no .tar shards in {[str(p) for p in resolved]}")
-        return [WorkUnit(i, format, str(t)) for i, t in enumerate(tars)]
+        return _plan_tars(resolved)
     if format == "folder":
-        units = []
-        for root in resolved:
-            if root.is_dir():
-                files = sorted((p for p in _walk_files(root) if p.suffix.lower() in IMAGE_EXTENSIONS),
-                               key=str)
-                base = root
-            else:
-                files, base = [root], root.parent
+        return _plan_folders(resolved, files_per_unit)
+    return _plan_tfds(resolved, records_per_unit, split, fields or TfdsFields())
+
+
+def _plan_tars(resolved: list[epath.Path]) -> list[WorkUnit]:
+    tars: dict[str, None] = {}
+    for p in resolved:
+        if p.is_dir():
+            tars.update((str(t), None) for t in sorted(p.iterdir()) if t.name.endswith(TAR_SUFFIXES))
+        else:
+            tars[str(p)] = None
+    if not tars:
+        raise ConfigError(f"input.paths: no tar shards ({', '.join(TAR_SUFFIXES)}) in "
+                          f"{[str(p) for p in resolved]}")
+    return [WorkUnit(i, "webdataset", t) for i, t in enumerate(tars)]
+
+
+def _plan_folders(resolved: list[epath.Path], files_per_unit: int) -> list[WorkUnit]:
+    roots: list[tuple[epath.Path, list[epath.Path]]] = []
+    for root in resolved:
+        if root.is_dir():
+            files = sorted((p for p in _walk_files(root) if p.suffix.lower() in IMAGE_EXTENSIONS), key=str)
             if not files:
                 raise ConfigError(f"input.paths: no image files ({', '.join(IMAGE_EXTENSIONS)}) in {root}")
-            for start in range(0, len(files), files_per_unit):
-                chunk = tuple(str(p) for p in files[start:start + files_per_unit])
-                units.append(WorkUnit(len(units), format, str(base), files=chunk))
-        return units
-    units = []
-    for folder in resolved:
-        size = len(_tfds_source(str(folder)))
-        for start in range(0, size, records_per_unit):
-            units.append(WorkUnit(len(units), format, str(folder), start=start,
-                                  stop=min(start + records_per_unit, size)))
+            roots.append((root, files))
+        else:
+            roots.append((root.parent, [root]))
+    keys = _unique_file_keys([(str(root), str(f)) for root, files in roots for f in files])
+    units, position = [], 0
+    for root, files in roots:
+        for start in range(0, len(files), files_per_unit):
+            chunk = tuple(str(p) for p in files[start:start + files_per_unit])
+            units.append(WorkUnit(len(units), "folder", str(root), files=chunk,
+                                  keys=tuple(keys[position:position + len(chunk)])))
+            position += len(chunk)
     return units
 
 
+def _unique_file_keys(files: list[tuple[str, str]]) -> list[str]:
+    """Key = path relative to its root without the extension ("sub/cat"); where two files would
+    share a key ("cat.jpg" and "cat.png", or the same name under two roots), the extension and then
+    the full path are kept, so keys stay unique and still say which file."""
+    def relative(root: str, file: str) -> str:
+        return file[len(root):].lstrip("/") if file.startswith(root.rstrip("/") + "/") else posixpath.basename(file)
+
+    keys = [posixpath.splitext(relative(root, f))[0] for root, f in files]
+    for attempt in (lambda root, f: relative(root, f), lambda root, f: f):
+        counts = collections.Counter(keys)
+        keys = [attempt(root, f) if counts[k] > 1 else k for k, (root, f) in zip(keys, files)]
+    return keys
+
+
 def _walk_files(folder: epath.Path) -> Iterator[epath.Path]:
-    """All files under `folder` (epath has no recursive glob on gs://)."""
+    """All files under `folder` (epath has no recursive glob on gs://); hidden ones skipped."""
     for child in folder.iterdir():
+        if child.name.startswith("."):
+            continue
         if child.is_dir():
             yield from _walk_files(child)
         else:
             yield child
 
 
+def _plan_tfds(resolved: list[epath.Path], records_per_unit: int, split: str | None,
+               fields: TfdsFields) -> list[WorkUnit]:
+    units = []
+    for path in resolved:
+        if path.is_dir():
+            split_name = _tfds_split(str(path), split)
+            size = len(_tfds_source(str(path), split_name))
+        else:
+            split_name = ""
+            size = len(_array_record_source(str(path)))
+        for start in range(0, size, records_per_unit):
+            units.append(WorkUnit(len(units), "tfds", str(path), start=start,
+                                  stop=min(start + records_per_unit, size), split=split_name, fields=fields))
+    return units
+
+
 def units_for_host(units: Sequence[WorkUnit], process_index: int, process_count: int) -> list[WorkUnit]:
-    """This host's share: round-robin, so neighbouring (similar-sized) units spread over hosts."""
+    """This host's share: round-robin, so neighbouring (similar-sized) units spread over hosts.
+
+    Shares are disjoint and cover all units for any process_count; a resumed run may use another
+    process_count, since done units are recorded per unit, not per host.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
     return [u for u in units if u.index % process_count == process_index]
 
 
+def units_fingerprint(units: Sequence[WorkUnit]) -> str:
+    """A short hash of the whole plan: changes if any input file, range or key changes."""
+    digest = hashlib.sha256()
+    for unit in units:
+        digest.update(json.dumps(dataclasses.asdict(unit), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
 def read_unit(unit: WorkUnit) -> Iterator[Sample | Failure]:
+    """The unit's samples in a fixed order; a Failure in place of each unreadable one."""
     if unit.format == "folder":
         yield from _read_files(unit)
     elif unit.format == "webdataset":
         yield from _read_tar(unit)
-    else:
+    elif unit.format == "tfds":
         yield from _read_tfds(unit)
+    else:
+        raise ValueError(f"unknown unit format {unit.format!r}")
 
 
-# --- folders --------------------------------------------------------------------------------
+# --- folders -----------------------------------------------------------------------------------
 
 
 def _read_text(path: epath.Path) -> str | None:
@@ -162,19 +279,18 @@ def _read_text(path: epath.Path) -> str | None:
 
 
 def _read_files(unit: WorkUnit) -> Iterator[Sample | Failure]:
-    root = epath.Path(unit.path)
-    for name in unit.files:
+    keys = unit.keys or tuple(posixpath.splitext(posixpath.basename(f))[0] for f in unit.files)
+    for name, key in zip(unit.files, keys):
         path = epath.Path(name)
-        relative = posixpath.splitext(str(path.relative_to(root)) if str(path).startswith(str(root)) else path.name)[0]
         try:
             data = path.read_bytes()
         except OSError as e:
-            yield Failure(relative, str(path), f"unreadable: {e}")
+            yield Failure(key, name, f"unreadable file: {type(e).__name__}: {e}")
             continue
         meta = _parse_json(_read_text(path.with_suffix(".json")))
         caption = _read_text(path.with_suffix(".txt"))
-        yield Sample(relative, str(path), data, caption if caption is not None else meta.get("caption", ""),
-                     str(meta.get("url", "")), meta)
+        yield Sample(key, name, data, caption if caption is not None else str(meta.get("caption", "") or ""),
+                     str(meta.get("url", "") or ""), meta)
 
 
 def _parse_json(text: str | None) -> dict[str, Any]:
@@ -187,7 +303,7 @@ def _parse_json(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-# --- webdataset tars ------------------------------------------------------------------------
+# --- webdataset tars ---------------------------------------------------------------------------
 
 
 def _split_member(name: str) -> tuple[str, str]:
@@ -197,8 +313,16 @@ def _split_member(name: str) -> tuple[str, str]:
     return posixpath.join(directory, key) if directory else key, ext.lower()
 
 
+def _is_compressed(head: bytes) -> bool:
+    return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"))
+
+
 def _ends_with_tar_marker(path: str) -> bool:
+    """An uncompressed tar ends with (at least) two zero blocks; a tar cut at a member boundary
+    reads as if it ended there, and only their absence tells."""
     with epath.Path(path).open("rb") as f:
+        if _is_compressed(f.read(6)):
+            return True  # a cut compressed stream fails in the decompressor instead
         f.seek(0, io.SEEK_END)
         size = f.tell()
         if size < 1024:
@@ -207,81 +331,186 @@ def _ends_with_tar_marker(path: str) -> bool:
         return not any(f.read(1024))
 
 
+class _TarGroups:
+    """Gathers tar members into samples by key, releasing a key once TAR_REORDER_WINDOW other
+    keys have started after it (first-seen order, so the output order is deterministic)."""
+
+    def __init__(self, shard: str, window: int | None = None):
+        self.shard, self.window = shard, window or TAR_REORDER_WINDOW
+        self.pending: collections.OrderedDict[str, dict[str, bytes]] = collections.OrderedDict()
+        self.released: set[str] = set()
+        self.last_key: str | None = None  # the key being read: the one a cut would damage
+
+    def add(self, key: str, ext: str, data: bytes) -> Iterator[Sample | Failure]:
+        if key in self.released:
+            log.warning("%s: member %s.%s comes after its sample was released; ignored", self.shard, key, ext)
+            return
+        self.pending.setdefault(key, {})[ext] = data  # a key keeps its first-seen place
+        while len(self.pending) > self.window:
+            yield self._release(*self.pending.popitem(last=False))
+
+    def flush(self, broken_key: str | None = None, broken_reason: str = "") -> Iterator[Sample | Failure]:
+        while self.pending:
+            key, parts = self.pending.popitem(last=False)
+            if key == broken_key:
+                self.released.add(key)
+                yield Failure(key, f"{self.shard}:{key}", broken_reason)
+            else:
+                yield self._release(key, parts)
+
+    def _release(self, key: str, parts: dict[str, bytes]) -> Sample | Failure:
+        self.released.add(key)
+        image_ext = next((e for e in WEBDATASET_IMAGE_EXTS if e in parts), None)
+        if image_ext is None:
+            return Failure(key, f"{self.shard}:{key}", f"no image member (has {sorted(parts) or 'nothing'})")
+        meta = _parse_json(parts.get("json", b"").decode("utf-8", "replace"))
+        if "txt" in parts:
+            caption = parts["txt"].decode("utf-8", "replace").strip()
+        else:
+            caption = str(meta.get("caption", "") or "")
+        return Sample(key, f"{self.shard}:{key}.{image_ext}", parts[image_ext], caption,
+                      str(meta.get("url", "") or ""), meta)
+
+
 def _read_tar(unit: WorkUnit) -> Iterator[Sample | Failure]:
     shard = posixpath.basename(unit.path)
-    groups: dict[str, dict[str, bytes]] = {}
+    groups = _TarGroups(shard)
     error = None
     try:
         with epath.Path(unit.path).open("rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
-                if not member.isfile():
-                    continue
                 key, ext = _split_member(member.name)
+                if not member.isfile() or not key or posixpath.basename(key).startswith("."):
+                    continue  # folders, links, hidden files (e.g. macOS "._x")
+                groups.last_key = key
                 data = tar.extractfile(member).read()
                 if len(data) != member.size:
                     raise tarfile.ReadError(f"member {member.name} is truncated")
-                groups.setdefault(key, {})[ext] = data
+                yield from groups.add(key, ext, data)
         if not _ends_with_tar_marker(unit.path):
-            # Cut at a header boundary, a tar reads as if it ended there: only the missing
-            # end-of-archive blocks tell.
             raise tarfile.ReadError("no end-of-archive marker (file truncated)")
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         error = f"{type(e).__name__}: {e}"
-    for key, parts in groups.items():
-        image_ext = next((e for e in ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff") if e in parts), None)
-        if image_ext is None:
-            yield Failure(key, f"{shard}:{key}", f"no image member (has {sorted(parts)})")
-            continue
-        meta = _parse_json(parts.get("json", b"").decode("utf-8", "replace"))
-        caption = parts["txt"].decode("utf-8", "replace").strip() if "txt" in parts else meta.get("caption", "")
-        yield Sample(key, f"{shard}:{key}.{image_ext}", parts[image_ext], caption or "",
-                     str(meta.get("url", "") or ""), meta)
-    if error is not None:
-        yield Failure(f"{shard}#rest", unit.path, f"tar unreadable after {len(groups)} samples: {error}")
+    if error is None:
+        yield from groups.flush()
+        return
+    # The last key read may be missing members (or bytes): it fails rather than being captioned
+    # from a partial sample. Whatever came after the cut is unknown: one Failure stands for it.
+    yield from groups.flush(groups.last_key, f"tar truncated or corrupt inside this sample: {error}")
+    yield Failure(f"{shard}#rest", unit.path,
+                  f"tar unreadable after {len(groups.released)} samples, the rest is lost: {error}")
 
 
-# --- TFDS / ArrayRecord ------------------------------------------------------------------------
+# --- TFDS folders and ArrayRecord files ------------------------------------------------------------
 
-_SOURCES: dict[str, Any] = {}
+_SOURCES: dict[tuple[str, str], Any] = {}
+_READ_CHUNK = 32  # records fetched per random-access call
 
 
-def _tfds_source(folder: str):
-    if folder not in _SOURCES:
-        import tensorflow_datasets as tfds
+def _tfds_builder(folder: str):
+    import tensorflow_datasets as tfds
+    try:
+        return tfds.builder_from_directory(folder)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"input.paths: {folder} is not a TFDS dataset folder ({type(e).__name__}: {e})") from None
+
+
+def _tfds_split(folder: str, split: str | None) -> str:
+    splits = list(_tfds_builder(folder).info.splits)
+    if split is None:
+        return "train" if "train" in splits else splits[0]
+    if split not in splits:
+        raise ConfigError(f"input.split={split!r}: {folder} has splits {splits}")
+    return split
+
+
+def _tfds_source(folder: str, split: str):
+    if (folder, split) not in _SOURCES:
+        _SOURCES[(folder, split)] = _tfds_builder(folder).as_data_source(split)
+    return _SOURCES[(folder, split)]
+
+
+def _array_record_source(path: str):
+    if (path, "") not in _SOURCES:
+        from array_record.python.array_record_data_source import ArrayRecordDataSource
         try:
-            builder = tfds.builder_from_directory(folder)
+            _SOURCES[(path, "")] = ArrayRecordDataSource([path])
         except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"input.paths: {folder} is not a TFDS dataset folder ({e})") from None
-        split = "train" if "train" in builder.info.splits else next(iter(builder.info.splits))
-        _SOURCES[folder] = builder.as_data_source(split)
-    return _SOURCES[folder]
+            raise ConfigError(f"input.paths: {path} is neither a TFDS dataset folder nor an ArrayRecord file "
+                              f"({type(e).__name__}: {e})") from None
+    return _SOURCES[(path, "")]
+
+
+def parse_tf_example(data: bytes) -> dict[str, Any]:
+    """A serialized tf.train.Example (what TFDS writes) -> {name: bytes | int | float | list}."""
+    from tensorflow_datasets.proto import tf_example_pb2
+    example = tf_example_pb2.Example.FromString(data)
+    record = {}
+    for name, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        values = list(getattr(feature, kind).value) if kind else []
+        record[name] = values[0] if len(values) == 1 else values
+    return record
 
 
 def _text(value) -> str:
     if value is None:
         return ""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _read_tfds(unit: WorkUnit) -> Iterator[Sample | Failure]:
-    source = _tfds_source(unit.path)
-    name = posixpath.basename(unit.path.rstrip("/"))
-    for index in range(unit.start, unit.stop):
-        where = f"{name}[{index}]"
+def _first(record: dict[str, Any], names: tuple[str, ...]):
+    return next((record[n] for n in names if n in record), None)
+
+
+def _records(unit: WorkUnit) -> Iterator[tuple[int, dict | None, str]]:
+    """(index, record or None, error) for the unit's range, fetched in chunks."""
+    source = _tfds_source(unit.path, unit.split) if unit.split else _array_record_source(unit.path)
+
+    def decode(raw):
+        return raw if unit.split else parse_tf_example(raw)
+
+    for chunk_start in range(unit.start, unit.stop, _READ_CHUNK):
+        indices = list(range(chunk_start, min(chunk_start + _READ_CHUNK, unit.stop)))
         try:
-            record = source[index]
-        except Exception as e:  # noqa: BLE001
-            yield Failure(str(index), where, f"unreadable record: {e}")
+            batch = [decode(r) for r in source.__getitems__(indices)]
+        except Exception:  # noqa: BLE001 - one bad record: fall back to one by one to find it
+            batch = None
+        for offset, index in enumerate(indices):
+            if batch is not None:
+                yield index, batch[offset], ""
+                continue
+            try:
+                yield index, decode(source[index]), ""
+            except Exception as e:  # noqa: BLE001
+                yield index, None, f"unreadable record: {type(e).__name__}: {e}"
+
+
+def _read_tfds(unit: WorkUnit) -> Iterator[Sample | Failure]:
+    fields = unit.fields or TfdsFields()
+    name = posixpath.basename(unit.path.rstrip("/"))
+    for index, record, error in _records(unit):
+        where = f"{name}[{index}]"
+        if record is None:
+            yield Failure(str(index), where, error)
             continue
-        key = _text(record.get("key")) or str(index)
-        image = record.get("image", record.get("jpg"))
+        key = _text(_first(record, fields.key)) or str(index)
+        image = _first(record, fields.image)
         if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3:
-            buffer = io.BytesIO()  # a decoded tfds Image feature: re-encode losslessly
-            from PIL import Image
-            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buffer, "PNG")
-            image = buffer.getvalue()
-        if not isinstance(image, (bytes, np.bytes_)):
-            yield Failure(key, where, "no encoded image in field 'image' or 'jpg'")
+            image = _encode_png(image)  # a decoded TFDS Image feature: re-encode losslessly
+        elif isinstance(image, np.ndarray) and image.ndim == 0:
+            image = image.item()
+        if not isinstance(image, (bytes, np.bytes_)) or not image:
+            yield Failure(key, where, f"no encoded image in fields {list(fields.image)}")
             continue
-        caption = next((_text(record[f]) for f in ("org_caption", "caption", "text", "txt") if f in record), "")
-        yield Sample(key, where, bytes(image), caption, _text(record.get("url")), {})
+        yield Sample(key, where, bytes(image), _text(_first(record, fields.caption)).strip(),
+                     _text(_first(record, fields.url)), {})
+
+
+def _encode_png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(buffer, "PNG")
+    return buffer.getvalue()
