@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from bad_images import cases
+from PIL import Image
+
+from bad_images import cases, encode
 from recap_jax.data.images import ImageError, decode_image, image_size
 
 CASES = cases()
@@ -76,3 +78,13 @@ def test_size_limits_refuse_before_decoding():
     # 10^10 pixels claimed by the header: refused at once, without allocating the pixels.
     with pytest.raises(ImageError, match="decompression bomb"):
         decode_image(CASES["bomb_header_only"][0], max_pixels=10**11)
+
+
+def test_jpeg_draft_decoding_keeps_the_stored_size():
+    data = encode(Image.new("RGB", (1600, 1200), (0, 128, 255)), "JPEG", quality=90)
+    full, draft = decode_image(data), decode_image(data, draft_size=336)
+    assert full.size == (1600, 1200) and draft.size == (800, 600)  # 1/2: 1/4 would make 300 < 336
+    assert image_size(draft) == image_size(full) == (1600, 1200)
+    assert np.abs(np.asarray(draft, np.int16)[5, 5] - np.asarray(full, np.int16)[5, 5]).max() <= 3
+    rotated = decode_image(CASES["exif_rotated"][0], draft_size=4)
+    assert image_size(rotated) == (10, 20) and rotated.size == (5, 10)  # half scale, rotated

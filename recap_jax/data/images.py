@@ -40,8 +40,9 @@ class ImageError(Exception):
 
 
 def image_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) in pixels."""
-    return image.size
+    """(width, height) of the image as stored (after EXIF rotation), also when `decode_image`
+    decoded a JPEG at reduced scale (`draft_size`)."""
+    return image.info.get("original_size", image.size)
 
 
 def _to_8bit_gray(image: Image.Image) -> Image.Image:
@@ -86,8 +87,14 @@ def check_size(width: int, height: int, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1,
-                 max_aspect: float = DEFAULT_MAX_ASPECT) -> Image.Image:
-    """Encoded bytes -> an RGB Pillow image (pixels loaded), or ImageError with a short reason."""
+                 max_aspect: float = DEFAULT_MAX_ASPECT, draft_size: int | None = None) -> Image.Image:
+    """Encoded bytes -> an RGB Pillow image (pixels loaded), or ImageError with a short reason.
+
+    `draft_size`: let the JPEG decoder scale down by 1/2, 1/4 or 1/8 while both sides stay at
+    least `draft_size` (e.g. 2 x the model's input size). About 5x faster on large photos, but
+    the pixels differ slightly from a full decode + resize; off by default. `image_size` still
+    gives the stored size.
+    """
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
@@ -100,18 +107,26 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side:
     except Exception as e:  # noqa: BLE001 - any decoder failure is a per-sample failure
         raise ImageError(f"truncated or corrupt header: {type(e).__name__}: {e}") from None
     check_size(*image.size, max_pixels=max_pixels, min_side=min_side, max_aspect=max_aspect)
+    stored_size = image.size
     try:
         image.seek(0)  # animated: first frame
+        if draft_size and image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
         image.load()
     except Image.DecompressionBombError as e:
         raise ImageError(f"decompression bomb: {e}") from None
     except Exception as e:  # noqa: BLE001
         raise ImageError(f"truncated or corrupt: {type(e).__name__}: {e}") from None
+    decoded_size = image.size
     try:
         image = ImageOps.exif_transpose(image) or image
     except Exception:  # noqa: BLE001 - a malformed EXIF block; the pixels themselves are fine
         pass
+    if image.size != decoded_size:  # rotated by 90 degrees
+        stored_size = stored_size[::-1]
     try:
-        return to_rgb(image)
+        rgb = to_rgb(image)
     except Exception as e:  # noqa: BLE001
         raise ImageError(f"unsupported colour mode {image.mode}: {type(e).__name__}: {e}") from None
+    rgb.info["original_size"] = stored_size
+    return rgb
