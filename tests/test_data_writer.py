@@ -103,3 +103,12 @@ def test_host_summaries_are_gathered(tmp_path):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["last_run"] == {"wall_s": 3.0}
     assert [h["host"] for h in summary["hosts"]] == [0, 1]
+
+
+def test_remote_shards_are_built_locally_then_copied(tmp_path, monkeypatch):
+    from recap_jax.data import writer
+    monkeypatch.setattr(writer, "_is_local", lambda path: False)  # take the gs:// code path
+    out = OutputDataset(str(tmp_path / "o"), 1)
+    out.write_unit(0, [_record("r")], [])
+    assert out.finalize() and [r["key"] for r in _read(tmp_path / "o")] == [b"r"]
+    assert not list((tmp_path / "o").glob(".*.tmp-*"))
