@@ -277,3 +277,19 @@ def test_plan_is_deterministic_and_fingerprinted(tmp_path):
     fingerprint = sources.units_fingerprint(first)
     (tmp_path / "d.jpg").write_bytes(good_jpeg())
     assert sources.units_fingerprint(sources.plan_work_units("folder", str(tmp_path), files_per_unit=2)) != fingerprint
+
+
+def test_gs_paths_without_gcsfs_name_the_field(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_gcsfs(name, *args, **kwargs):
+        if name == "gcsfs":
+            raise ImportError("no gcsfs")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_gcsfs)
+    with pytest.raises(ConfigError, match=r"input\.paths: gs:// paths need gcsfs"):
+        sources.plan_work_units("webdataset", "gs://bucket/shards/*.tar")
+    with pytest.raises(ConfigError, match=r"output\.dir: gs:// paths need gcsfs"):
+        OutputDataset("gs://bucket/out", 2)

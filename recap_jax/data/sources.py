@@ -129,6 +129,8 @@ def _resolve(paths: str | Sequence[str]) -> list[epath.Path]:
         raise ConfigError("input.paths: empty; give a folder, a glob or a comma-separated list of globs")
     found: dict[str, epath.Path] = {}  # ordered, without duplicates: a file named twice is read once
     for pattern in patterns:
+        if pattern.startswith("gs://"):
+            _require_gcs("input.paths")
         expanded = expand_braces(pattern)
         for one in expanded:
             matches = _glob(one)
@@ -138,6 +140,15 @@ def _resolve(paths: str | Sequence[str]) -> list[epath.Path]:
             for match in matches:
                 found.setdefault(str(match), match)
     return list(found.values())
+
+
+def _require_gcs(field: str) -> None:
+    """etils.epath reads gs:// through gcsfs: say so at start-up, naming the field."""
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{field}: gs:// paths need gcsfs (pip install gcsfs, "
+                          "or the project's [gcs] / [tpu] extra)") from None
 
 
 def plan_work_units(format: str, paths: str | Sequence[str], *, files_per_unit: int = 1000,

@@ -49,6 +49,9 @@ class OutputDataset:
                  fingerprint: dict[str, Any] | None = None):
         if num_units < 1:
             raise ConfigError(f"input: no work units (num_units={num_units}); nothing to caption")
+        if str(output_dir).startswith("gs://"):
+            from recap_jax.data.sources import _require_gcs
+            _require_gcs("output.dir")
         self.dir = epath.Path(output_dir)
         self.num_units = num_units
         self.features = features
