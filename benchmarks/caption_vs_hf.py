@@ -4,7 +4,9 @@
 
 One random llava-hf checkpoint (~120M parameters: 8-layer LLaMA-3-style decoder, hidden 768, GQA
 12/4 heads, 32k vocabulary; 6-layer ViT at 112 px = 64 image tokens) captions the same images
-with the same prompt, greedy, float32, on the CPU:
+with the same prompt, greedy, float32, on the CPU. Captions end at a stop token chosen so that
+their mean length is ~0.4 x max_new_tokens (the paper: ~49 of 128), since random weights would
+otherwise never stop; both sides use the same stop token and must give the same tokens.
 - HF: `LlavaForConditionalGeneration.generate(do_sample=False)`, batches of --batch, left padding.
 - ours: the `recap_jax.caption` engine (Sampler: bucketed prefill + continuous-batching decode),
   --batch decode slots.
@@ -18,6 +20,7 @@ Writes benchmarks/results/caption_vs_hf.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -61,7 +64,7 @@ def build_checkpoint(folder: pathlib.Path) -> None:
 # --- HF side -----------------------------------------------------------------------------------
 
 
-def run_hf(folder: str, n: int, batch: int, new_tokens: int) -> dict:
+def run_hf(folder: str, n: int, batch: int, new_tokens: int, stop_id: int) -> dict:
     import torch
     from tiny_llava import load_reference
     torch.set_num_threads(os.cpu_count() or 2)
@@ -71,7 +74,7 @@ def run_hf(folder: str, n: int, batch: int, new_tokens: int) -> dict:
     text = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],
         add_generation_prompt=True)
-    eos = processor.tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    eos = stop_id
 
     def generate(batch_images):
         inputs = processor(images=batch_images, text=[text] * len(batch_images), return_tensors="pt", padding=True)
@@ -98,7 +101,8 @@ def run_hf(folder: str, n: int, batch: int, new_tokens: int) -> dict:
 # --- our side ----------------------------------------------------------------------------------
 
 
-def run_ours(folder: str, n: int, batch: int, new_tokens: int, prefill_batch: int, steps: int) -> dict:
+def run_ours(folder: str, n: int, batch: int, new_tokens: int, prefill_batch: int, steps: int,
+             stop_id: int) -> dict:
     import jax
     from recap_jax.conversion import bundle
     from recap_jax.decoding.sampler import DecodeSettings, Request, Sampler
@@ -111,7 +115,8 @@ def run_ours(folder: str, n: int, batch: int, new_tokens: int, prefill_batch: in
     images = make_images(n)
     bucket = int(np.ceil(len(prompt_ids) / 16) * 16)
     settings = DecodeSettings(max_new_tokens=new_tokens, batch_size=batch, prefill_batch=prefill_batch,
-                              prompt_buckets=(bucket,), steps_per_sync=steps, stop_ids=spec.stop_ids)
+                              prompt_buckets=(bucket,), steps_per_sync=steps,
+                              stop_ids=(stop_id,) if stop_id >= 0 else spec.stop_ids)
     sampler = Sampler(model, params, settings)
 
     def requests(imgs):
@@ -120,6 +125,15 @@ def run_ours(folder: str, n: int, batch: int, new_tokens: int, prefill_batch: in
     start = time.perf_counter()
     list(sampler.generate(requests(images[:2])))  # compiles prefill + decode
     compile_s = time.perf_counter() - start
+    if stop_id < 0:
+        # Random weights rarely say <|eot_id|>: every caption would run to max_new_tokens, unlike
+        # real captions (mean ~49 of at most 128 tokens in the paper). Use as stop token the
+        # token whose first occurrence gives a mean caption length nearest 0.4 x max_new_tokens.
+        free = [r.tokens.tolist() for r in sampler.generate(requests(images))]
+        stop_id = pick_stop_token(free, new_tokens)
+        settings = dataclasses.replace(settings, stop_ids=(stop_id,))
+        sampler = Sampler(model, params, settings)
+        list(sampler.generate(requests(images[:2])))
     sampler.generated_tokens = sampler.prefill_tokens = 0
     start = time.perf_counter()
     results = {r.tag: r.tokens.tolist() for r in sampler.generate(requests(images))}
@@ -127,8 +141,19 @@ def run_ours(folder: str, n: int, batch: int, new_tokens: int, prefill_batch: in
     phases = time_phases(sampler, model, params, settings, requests(images[:prefill_batch]))
     return {"wall_s": wall, "compile_s": compile_s, "tokens": [results[i] for i in range(n)],
             "prompt_tokens": len(prompt_ids), "peak_rss_mib": peak_rss_mib(), "phases": phases,
-            "config": spec.config.to_json_dict(), "matmul_flops": dense_matmul_flops(),
+            "config": spec.config.to_json_dict(), "matmul_flops": dense_matmul_flops(), "stop_id": stop_id,
             "devices": str(jax.devices())}
+
+
+def pick_stop_token(captions: list[list[int]], max_new: int) -> int:
+    target = 0.4 * max_new
+    best, best_gap = -1, float("inf")
+    for token in {t for c in captions for t in c}:
+        lengths = [c.index(token) if token in c else max_new for c in captions]
+        gap = abs(np.mean(lengths) - target)
+        if gap < best_gap and len(set(lengths)) > 1:
+            best, best_gap = token, gap
+    return best
 
 
 def time_phases(sampler, model, params, settings, group) -> dict:
@@ -186,29 +211,35 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--prefill-batch", type=int, default=4)
     parser.add_argument("--steps-per-sync", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--stop-token", type=int, default=-1,
+                        help="stop token id for both sides; -1: pick one giving realistic caption lengths")
     parser.add_argument("--checkpoint", default="/tmp/recap_bench_llava")
     parser.add_argument("--side", choices=["hf", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.side == "hf":
-        print("RESULT" + json.dumps(run_hf(args.checkpoint, args.images, args.batch, args.new_tokens)))
+        print("RESULT" + json.dumps(run_hf(args.checkpoint, args.images, args.batch, args.new_tokens,
+                                           args.stop_token)))
         return
     if args.side == "ours":
         print("RESULT" + json.dumps(run_ours(args.checkpoint, args.images, args.batch, args.new_tokens,
-                                             args.prefill_batch, args.steps_per_sync)))
+                                             args.prefill_batch, args.steps_per_sync, args.stop_token)))
         return
 
     folder = pathlib.Path(args.checkpoint)
     if not (folder / "config.json").exists():
         build_checkpoint(folder)
     sides = {}
-    for side in ("hf", "ours"):
-        cmd = [sys.executable, __file__, "--side", side, *sys.argv[1:]]
+    stop = []
+    for side in ("ours", "hf"):  # ours first: it picks the stop token HF then uses
+        cmd = [sys.executable, __file__, "--side", side, *sys.argv[1:], *stop]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
         if proc.returncode:
             sys.exit(f"{side} failed:\n{proc.stderr[-4000:]}")
         sides[side] = json.loads(proc.stdout.split("RESULT", 1)[1])
+        if side == "ours":
+            stop = ["--stop-token", str(sides["ours"]["stop_id"])]
     report(args, sides)
 
 
@@ -245,7 +276,8 @@ def report(args, sides: dict) -> None:
     for key in ("images_per_s", "generated_tokens_per_s", "prefill_tokens_per_s", "startup_s", "peak_rss_mib", "wall_s"):
         a, b = rows["hf"][key], rows["ours"][key]
         print(f"{key:28s}{a:14.2f}{b:14.2f}{b / a:10.2f}")
-    print(f"\nsame greedy tokens: {same}/{n} images")
+    print(f"\nsame greedy tokens: {same}/{n} images; stop token {ours['stop_id']}; mean caption "
+          f"{mean_new:.1f} of at most {args.new_tokens} tokens")
     print(f"model: {roofline['params'] / 1e6:.0f}M params; {flops.total / 1e9:.2f} GFLOP/image "
           f"(vision {flops.vision / 1e9:.2f}, prefill {flops.prefill / 1e9:.2f}, decode {flops.decode / 1e9:.2f})")
     print(f"dense f32 matmul: {peak / 1e9:.1f} GFLOP/s; end to end {100 * roofline['end_to_end_fraction_of_peak']:.1f}% "

@@ -53,17 +53,21 @@ def single_device_output(world):
 def test_captions_equal_hf_generate(world, single_device_output):
     root, hf_dir, keys = world
     records = read_output(single_device_output)
-    assert sorted(records) == sorted(keys)
     expected = _hf_captions(hf_dir, root / "images", keys)
-    for key in keys:
+    failures = read_failures(single_device_output)
+    # An empty caption (the random model stopped at once) is listed, not written.
+    silent = sorted(k for k, caption in expected.items() if not caption)
+    assert sorted(records) == sorted(k for k in keys if expected[k])
+    assert sorted(f["key"] for f in failures) == sorted(["corrupt"] + silent)
+    for key in records:
         r = records[key]
         assert text(r["re_caption"]) == expected[key], key
         assert text(r["org_caption"]) == f"original caption {int(key[4:])}"
         image_file = next((root / "images").glob(f"{key}.*g"))
         assert bytes(r["image"]) == image_file.read_bytes()
-    failures = read_failures(single_device_output)
-    assert [f["key"] for f in failures] == ["corrupt"]
-    assert failures[0]["reason"]
+    reasons = {f["key"]: f["reason"] for f in failures}
+    assert "not an image" in reasons["corrupt"] or "corrupt" in reasons["corrupt"]
+    assert all("empty caption" in reasons[k] for k in silent)
 
 
 def test_eight_devices_give_the_same_output(world, single_device_output):
@@ -106,7 +110,7 @@ def test_two_hosts_share_the_work(world, single_device_output):
     assert sorted(ours) == sorted(reference)
     for key in ours:
         assert text(ours[key]["re_caption"]) == text(reference[key]["re_caption"])
-    assert [f["key"] for f in read_failures(out)] == ["corrupt"]
+    assert read_failures(out) == read_failures(single_device_output)
 
 
 def test_bad_config_fails_at_start_naming_the_field(world, tmp_path):
