@@ -49,7 +49,6 @@ class CheckpointTensors:
     def __init__(self):
         self._infos: dict[str, TensorInfo] = {}
         self._unmatched: list[str] = []
-        self._handles: dict[str, object] = {}
 
     def add_folder(self, folder: epath.PathLike, renames: Renames) -> CheckpointTensors:
         """Index a folder's tensors under canonical names (longest matching prefix wins)."""
@@ -82,10 +81,11 @@ class CheckpointTensors:
 
     def read(self, canonical: str) -> np.ndarray:
         info = self._infos[canonical]
-        handle = self._handles.get(info.file)
-        if handle is None:
-            handle = self._handles[info.file] = safe_open(info.file, framework="numpy")
-        return handle.get_tensor(info.name)
+        # Open the file for each read: an open safetensors handle keeps the file memory-mapped, and
+        # every page read stays in this process's RSS until it closes (a whole checkpoint's worth
+        # when handles are kept). get_tensor returns a copy, so closing at once is safe.
+        with safe_open(info.file, framework="numpy") as handle:
+            return handle.get_tensor(info.name)
 
     def total_bytes(self) -> int:
         return sum(epath.Path(f).stat().length for f in {i.file for i in self._infos.values()})
