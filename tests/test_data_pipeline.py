@@ -85,3 +85,46 @@ def test_prepared_units_tags_positions_and_ends_units():
     assert summary == [("UnitItem", 0, 0), ("UnitItem", 0, 1), ("UnitEnd", 0, 2), ("UnitEnd", 1, 0),
                        ("UnitItem", 2, 0), ("UnitItem", 2, 1), ("UnitEnd", 2, 2)]
     assert out[0].item[1] == "A" and isinstance(out[1].item, Failure) and out[5].item[1] == "B"
+
+
+@pytest.mark.parametrize("fmt", ["folder", "webdataset", "tfds"])
+def test_every_bad_image_is_decoded_or_failed_once_in_every_format(tmp_path, fmt):
+    """All awkward images through each input format and the pipeline: each key exactly once,
+    decoded, or failed with the expected reason."""
+    from bad_images import cases
+    from recap_jax.data import sources
+    from recap_jax.data.images import decode_image
+    from recap_jax.data.writer import OutputDataset
+    from webdataset_helpers import write_tar
+
+    all_cases = cases()
+    names = sorted(all_cases)
+    if fmt == "folder":
+        for name in names:
+            (tmp_path / f"{name}.jpg").write_bytes(all_cases[name][0])  # everything named .jpg
+        paths = str(tmp_path)
+    elif fmt == "webdataset":
+        write_tar(tmp_path / "a.tar", [(n, "jpg", all_cases[n][0], "alt") for n in names[:10]])
+        write_tar(tmp_path / "b.tar", [(n, "jpg", all_cases[n][0], "alt") for n in names[10:]])
+        paths = str(tmp_path / "*.tar")
+    else:
+        out = OutputDataset(str(tmp_path / "ds"), 1)
+        out.write_unit(0, [{"key": n, "url": "", "org_caption": "alt", "re_caption": "", "image": all_cases[n][0],
+                            "width": 0, "height": 0, "org_caption_length": 1, "re_caption_length": 0}
+                           for n in names], [])
+        assert out.finalize()
+        paths = str(tmp_path / "ds")
+    units = sources.plan_work_units(fmt, paths, files_per_unit=7, records_per_unit=7)
+    outcome = {}
+    for entry in pipeline.prepared_units(units, lambda s: decode_image(s.image_bytes).size,
+                                         num_workers=2, prefetch=4):
+        if isinstance(entry, pipeline.UnitEnd):
+            continue
+        item = entry.item
+        key = item.key if isinstance(item, Failure) else item[0].key
+        assert key not in outcome, key
+        outcome[key] = item.reason if isinstance(item, Failure) else None
+    assert sorted(outcome) == names
+    for name in names:
+        expected = all_cases[name][1]
+        assert (outcome[name] is None) if expected is None else (expected in outcome[name].lower()), name

@@ -513,7 +513,7 @@ def _read_tfds(unit: WorkUnit) -> Iterator[Sample | Failure]:
             image = _encode_png(image)  # a decoded TFDS Image feature: re-encode losslessly
         elif isinstance(image, np.ndarray) and image.ndim == 0:
             image = image.item()
-        if not isinstance(image, (bytes, np.bytes_)) or not image:
+        if not isinstance(image, (bytes, np.bytes_)):  # (empty bytes go on, to fail as an empty file)
             yield Failure(key, where, f"no encoded image in fields {list(fields.image)}")
             continue
         yield Sample(key, where, bytes(image), _text(_first(record, fields.caption)).strip(),
