@@ -13,16 +13,21 @@ from recap_jax.data.sources import Failure, Sample, WorkUnit
 class _Concurrency:
     """Counts how many `prepare` calls run at once."""
 
-    def __init__(self, seconds=0.05):
+    def __init__(self, seconds=0.05, barrier: int = 0):
         self.active = self.peak = self.calls = 0
         self.lock = threading.Lock()
         self.seconds = seconds
+        # The first `barrier` calls wait for each other: they pass only if they really run at once.
+        self.barrier = threading.Barrier(barrier, timeout=10) if barrier else None
 
     def __call__(self, sample):
         with self.lock:
             self.active += 1
             self.calls += 1
             self.peak = max(self.peak, self.active)
+            first_ones = self.barrier is not None and self.calls <= self.barrier.parties
+        if first_ones:
+            self.barrier.wait()  # raises BrokenBarrierError (-> a Failure) after 10 s otherwise
         time.sleep(self.seconds)
         with self.lock:
             self.active -= 1
@@ -38,7 +43,7 @@ def _samples(keys):
 
 
 def test_keeps_order_runs_in_parallel_and_reports_failures():
-    prepare = _Concurrency()
+    prepare = _Concurrency(seconds=0.01, barrier=4)
     keys = ["a", "bad", "b", "c", "boom", "d", "e", "f"]
     items = _samples(keys) + [Failure("read", "x", "unreadable")]
     out = list(pipeline.prepared_samples(items, prepare, num_workers=4, prefetch=8))
@@ -48,7 +53,7 @@ def test_keeps_order_runs_in_parallel_and_reports_failures():
     assert reasons["bad"].reason == "not an image" and reasons["bad"].source == "src/bad"
     assert reasons["boom"].reason == "RuntimeError: unexpected"
     assert reasons["read"].reason == "unreadable"  # input failures pass through in place
-    assert prepare.peak == 4  # all workers busy at once: decoding really overlaps
+    assert prepare.peak == 4  # all workers busy at once (the barrier proves it): decoding overlaps
 
 
 def test_prefetch_bounds_work_ahead_of_the_consumer():
