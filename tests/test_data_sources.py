@@ -293,3 +293,64 @@ def test_gs_paths_without_gcsfs_name_the_field(monkeypatch):
         sources.plan_work_units("webdataset", "gs://bucket/shards/*.tar")
     with pytest.raises(ConfigError, match=r"output\.dir: gs:// paths need gcsfs"):
         OutputDataset("gs://bucket/out", 2)
+
+
+class _FlakyFile(io.BytesIO):
+    """A file whose reads fail (like a dropped gs:// connection) once past `fail_at` bytes."""
+
+    def __init__(self, data, fail_at):
+        super().__init__(data)
+        self.fail_at = fail_at
+
+    def read(self, size=-1):
+        if self.fail_at is not None and self.tell() + (size if size >= 0 else 10**12) > self.fail_at:
+            raise ConnectionResetError("connection reset by peer")
+        return super().read(size)
+
+
+def test_transient_io_errors_are_retried(tmp_path, monkeypatch):
+    keys = [f"k{i}" for i in range(8)]
+    write_tar(tmp_path / "a.tar", [(k, "jpg", good_jpeg(100, 100), "c") for k in keys])
+    data = (tmp_path / "a.tar").read_bytes()
+    (unit,) = sources.plan_work_units("webdataset", str(tmp_path))
+    monkeypatch.setattr(sources, "IO_BACKOFF_S", 0.0)
+    monkeypatch.setattr(sources, "TAR_REORDER_WINDOW", 2)  # samples are yielded before the error
+
+    fail_points = [len(data) * 3 // 4, len(data) // 3]  # the 2nd attempt breaks earlier than the 1st
+    opened = []
+
+    def flaky_open(path):
+        opened.append(path)
+        return _FlakyFile(data, fail_points.pop(0) if fail_points else None)
+
+    monkeypatch.setattr(sources, "_open_binary", flaky_open)
+    items = list(sources.read_unit(unit))
+    assert len(opened) == 3 and _keys(items) == keys and all(isinstance(i, Sample) for i in items)
+
+    # An error that persists: what was read is kept, one Failure stands for the rest, each key once.
+    monkeypatch.setattr(sources, "_open_binary", lambda path: _FlakyFile(data, len(data) // 2))
+    items = list(sources.read_unit(unit))
+    assert items[-1].key == "a.tar#rest" and "ConnectionResetError" in items[-1].reason
+    assert len(set(_keys(items))) == len(items) and 1 <= sum(isinstance(i, Sample) for i in items) < 8
+
+
+def test_retrying_helper(monkeypatch):
+    monkeypatch.setattr(sources, "IO_BACKOFF_S", 0.0)
+    calls = []
+
+    def twice_reset():
+        calls.append(1)
+        if len(calls) < 3:
+            raise TimeoutError("slow bucket")
+        return b"ok"
+
+    assert sources._retrying(twice_reset, "x") == b"ok" and len(calls) == 3
+    calls.clear()
+
+    def missing():
+        calls.append(1)
+        raise FileNotFoundError("gone")
+
+    with pytest.raises(FileNotFoundError):
+        sources._retrying(missing, "x")
+    assert len(calls) == 1  # a missing file is not retried

@@ -18,6 +18,7 @@ import logging
 import posixpath
 import re
 import tarfile
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -35,7 +36,32 @@ WEBDATASET_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "jfif", "gif", "bmp", "ti
 # without holding a whole tar in memory).
 TAR_REORDER_WINDOW = 64
 
+# Reads that fail with an I/O error (not a format error) are retried: on gs:// a dropped connection
+# must not turn a whole shard into failures (its unit would then count as done).
+IO_ATTEMPTS = 3
+IO_BACKOFF_S = 1.0
+
 log = logging.getLogger(__name__)
+
+
+class _TransientIOError(Exception):
+    """An I/O error worth retrying (wraps the OSError)."""
+
+
+def _is_permanent(error: OSError) -> bool:
+    return isinstance(error, (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError))
+
+
+def _retrying(read, what: str):
+    """read() with up to IO_ATTEMPTS tries on transient OSErrors; the last error propagates."""
+    for attempt in range(IO_ATTEMPTS):
+        try:
+            return read()
+        except OSError as e:
+            if _is_permanent(e) or attempt == IO_ATTEMPTS - 1:
+                raise
+            log.warning("%s: %s; retrying", what, e)
+            time.sleep(IO_BACKOFF_S * 2 ** attempt)
 
 
 class ConfigError(ValueError):
@@ -294,7 +320,7 @@ def _read_files(unit: WorkUnit) -> Iterator[Sample | Failure]:
     for name, key in zip(unit.files, keys):
         path = epath.Path(name)
         try:
-            data = path.read_bytes()
+            data = _retrying(path.read_bytes, name)
         except OSError as e:
             yield Failure(key, name, f"unreadable file: {type(e).__name__}: {e}")
             continue
@@ -383,12 +409,33 @@ class _TarGroups:
                       str(meta.get("url", "") or ""), meta)
 
 
+def _open_binary(path: str):
+    return epath.Path(path).open("rb")
+
+
 def _read_tar(unit: WorkUnit) -> Iterator[Sample | Failure]:
+    """Reads the tar; after a transient I/O error reads it again from the start, skipping the
+    keys already yielded (keys are unique within a tar), up to IO_ATTEMPTS times."""
+    yielded: set[str] = set()
+    for attempt in range(IO_ATTEMPTS):
+        last = attempt == IO_ATTEMPTS - 1
+        try:
+            for item in _read_tar_once(unit, retry_io=not last):
+                if item.key not in yielded:
+                    yielded.add(item.key)
+                    yield item
+            return
+        except _TransientIOError as e:
+            log.warning("%s: %s; reading it again", unit.path, e)
+            time.sleep(IO_BACKOFF_S * 2 ** attempt)
+
+
+def _read_tar_once(unit: WorkUnit, retry_io: bool) -> Iterator[Sample | Failure]:
     shard = posixpath.basename(unit.path)
     groups = _TarGroups(shard)
     error = None
     try:
-        with epath.Path(unit.path).open("rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        with _open_binary(unit.path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
                 key, ext = _split_member(member.name)
                 if not member.isfile() or not key or posixpath.basename(key).startswith("."):
@@ -400,7 +447,11 @@ def _read_tar(unit: WorkUnit) -> Iterator[Sample | Failure]:
                 yield from groups.add(key, ext, data)
         if not _ends_with_tar_marker(unit.path):
             raise tarfile.ReadError("no end-of-archive marker (file truncated)")
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+    except (tarfile.TarError, EOFError, zlib.error) as e:  # the bytes themselves are bad
+        error = f"{type(e).__name__}: {e}"
+    except OSError as e:
+        if retry_io and not _is_permanent(e):
+            raise _TransientIOError(f"{type(e).__name__}: {e}") from e
         error = f"{type(e).__name__}: {e}"
     if error is None:
         yield from groups.flush()
@@ -494,7 +545,7 @@ def _records(unit: WorkUnit) -> Iterator[tuple[int, dict | None, str]]:
                 yield index, batch[offset], ""
                 continue
             try:
-                yield index, decode(source[index]), ""
+                yield index, decode(_retrying(lambda: source[index], f"{unit.path}[{index}]")), ""
             except Exception as e:  # noqa: BLE001
                 yield index, None, f"unreadable record: {type(e).__name__}: {e}"
 
