@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -194,7 +195,9 @@ def _write_array_record(path: epath.Path, serialized: Sequence[bytes]) -> int:
         with tempfile.TemporaryDirectory(prefix="recap_shard_") as local_dir:
             local = os.path.join(local_dir, path.name)
             size = write(local)
-            epath.Path(local).copy(tmp, overwrite=True)
+            # Streamed through the destination's own backend (epath's copy stays within one backend).
+            with open(local, "rb") as src, tmp.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
     tmp.replace(path)
     return size
 
