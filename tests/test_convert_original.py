@@ -208,6 +208,46 @@ def test_same_prompt_ids_and_greedy_captions(converted):
     assert spec.tokenizer.decode(ours[0], skip_special_tokens=True).strip()
 
 
+@pytest.mark.parametrize("converted", ["tower-outside"], indirect=True)  # one run: a subprocess is slow
+def test_the_converted_checkpoint_alone_drives_the_caption_command(converted, tmp_path):
+    """`python -m recap_jax.caption --config.model.checkpoint=...` (no HF folder, no tokenizer
+    folder) writes the captions that the llava-hf original gives for the same images."""
+    from caption_helpers import caption_command, read_output, run_caption, text, write_image_folder
+    from recap_jax.captioning.defaults import base_config
+    from recap_jax.data.images import decode_image
+
+    hf_ckpt, orig_ckpt, _ = converted
+    keys = write_image_folder(tmp_path / "images", 3, seed=7, bad=False)
+    cmd = [arg for arg in caption_command("unused", tmp_path / "images", tmp_path / "out",
+                                          "--config.decode.max_new_tokens=8")
+           if not arg.startswith("--config.model.hf_dir")]
+    proc = run_caption(cmd + [f"--config.model.checkpoint={orig_ckpt}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_output(tmp_path / "out")
+
+    # The same captions from the llava-hf conversion, decoded in-process.
+    spec, params = bundle.load_captioner(checkpoint=str(hf_ckpt))
+    prompt_ids = spec.prompt_encoder().encode(base_config().prompt)
+    requests = [Request(prompt_ids, preprocess_image(decode_image(next((tmp_path / "images").glob(f"{k}.*g"))
+                                                                  .read_bytes()), spec.image), k) for k in keys]
+    settings = DecodeSettings(max_new_tokens=8, batch_size=4, prefill_batch=2, prompt_buckets=(64,),
+                              stop_ids=spec.stop_ids)
+    expected = {r.tag: spec.tokenizer.decode(r.tokens, skip_special_tokens=True).strip()
+                for r in Sampler(LlavaModel(spec.config), params, settings).generate(iter(requests))}
+    assert sorted(records) == sorted(k for k in keys if expected[k]) and records
+    for key, record in records.items():
+        assert text(record["re_caption"]) == expected[key], key
+
+
+def test_tokenizer_of_a_remote_checkpoint_is_read_through_a_local_copy(converted):
+    """transformers reads local folders only; a gs:// checkpoint's tokenizer is copied first."""
+    from etils import epath
+    _, orig_ckpt, _ = converted
+    local = bundle.local_copy(epath.Path(orig_ckpt) / "tokenizer")
+    assert local != epath.Path(orig_ckpt) / "tokenizer"
+    assert bundle.load_tokenizer(local).convert_tokens_to_ids("<image>") == VOCAB
+
+
 # --- refusals ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -293,3 +333,29 @@ def test_llama3_llava_templates_render_exactly():
     assert PromptEncoder(None, 0, 0, "llama3_llava_system").render(DEFAULT_PROMPT) == (
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + LLAVA_SYSTEM_PROMPT
         + "<|eot_id|>" + user)
+
+
+def test_transformers5_clip_folder_and_unknown_layouts(tmp_path, small_hf, tokenizer_dir, capsys):
+    """A CLIPVisionModel saved by transformers 5 (no `vision_model.` prefix) gives the same weights;
+    a config that is neither layout is refused naming its model_type."""
+    from recap_jax.conversion import original_llava
+    from recap_jax.conversion.llava import convert_params
+    ckpt, tower = write_original(small_hf, tmp_path / "src", tower_inside=False)
+    tower5 = tmp_path / "clip5"
+    tower5.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        (tower5 / name).write_bytes((tower / name).read_bytes())
+    save_file({k.removeprefix("vision_model."): v for k, v in load_file(tower / "model.safetensors").items()
+               if k.startswith("vision_model.")}, tower5 / "model.safetensors")
+    spec, tensors = original_llava.read_original(ckpt, tokenizer_dir, tower)
+    spec5, tensors5 = original_llava.read_original(ckpt, tokenizer_dir, tower5)
+    assert spec5.config == spec.config
+    jax.tree.map(np.testing.assert_array_equal, convert_params(spec5.config, tensors5),
+                 convert_params(spec.config, tensors))
+
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "model_type": "llava_next",
+                                                  "architectures": ["LlavaNextForConditionalGeneration"]}))
+    assert convert.main(["--hf_dir", str(ckpt), "--out", str(tmp_path / "out"), "--vision_tower_dir", str(tower),
+                         "--tokenizer_dir", str(tokenizer_dir)]) == 2
+    assert "'llava_next'" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from typing import Any
 
@@ -62,7 +63,18 @@ def load_tokenizer(folder: epath.PathLike) -> transformers.PreTrainedTokenizerBa
     folder = epath.Path(folder)
     if not (folder / "tokenizer.json").exists() and not (folder / "tokenizer_config.json").exists():
         raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    local = local_copy(folder) if "://" in os.fspath(folder) else folder
+    return transformers.AutoTokenizer.from_pretrained(str(local), local_files_only=True)
+
+
+def local_copy(folder: epath.Path) -> epath.Path:
+    """The folder's files copied into a new local temp folder: transformers reads tokenizers from
+    local folders only, and a converted checkpoint may live on gs://."""
+    local = epath.Path(tempfile.mkdtemp(prefix="recap_tokenizer_"))
+    for f in folder.iterdir():
+        if f.is_file():
+            (local / f.name).write_bytes(f.read_bytes())
+    return local
 
 
 def read_chat_template(folder: epath.PathLike) -> str | None:

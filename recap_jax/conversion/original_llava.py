@@ -125,7 +125,7 @@ def _vision_folder_config(vision_tower_dir: epath.Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"--vision_tower_dir {vision_tower_dir}: no config.json")
     raw = read_json(path)
-    return raw.get("vision_config", raw) if raw.get("model_type") != "clip_vision_model" else raw
+    return raw["vision_config"] if "vision_config" in raw else raw  # CLIPModel nests it
 
 
 def vision_config_for(raw: dict[str, Any], vision_tower_dir: epath.Path | None) -> VisionConfig:
@@ -218,7 +218,7 @@ def read_original(checkpoint_dir: epath.PathLike, tokenizer_dir: epath.PathLike 
     if not (checkpoint_dir / "config.json").exists():
         raise FileNotFoundError(f"{checkpoint_dir}: no config.json; is this a LLaVA checkpoint folder?")
     raw = read_json(checkpoint_dir / "config.json")
-    _check_llava_fields(raw)
+    _check_llava_fields(raw)  # unsupported LLaVA variants fail before anything else is read
     if tokenizer_dir is None:
         raise ConversionError("the original LLaVA layout ships no tokenizer: pass --tokenizer_dir, a "
                               "LLaMA-3-8B-Instruct tokenizer folder (tokenizer.json, tokenizer_config.json)")
