@@ -359,3 +359,19 @@ def test_transformers5_clip_folder_and_unknown_layouts(tmp_path, small_hf, token
     assert convert.main(["--hf_dir", str(ckpt), "--out", str(tmp_path / "out"), "--vision_tower_dir", str(tower),
                          "--tokenizer_dir", str(tokenizer_dir)]) == 2
     assert "'llava_next'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_built_in_clip_l14_336_config_when_no_tower_folder():
+    """A checkpoint with its tower inside needs no CLIP folder for openai/clip-vit-large-patch14-336."""
+    from recap_jax.conversion import original_llava
+    from recap_jax.models.config import ModelConfigError, VisionConfig
+    raw = {"mm_vision_tower": "openai/clip-vit-large-patch14-336", "mm_hidden_size": 1024, "image_aspect_ratio": "pad"}
+    vision = original_llava.vision_config_for(raw, None)
+    assert vision == VisionConfig(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16,
+                                  image_size=336, patch_size=14)
+    image = original_llava.image_settings_for(raw, vision, None)
+    assert (image.size, image.mode, image.pad_colour) == (336, "pad", (122, 116, 104))  # LLaVA's pad colour
+    with pytest.raises(ModelConfigError, match="--vision_tower_dir"):
+        original_llava.vision_config_for({"mm_vision_tower": "google/siglip-so400m-patch14-384"}, None)
+    with pytest.raises(ModelConfigError, match="mm_hidden_size=768"):
+        original_llava.vision_config_for({**raw, "mm_hidden_size": 768}, None)
