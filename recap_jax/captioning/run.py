@@ -117,7 +117,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                     records_per_unit=config.input.records_per_unit)
     output = OutputDataset(config.output.dir, len(units), fingerprint={
         "input.format": config.input.format, "input.paths": config.input.paths,
-        "first_unit": dataclasses.asdict(units[0]) if units else None})
+        "units": sources.units_fingerprint(units)})
     mine = sources.units_for_host(units, jax.process_index(), jax.process_count())
     todo = [u for u in mine if not output.is_done(u.index)]
     print(f"[caption] host {jax.process_index()}/{jax.process_count()}: {len(mine)} of {len(units)} units, "
@@ -134,6 +134,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                **stats, "wall_s": round(wall, 2),
                "images_per_s": round(stats["captioned"] / wall, 3) if wall else 0.0,
                "generated_tokens_per_s": round(stats["generated_tokens"] / wall, 2) if wall else 0.0}
+    output.write_host_summary(jax.process_index(), summary)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("recap_jax.caption: all units written")
@@ -172,25 +173,23 @@ def caption_units(config: ml_collections.ConfigDict, units: list[sources.WorkUni
 
     def prepare(sample: Sample) -> _Prepared:
         image = images.decode_image(sample.image_bytes, max_pixels=config.input.max_pixels)
-        return _Prepared(preprocess_image(image, spec.image), *image.size)
+        return _Prepared(preprocess_image(image, spec.image), *images.image_size(image))
 
     progress = {u.index: _UnitProgress(u) for u in units}
     meter = Progress(total_units=len(units), every_s=config.progress_every_s)
 
     def requests() -> Iterator[Request]:
-        for unit in units:
-            position = -1
-            prepared = pipeline.prepared_samples(sources.read_unit(unit), prepare,
-                                                 num_workers=config.input.num_workers,
-                                                 prefetch=config.input.prefetch)
-            for position, item in enumerate(prepared):
-                if isinstance(item, Failure):
-                    progress[unit.index].failures.append((position, item))
-                    continue
-                sample, ready = item
-                yield Request(prompt_ids, ready.pixels, (unit.index, position, sample, ready))
-            progress[unit.index].read = position + 1
-            flush_complete()
+        # One stream over all units: worker threads keep decoding across unit boundaries.
+        for entry in pipeline.prepared_units(units, prepare, num_workers=config.input.num_workers,
+                                             prefetch=config.input.prefetch):
+            if isinstance(entry, pipeline.UnitEnd):
+                progress[entry.unit.index].read = entry.count
+                flush_complete()
+            elif isinstance(entry.item, Failure):
+                progress[entry.unit.index].failures.append((entry.position, entry.item))
+            else:
+                sample, ready = entry.item
+                yield Request(prompt_ids, ready.pixels, (entry.unit.index, entry.position, sample, ready))
 
     def flush_complete():
         for index in [i for i, p in progress.items() if p.complete]:
