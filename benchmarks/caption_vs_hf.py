@@ -175,7 +175,8 @@ def time_phases(sampler, model, params, settings, group) -> dict:
     for first in range(0, settings.batch_size, len(group)):
         state = sampler._prefill_group(state, group, list(range(first, first + len(group))))
     state = state._replace(done=jax.numpy.zeros_like(state.done), num_generated=jax.numpy.zeros_like(state.num_generated))
-    state = sampler._decode(params, state)  # warm
+    never = np.int32(settings.batch_size + 1)  # no early return for a refill
+    state = sampler._decode(params, state, never)  # warm
     jax.block_until_ready(state)
     state = state._replace(num_generated=jax.numpy.zeros_like(state.num_generated),
                            done=jax.numpy.zeros_like(state.done))
@@ -183,7 +184,8 @@ def time_phases(sampler, model, params, settings, group) -> dict:
     calls = 3
     for _ in range(calls):
         state = sampler._decode(params, state._replace(done=jax.numpy.zeros_like(state.done),
-                                                       num_generated=jax.numpy.zeros_like(state.num_generated)))
+                                                       num_generated=jax.numpy.zeros_like(state.num_generated)),
+                                never)
     jax.block_until_ready(state)
     step_s = (time.perf_counter() - start) / (calls * settings.steps_per_sync)
     return {"prefill_s_per_image": prefill_s, "decode_step_s": step_s, "decode_batch": settings.batch_size}

@@ -115,8 +115,10 @@ def prefill_into_slots(model: LlavaModel, settings: DecodeSettings, params, stat
                        put(state.done, done))
 
 
-def decode_steps(model: LlavaModel, settings: DecodeSettings, params, state: DecodeState) -> DecodeState:
-    """Up to `steps_per_sync` greedy steps for every live slot; stops early when all are done."""
+def decode_steps(model: LlavaModel, settings: DecodeSettings, params, state: DecodeState,
+                 refill_at: jax.Array) -> DecodeState:
+    """Up to `steps_per_sync` greedy steps for every live slot. Returns early once `refill_at`
+    slots are free (the host can prefill a group into them) or all are done."""
 
     def step(carry):
         i, s = carry
@@ -135,7 +137,7 @@ def decode_steps(model: LlavaModel, settings: DecodeSettings, params, state: Dec
 
     def keep_going(carry):
         i, s = carry
-        return (i < settings.steps_per_sync) & ~jnp.all(s.done)
+        return (i < settings.steps_per_sync) & ~jnp.all(s.done) & (jnp.sum(s.done) < refill_at)
 
     return jax.lax.while_loop(keep_going, step, (0, state))[1]
 
@@ -207,7 +209,9 @@ class Sampler:
                 active.update(zip(slots, group))
             if not active:
                 return
-            state = self._decode(self.params, state)
+            # While prompts wait, come back as soon as a prefill group fits in the free slots.
+            refill_at = s.batch_size + 1 if exhausted else s.prefill_batch
+            state = self._decode(self.params, state, np.int32(refill_at))
             done, counts = jax.device_get((state.done, state.num_generated))
             finished = [slot for slot in active if done[slot]]
             if finished:
