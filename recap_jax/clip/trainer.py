@@ -188,7 +188,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
         _log(f"resumed from {workdir}/checkpoints step {latest}")
     else:
         state, _ = train_step.create_train_state(model, tx, mesh, config.seed, init_from=hf_params)
-        (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+        if jax.process_index() == 0:  # what eval_retrieval rebuilds the model from
+            (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
         _log(f"new run in {workdir}: {model_lib.count_params(state.params) / 1e6:.2f}M params, "
              f"mesh {dict(mesh.shape)}")
 
