@@ -20,7 +20,6 @@ import resource
 import sys
 import time
 
-import jax
 from etils import epath
 
 from recap_jax.conversion import bundle, original_llava
@@ -58,21 +57,6 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _to_jax_in_place(tree: dict, cpu=None) -> None:
-    """Replace numpy leaves by jax arrays one at a time, dropping each numpy array as we go.
-
-    Orbax copies numpy leaves into jax arrays when saving, which would hold a second copy of the
-    whole model; converted here leaf by leaf, peak memory stays at one copy (plus Orbax's own
-    host buffer while it writes). The arrays go to the CPU device, never to an accelerator: a TPU
-    VM converting an 8B model must not fill HBM with it."""
-    cpu = cpu or jax.local_devices(backend="cpu")[0]
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            _to_jax_in_place(value, cpu)
-        else:
-            tree[key] = jax.device_put(value, cpu)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.time()
@@ -99,13 +83,12 @@ def main(argv: list[str] | None = None) -> int:
             if count % 50 == 0:
                 print(f"  {count} tensors converted ({time.time() - start:.0f}s)", flush=True)
 
-        params = bundle.convert_params(spec.config, tensors, bundle.DTYPES[args.dtype], on_tensor=progress)
-        _to_jax_in_place(params)
+        leaves = bundle.converted_leaves(spec.config, tensors, bundle.DTYPES[args.dtype], on_tensor=progress)
         source = {"hf_dir": str(epath.Path(args.hf_dir).resolve()), "layout": layout}
         if layout == "original":
             source.update(tokenizer_dir=str(args.tokenizer_dir),
                           vision_tower_dir=str(args.vision_tower_dir) if args.vision_tower_dir else None)
-        bundle.save_converted(out, spec, params, args.dtype, source, overwrite=args.overwrite)
+        bundle.save_converted(out, spec, leaves, args.dtype, source, overwrite=args.overwrite)
     except (ConversionError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ config, chat template) or from a converted checkpoint written by `recap_jax.conv
     CHECKPOINT/
       recap_config.json   model config, image settings, prompt template, stop tokens, dtype
       tokenizer/          tokenizer files (save_pretrained)
-      params/             Orbax checkpoint of the Flax params
+      params/             Orbax checkpoint of the Flax params, written a few params at a time
 """
 
 from __future__ import annotations
@@ -17,24 +17,29 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-import orbax.checkpoint as ocp
+import orbax.checkpoint.experimental.v1 as ocp
 import transformers
 from etils import epath
 from flax import linen as nn
+from flax import traverse_util
 
-from recap_jax.conversion.llava import LLAVA_HF_RENAMES, abstract_params, convert_params
+from recap_jax.conversion.llava import LLAVA_HF_RENAMES, abstract_params, convert_params, converted_leaves
 from recap_jax.conversion.tensors import CheckpointTensors, ConversionError
 from recap_jax.models.config import LlavaConfig, llava_config_from_hf, read_json
 from recap_jax.preprocess.image import ImageSettings
 from recap_jax.preprocess.text import PromptEncoder, stop_token_ids
 
 CONFIG_FILE = "recap_config.json"
+# Params are handed to Orbax in groups of about this size, each dropped once written: peak host
+# memory is one group (plus Orbax's copy of it), not the model.
+SAVE_GROUP_BYTES = 512 * 2**20
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
@@ -130,10 +135,13 @@ def llava_hf_tensors(hf_dir: epath.PathLike) -> CheckpointTensors:
 # --- the converted checkpoint -------------------------------------------------------------
 
 
-def save_converted(out_dir: epath.PathLike, spec: CaptionerSpec, params: dict, dtype: str,
+def save_converted(out_dir: epath.PathLike, spec: CaptionerSpec,
+                   leaves: Iterable[tuple[tuple[str, ...], np.ndarray]], dtype: str,
                    source: dict[str, Any], overwrite: bool = False) -> epath.Path:
-    """Write the bundle into a temporary sibling folder, then rename: a crash leaves no half
-    checkpoint under `out_dir`."""
+    """Write the bundle from (param path, array) pairs, consumed one group at a time.
+
+    Everything goes to a temporary sibling folder that is renamed at the end: a crash, or a
+    tensor that does not fit, leaves no half checkpoint under `out_dir`."""
     out_dir = epath.Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
@@ -145,9 +153,7 @@ def save_converted(out_dir: epath.PathLike, spec: CaptionerSpec, params: dict, d
                 "template": spec.template, "chat_template": spec.chat_template,
                 "stop_ids": list(spec.stop_ids), "dtype": dtype, "source": source}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(os.fspath(tmp / "params"), params)
-            checkpointer.wait_until_finished()
+        _save_params_in_groups(tmp / "params", leaves)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -155,6 +161,25 @@ def save_converted(out_dir: epath.PathLike, spec: CaptionerSpec, params: dict, d
         if tmp.exists():
             shutil.rmtree(tmp)
     return out_dir
+
+
+def _save_params_in_groups(path: epath.Path, leaves: Iterable[tuple[tuple[str, ...], np.ndarray]]) -> None:
+    # Leaves go to the CPU device (never an accelerator: a TPU VM converting an 8B model must not
+    # fill HBM with it) and into Orbax partial saves of at most SAVE_GROUP_BYTES each (or one
+    # leaf, if larger).
+    cpu = jax.local_devices(backend="cpu")[0]
+    group: dict = {}
+    group_bytes = 0
+    for leaf_path, value in leaves:
+        if group and group_bytes + value.nbytes > SAVE_GROUP_BYTES:
+            ocp.partial.save(path, traverse_util.unflatten_dict(group))
+            group, group_bytes = {}, 0
+        group[leaf_path] = jax.device_put(value, cpu)
+        group_bytes += value.nbytes
+        del value
+    if group:
+        ocp.partial.save(path, traverse_util.unflatten_dict(group))
+    ocp.partial.finalize(path)
 
 
 def read_converted_spec(checkpoint: epath.PathLike, tokenizer_dir: epath.PathLike | None = None
@@ -180,8 +205,7 @@ def restore_params(checkpoint: epath.PathLike, config: LlavaConfig, dtype: str,
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda _: device, shapes)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(os.fspath(epath.Path(checkpoint) / "params"), target)
+    return ocp.load(epath.Path(checkpoint) / "params", target)
 
 
 def load_captioner(*, checkpoint: str | None = None, hf_dir: str | None = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -174,17 +174,20 @@ def check_fits(config: LlavaConfig, tensors: CheckpointTensors) -> None:
     _plan(config, tensors)
 
 
-def convert_params(config: LlavaConfig, tensors: CheckpointTensors, dtype=np.float32,
-                   on_tensor: Callable[[str], None] | None = None) -> dict:
-    """Read, transform and stack all tensors into a params dict of numpy arrays of `dtype`."""
+def converted_leaves(config: LlavaConfig, tensors: CheckpointTensors, dtype=np.float32,
+                     on_tensor: Callable[[str], None] | None = None
+                     ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """Each param as (path, numpy array of `dtype`), one at a time, after checking that every
+    tensor fits: a caller that writes and drops each leaf holds one stacked param at a time."""
     dtype = np.dtype(ml_dtypes.bfloat16) if dtype in ("bfloat16", jnp.bfloat16) else np.dtype(dtype)
-    params: dict = {}
     for rule, target, num_layers in _plan(config, tensors):
         transform = _TRANSFORMS[rule.transform][0]
         if num_layers is None:
-            _set(params, rule.path, np.ascontiguousarray(transform(tensors.read(rule.source), target), dtype))
+            value = np.ascontiguousarray(transform(tensors.read(rule.source), target), dtype)
             if on_tensor:
                 on_tensor(rule.source)
+            yield rule.path, value
+            del value  # the caller holds it now; do not keep it alive while reading the next
             continue
         out = np.empty(target, dtype)
         for i in range(num_layers):
@@ -192,7 +195,16 @@ def convert_params(config: LlavaConfig, tensors: CheckpointTensors, dtype=np.flo
             out[i] = transform(tensors.read(name), target[1:])
             if on_tensor:
                 on_tensor(name)
-        _set(params, rule.path, out)
+        yield rule.path, out
+        del out
+
+
+def convert_params(config: LlavaConfig, tensors: CheckpointTensors, dtype=np.float32,
+                   on_tensor: Callable[[str], None] | None = None) -> dict:
+    """Read, transform and stack all tensors into a params dict of numpy arrays of `dtype`."""
+    params: dict = {}
+    for path, value in converted_leaves(config, tensors, dtype, on_tensor):
+        _set(params, path, value)
     return params
 
 
