@@ -1,12 +1,12 @@
 """Captioning throughput: recap_jax's sampler vs Hugging Face `generate`, plus a roofline.
 
-    python benchmarks/caption_vs_hf.py [--images 32] [--batch 16] [--new-tokens 32]
+    python benchmarks/caption_vs_hf.py [--images 64] [--batch 16] [--new-tokens 48]
 
-One random llava-hf checkpoint (~120M parameters: 8-layer LLaMA-3-style decoder, hidden 768, GQA
+One random llava-hf checkpoint (~100M parameters: 8-layer LLaMA-3-style decoder, hidden 768, GQA
 12/4 heads, 32k vocabulary; 6-layer ViT at 112 px = 64 image tokens) captions the same images
-with the same prompt, greedy, float32, on the CPU. Captions end at a stop token chosen so that
+with the same prompt, greedy, float32, on the CPU. Captions end at stop tokens chosen so that
 their mean length is ~0.4 x max_new_tokens (the paper: ~49 of 128), since random weights would
-otherwise never stop; both sides use the same stop token and must give the same tokens.
+otherwise never stop; both sides use the same stop tokens and must give the same tokens.
 - HF: `LlavaForConditionalGeneration.generate(do_sample=False)`, batches of --batch, left padding.
 - ours: the `recap_jax.caption` engine (Sampler: bucketed prefill + continuous-batching decode),
   --batch decode slots.
@@ -64,7 +64,7 @@ def build_checkpoint(folder: pathlib.Path) -> None:
 # --- HF side -----------------------------------------------------------------------------------
 
 
-def run_hf(folder: str, n: int, batch: int, new_tokens: int, stop_id: int) -> dict:
+def run_hf(folder: str, n: int, batch: int, new_tokens: int, stop_ids: list[int]) -> dict:
     import torch
     from tiny_llava import load_reference
     torch.set_num_threads(os.cpu_count() or 2)
@@ -74,13 +74,12 @@ def run_hf(folder: str, n: int, batch: int, new_tokens: int, stop_id: int) -> di
     text = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],
         add_generation_prompt=True)
-    eos = stop_id
 
     def generate(batch_images):
         inputs = processor(images=batch_images, text=[text] * len(batch_images), return_tensors="pt", padding=True)
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, pad_token_id=1,
-                                 eos_token_id=eos)
+                                 eos_token_id=stop_ids)
         return out[:, inputs["input_ids"].shape[1]:].numpy(), inputs["input_ids"].shape[1]
 
     start = time.perf_counter()
@@ -92,7 +91,7 @@ def run_hf(folder: str, n: int, batch: int, new_tokens: int, stop_id: int) -> di
         out, prompt_len = generate(images[i:i + batch])
         for row in out:
             row = row.tolist()
-            tokens.append(row[:row.index(eos)] if eos in row else row)
+            tokens.append(row[:next((i for i, t in enumerate(row) if t in stop_ids), len(row))])
     wall = time.perf_counter() - start
     return {"wall_s": wall, "warmup_s": warmup, "tokens": tokens, "prompt_tokens": prompt_len,
             "peak_rss_mib": peak_rss_mib()}
@@ -102,7 +101,7 @@ def run_hf(folder: str, n: int, batch: int, new_tokens: int, stop_id: int) -> di
 
 
 def run_ours(folder: str, n: int, batch: int, new_tokens: int, prefill_batch: int, steps: int,
-             stop_id: int) -> dict:
+             stop_ids: list[int]) -> dict:
     import jax
     from recap_jax.conversion import bundle
     from recap_jax.decoding.sampler import DecodeSettings, Request, Sampler
@@ -116,7 +115,7 @@ def run_ours(folder: str, n: int, batch: int, new_tokens: int, prefill_batch: in
     bucket = int(np.ceil(len(prompt_ids) / 16) * 16)
     settings = DecodeSettings(max_new_tokens=new_tokens, batch_size=batch, prefill_batch=prefill_batch,
                               prompt_buckets=(bucket,), steps_per_sync=steps,
-                              stop_ids=(stop_id,) if stop_id >= 0 else spec.stop_ids)
+                              stop_ids=tuple(stop_ids) or spec.stop_ids)
     sampler = Sampler(model, params, settings)
 
     def requests(imgs):
@@ -125,13 +124,13 @@ def run_ours(folder: str, n: int, batch: int, new_tokens: int, prefill_batch: in
     start = time.perf_counter()
     list(sampler.generate(requests(images[:2])))  # compiles prefill + decode
     compile_s = time.perf_counter() - start
-    if stop_id < 0:
+    if not stop_ids:
         # Random weights rarely say <|eot_id|>: every caption would run to max_new_tokens, unlike
-        # real captions (mean ~49 of at most 128 tokens in the paper). Use as stop token the
-        # token whose first occurrence gives a mean caption length nearest 0.4 x max_new_tokens.
+        # real captions (mean ~49 of at most 128 tokens in the paper). Use as stop tokens a few
+        # tokens whose first occurrence gives a mean caption length near 0.4 x max_new_tokens.
         free = [r.tokens.tolist() for r in sampler.generate(requests(images))]
-        stop_id = pick_stop_token(free, new_tokens)
-        settings = dataclasses.replace(settings, stop_ids=(stop_id,))
+        stop_ids = pick_stop_tokens(free, new_tokens)
+        settings = dataclasses.replace(settings, stop_ids=tuple(stop_ids))
         sampler = Sampler(model, params, settings)
         list(sampler.generate(requests(images[:2])))
     sampler.generated_tokens = sampler.prefill_tokens = 0
@@ -141,19 +140,26 @@ def run_ours(folder: str, n: int, batch: int, new_tokens: int, prefill_batch: in
     phases = time_phases(sampler, model, params, settings, requests(images[:prefill_batch]))
     return {"wall_s": wall, "compile_s": compile_s, "tokens": [results[i] for i in range(n)],
             "prompt_tokens": len(prompt_ids), "peak_rss_mib": peak_rss_mib(), "phases": phases,
-            "config": spec.config.to_json_dict(), "matmul_flops": dense_matmul_flops(), "stop_id": stop_id,
+            "config": spec.config.to_json_dict(), "matmul_flops": dense_matmul_flops(), "stop_ids": stop_ids,
             "devices": str(jax.devices())}
 
 
-def pick_stop_token(captions: list[list[int]], max_new: int) -> int:
-    """The token whose first occurrence spreads caption lengths most, with a mean length of
-    0.25-0.6 x max_new (else the one with the mean nearest 0.4 x max_new)."""
-    scored = []
-    for token in {t for c in captions for t in c}:
-        lengths = np.array([c.index(token) if token in c else max_new for c in captions])
-        in_window = 0.25 * max_new <= lengths.mean() <= 0.6 * max_new
-        scored.append((in_window, lengths.std() if in_window else -abs(lengths.mean() - 0.4 * max_new), token))
-    return max(scored)[2]
+def pick_stop_tokens(captions: list[list[int]], max_new: int, target: float = 0.4,
+                     max_tokens: int = 16) -> list[int]:
+    """A small set of stop tokens whose first occurrence gives a mean caption length near
+    target x max_new, spread as widely as possible. Greedy: add the token that brings the mean
+    nearest the target (ties: larger spread) until the mean is within 5% of it."""
+    def lengths(stops):
+        return np.array([next((i for i, t in enumerate(c) if t in stops), max_new) for c in captions])
+
+    stops: set[int] = set()
+    vocabulary = {t for c in captions for t in c}
+    while len(stops) < max_tokens and lengths(stops).mean() > (target + 0.05) * max_new:
+        def score(token):
+            ls = lengths(stops | {token})
+            return (-abs(ls.mean() - target * max_new), ls.std())
+        stops.add(max(vocabulary - stops, key=score))
+    return sorted(stops)
 
 
 def time_phases(sampler, model, params, settings, group) -> dict:
@@ -207,26 +213,31 @@ def dense_matmul_flops(n: int = 2048, repeats: int = 10) -> float:
 # --- the comparison ------------------------------------------------------------------------------
 
 
+def stop_tokens(args) -> list[int]:
+    return [int(t) for t in args.stop_tokens.split(",") if t.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--prefill-batch", type=int, default=4)
     parser.add_argument("--steps-per-sync", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=48)
-    parser.add_argument("--stop-token", type=int, default=-1,
-                        help="stop token id for both sides; -1: pick one giving realistic caption lengths")
+    parser.add_argument("--stop-tokens", default="",
+                        help="comma-separated stop token ids for both sides; empty: pick a few giving "
+                             "realistic caption lengths")
     parser.add_argument("--checkpoint", default="/tmp/recap_bench_llava")
     parser.add_argument("--side", choices=["hf", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.side == "hf":
         print("RESULT" + json.dumps(run_hf(args.checkpoint, args.images, args.batch, args.new_tokens,
-                                           args.stop_token)))
+                                           stop_tokens(args))))
         return
     if args.side == "ours":
         print("RESULT" + json.dumps(run_ours(args.checkpoint, args.images, args.batch, args.new_tokens,
-                                             args.prefill_batch, args.steps_per_sync, args.stop_token)))
+                                             args.prefill_batch, args.steps_per_sync, stop_tokens(args))))
         return
 
     folder = pathlib.Path(args.checkpoint)
@@ -241,7 +252,7 @@ def main() -> None:
             sys.exit(f"{side} failed:\n{proc.stderr[-4000:]}")
         sides[side] = json.loads(proc.stdout.split("RESULT", 1)[1])
         if side == "ours":
-            stop = ["--stop-token", str(sides["ours"]["stop_id"])]
+            stop = ["--stop-tokens", ",".join(map(str, sides["ours"]["stop_ids"]))]
     report(args, sides)
 
 
@@ -278,7 +289,7 @@ def report(args, sides: dict) -> None:
     for key in ("images_per_s", "generated_tokens_per_s", "prefill_tokens_per_s", "startup_s", "peak_rss_mib", "wall_s"):
         a, b = rows["hf"][key], rows["ours"][key]
         print(f"{key:28s}{a:14.2f}{b:14.2f}{b / a:10.2f}")
-    print(f"\nsame greedy tokens: {same}/{n} images; stop token {ours['stop_id']}; mean caption "
+    print(f"\nsame greedy tokens: {same}/{n} images; stop tokens {ours['stop_ids']}; mean caption "
           f"{mean_new:.1f} of at most {args.new_tokens} tokens")
     print(f"model: {roofline['params'] / 1e6:.0f}M params; {flops.total / 1e9:.2f} GFLOP/image "
           f"(vision {flops.vision / 1e9:.2f}, prefill {flops.prefill / 1e9:.2f}, decode {flops.decode / 1e9:.2f})")
