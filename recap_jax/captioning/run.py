@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -33,7 +33,7 @@ from recap_jax.decoding.sampler import DecodeSettings, Request, Result, Sampler
 from recap_jax.decoding.sharding import decode_state_shardings
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
-from recap_jax.preprocess.image import preprocess_image
+from recap_jax.preprocess.image import ImageSettings, preprocess_image
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -108,6 +108,14 @@ class _Prepared:
     height: int
 
 
+def make_prepare(config: ml_collections.ConfigDict, image_settings: ImageSettings) -> Callable[[Sample], _Prepared]:
+    """The worker threads' job for one sample: decode (robustly) and pre-process its image."""
+    def prepare(sample: Sample) -> _Prepared:
+        image = images.decode_image(sample.image_bytes, max_pixels=config.input.max_pixels)
+        return _Prepared(preprocess_image(image, image_settings), *images.image_size(image))
+    return prepare
+
+
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Caption this host's share of the input; returns the run summary."""
     validate(config)
@@ -126,14 +134,17 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     for unit in todo:
         output.clean_unit(unit.index)
     start = time.time()
-    stats = {"captioned": 0, "failed": 0, "generated_tokens": 0, "prefill_tokens": 0}
+    stats = {"captioned": 0, "failed": 0, "generated_tokens": 0, "prefill_tokens": 0, "input_wait_s": 0.0,
+             "input_wait_first_s": 0.0}
     if todo:
         stats = caption_units(config, todo, output)
     wall = time.time() - start
     summary = {"host": jax.process_index(), "units": len(mine), "units_captioned_now": len(todo),
                **stats, "wall_s": round(wall, 2),
                "images_per_s": round(stats["captioned"] / wall, 3) if wall else 0.0,
-               "generated_tokens_per_s": round(stats["generated_tokens"] / wall, 2) if wall else 0.0}
+               "generated_tokens_per_s": round(stats["generated_tokens"] / wall, 2) if wall else 0.0,
+               # share of the wall time the decode loop waited for decoded images (0 = never)
+               "input_wait_fraction": round(stats["input_wait_s"] / wall, 4) if wall else 0.0}
     output.write_host_summary(jax.process_index(), summary)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -171,17 +182,16 @@ def caption_units(config: ml_collections.ConfigDict, units: list[sources.WorkUni
     sampler = Sampler(model, params, settings, cache_dtype=dtype, state_sharding=decode_state_shardings(mesh),
                       data_sharding=mesh_lib.logical_sharding(mesh, ("batch",)))
 
-    def prepare(sample: Sample) -> _Prepared:
-        image = images.decode_image(sample.image_bytes, max_pixels=config.input.max_pixels)
-        return _Prepared(preprocess_image(image, spec.image), *images.image_size(image))
-
+    prepare = make_prepare(config, spec.image)
     progress = {u.index: _UnitProgress(u) for u in units}
+    waited = [0.0, 0.0]  # seconds the decode loop waited for prepared images: in all, for the first
     meter = Progress(total_units=len(units), every_s=config.progress_every_s)
 
     def requests() -> Iterator[Request]:
         # One stream over all units: worker threads keep decoding across unit boundaries.
-        for entry in pipeline.prepared_units(units, prepare, num_workers=config.input.num_workers,
-                                             prefetch=config.input.prefetch):
+        entries = pipeline.prepared_units(units, prepare, num_workers=config.input.num_workers,
+                                          prefetch=config.input.prefetch)
+        for entry in _timed(entries, waited):
             if isinstance(entry, pipeline.UnitEnd):
                 progress[entry.unit.index].read = entry.count
                 flush_complete()
@@ -213,7 +223,26 @@ def caption_units(config: ml_collections.ConfigDict, units: list[sources.WorkUni
     flush_complete()
     meter.close()
     return {"captioned": meter.captioned, "failed": meter.failed,
-            "generated_tokens": meter.generated_tokens, "prefill_tokens": meter.prefill_tokens}
+            "generated_tokens": meter.generated_tokens, "prefill_tokens": meter.prefill_tokens,
+            "input_wait_s": round(waited[0], 3), "input_wait_first_s": round(waited[1], 3)}
+
+
+def _timed(items: Iterator, waited: list[float]) -> Iterator:
+    """`items`, adding to waited[0] the time each next() blocked: time the host loop (and so the
+    device, once its queued work is done) waited for the input pipeline; waited[1]: the first
+    next() alone (the pipeline's start-up, which nothing can hide)."""
+    first = True
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(items)
+        except StopIteration:
+            waited[0] += time.perf_counter() - start
+            return
+        waited[0] += time.perf_counter() - start
+        if first:
+            waited[1], first = waited[0], False
+        yield item
 
 
 def _record(tokenizer, sample: Sample, ready: _Prepared, result: Result) -> dict[str, Any]:

@@ -10,6 +10,7 @@ output is float32 [H, W, 3], normalised, channels last (the layout the vision to
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
@@ -95,8 +96,19 @@ def preprocess_image(image: Image.Image, settings: ImageSettings) -> np.ndarray:
         image = pad_to_square(image, settings.pad_colour)
     image = resize_shortest_edge(image, settings.size, settings.resample)
     pixels = centre_crop(np.asarray(image), settings.size)
-    # Same arithmetic as HF: rescale in float64, cast to float32, then normalise in float32.
-    pixels = (pixels.astype(np.float64) * settings.rescale_factor).astype(np.float32)
-    mean = np.asarray(settings.mean, np.float32)
-    std = np.asarray(settings.std, np.float32)
-    return (pixels - mean) / std
+    # Each output value depends only on (uint8 value, channel): look it up in a 256 x 3 table
+    # (bit-identical to computing it; 1.6 ms instead of 2.4 ms for the float64 arithmetic at 336 px).
+    table = _normalise_table(float(settings.rescale_factor), tuple(settings.mean), tuple(settings.std))
+    out = np.empty(pixels.shape, np.float32)
+    for channel in range(3):
+        np.take(table[channel], pixels[..., channel], out=out[..., channel])
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _normalise_table(rescale_factor: float, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """[3, 256] float32: channel c, value v -> the normalised value, with HF's arithmetic: rescale
+    in float64, cast to float32, then subtract the mean and divide by the std in float32."""
+    values = (np.arange(256, dtype=np.float64) * rescale_factor).astype(np.float32)[:, None]
+    table = (values - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(table.T)
