@@ -37,9 +37,9 @@ from recap_jax.preprocess.image import ImageSettings
 from recap_jax.preprocess.text import PromptEncoder, stop_token_ids
 
 CONFIG_FILE = "recap_config.json"
-# Params are handed to Orbax in groups of about this size, each dropped once written: peak host
-# memory is one group (plus Orbax's copy of it), not the model.
-SAVE_GROUP_BYTES = 512 * 2**20
+# Params are handed to Orbax in groups of at least this size (a group closes with the leaf that
+# reaches it), each dropped once written: peak host memory follows the largest group, not the model.
+SAVE_GROUP_BYTES = 256 * 2**20
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
@@ -136,7 +136,7 @@ def llava_hf_tensors(hf_dir: epath.PathLike) -> CheckpointTensors:
 
 
 def save_converted(out_dir: epath.PathLike, spec: CaptionerSpec,
-                   leaves: Iterable[tuple[tuple[str, ...], np.ndarray]], dtype: str,
+                   leaves: Iterable[tuple[tuple[str, ...], Any]], dtype: str,
                    source: dict[str, Any], overwrite: bool = False) -> epath.Path:
     """Write the bundle from (param path, array) pairs, consumed one group at a time.
 
@@ -163,20 +163,18 @@ def save_converted(out_dir: epath.PathLike, spec: CaptionerSpec,
     return out_dir
 
 
-def _save_params_in_groups(path: epath.Path, leaves: Iterable[tuple[tuple[str, ...], np.ndarray]]) -> None:
-    # Leaves go to the CPU device (never an accelerator: a TPU VM converting an 8B model must not
-    # fill HBM with it) and into Orbax partial saves of at most SAVE_GROUP_BYTES each (or one
-    # leaf, if larger).
-    cpu = jax.local_devices(backend="cpu")[0]
+def _save_params_in_groups(path: epath.Path, leaves: Iterable[tuple[tuple[str, ...], Any]]) -> None:
+    # A full group is saved before the next leaf is read, so a group and Orbax's copy of it are
+    # never in memory beside a freshly read leaf.
     group: dict = {}
     group_bytes = 0
     for leaf_path, value in leaves:
-        if group and group_bytes + value.nbytes > SAVE_GROUP_BYTES:
-            ocp.partial.save(path, traverse_util.unflatten_dict(group))
-            group, group_bytes = {}, 0
-        group[leaf_path] = jax.device_put(value, cpu)
+        group[leaf_path] = value
         group_bytes += value.nbytes
         del value
+        if group_bytes >= SAVE_GROUP_BYTES:
+            ocp.partial.save(path, traverse_util.unflatten_dict(group))
+            group, group_bytes = {}, 0
     if group:
         ocp.partial.save(path, traverse_util.unflatten_dict(group))
     ocp.partial.finalize(path)

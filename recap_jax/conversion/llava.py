@@ -176,32 +176,34 @@ def check_fits(config: LlavaConfig, tensors: CheckpointTensors) -> None:
 
 def converted_leaves(config: LlavaConfig, tensors: CheckpointTensors, dtype=np.float32,
                      on_tensor: Callable[[str], None] | None = None
-                     ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
-    """Each param as (path, numpy array of `dtype`), one at a time, after checking that every
-    tensor fits: a caller that writes and drops each leaf holds one stacked param at a time."""
+                     ) -> Iterator[tuple[tuple[str, ...], jax.Array]]:
+    """Each param as (path, jax array of `dtype` on the CPU), one at a time, after checking that
+    every tensor fits: a caller that writes and drops each leaf holds one stacked param at a time.
+
+    CPU, never an accelerator: a TPU VM converting an 8B model must not fill HBM with it."""
     dtype = np.dtype(ml_dtypes.bfloat16) if dtype in ("bfloat16", jnp.bfloat16) else np.dtype(dtype)
+    cpu = jax.local_devices(backend="cpu")[0]
     for rule, target, num_layers in _plan(config, tensors):
         transform = _TRANSFORMS[rule.transform][0]
         if num_layers is None:
-            value = np.ascontiguousarray(transform(tensors.read(rule.source), target), dtype)
+            out = np.ascontiguousarray(transform(tensors.read(rule.source), target), dtype)
             if on_tensor:
                 on_tensor(rule.source)
-            yield rule.path, value
-            del value  # the caller holds it now; do not keep it alive while reading the next
-            continue
-        out = np.empty(target, dtype)
-        for i in range(num_layers):
-            name = rule.source.format(i=i)
-            out[i] = transform(tensors.read(name), target[1:])
-            if on_tensor:
-                on_tensor(name)
-        yield rule.path, out
-        del out
+        else:
+            out = np.empty(target, dtype)
+            for i in range(num_layers):
+                name = rule.source.format(i=i)
+                out[i] = transform(tensors.read(name), target[1:])
+                if on_tensor:
+                    on_tensor(name)
+        value = jax.device_put(out, cpu)
+        del out  # only the jax copy may live on while the caller holds the leaf
+        yield rule.path, value
 
 
 def convert_params(config: LlavaConfig, tensors: CheckpointTensors, dtype=np.float32,
                    on_tensor: Callable[[str], None] | None = None) -> dict:
-    """Read, transform and stack all tensors into a params dict of numpy arrays of `dtype`."""
+    """Read, transform and stack all tensors into a params dict of CPU arrays of `dtype`."""
     params: dict = {}
     for path, value in converted_leaves(config, tensors, dtype, on_tensor):
         _set(params, path, value)
