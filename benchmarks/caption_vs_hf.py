@@ -14,7 +14,7 @@ Each side runs in its own subprocess (so peak RSS is its own); the parent checks
 the same tokens and prints ratios. The roofline part counts model FLOPs from the config
 (recap_jax/models/flops.py) and divides the achieved FLOP/s, end to end and per phase, by this
 machine's dense float32 matmul FLOP/s measured here with `jnp.dot`.
-Writes benchmarks/results/caption_vs_hf.json.
+Writes benchmarks/results/caption_vs_hf.json (--out).
 """
 
 from __future__ import annotations
@@ -228,6 +228,7 @@ def main() -> None:
                         help="comma-separated stop token ids for both sides; empty: pick a few giving "
                              "realistic caption lengths")
     parser.add_argument("--checkpoint", default="/tmp/recap_bench_llava")
+    parser.add_argument("--out", default=str(HERE / "results" / "caption_vs_hf.json"), help="result JSON")
     parser.add_argument("--side", choices=["hf", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -298,8 +299,9 @@ def report(args, sides: dict) -> None:
           f"{ph['decode_batch']}) {100 * roofline['decode_fraction_of_peak']:.1f}%")
     result = {"args": vars(args), "rows": rows, "same_tokens": same, "images": n, "roofline": roofline,
               "phases": ph, "ratio_images_per_s": rows["ours"]["images_per_s"] / rows["hf"]["images_per_s"]}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "caption_vs_hf.json").write_text(json.dumps(result, indent=1))
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
