@@ -96,18 +96,35 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
     return out.reshape(batch, q_len, heads, head_dim)
 
 
+def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, k_new: jax.Array,
+                     v_new: jax.Array, visible: jax.Array) -> jax.Array:
+    """One new token per row: q/k_new/v_new [B, 1, heads, D], the cache [B, T, KVH, D] with
+    `visible` [B, T] positions before it. The new token's own key joins the softmax directly, so
+    the cache is only read here and written once per step for all layers (by the caller)."""
+    batch, _, heads, head_dim = q.shape
+    kv_heads = k_cache.shape[2]
+    q = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    scale = head_dim**-0.5
+    cached = jnp.einsum("bkgd,btkd->bkgt", q, k_cache).astype(jnp.float32) * scale
+    cached = jnp.where(visible[:, None, None, :], cached, jnp.finfo(jnp.float32).min)
+    own = jnp.einsum("bkgd,bkd->bkg", q, k_new[:, 0]).astype(jnp.float32)[..., None] * scale
+    probs = jax.nn.softmax(jnp.concatenate([cached, own], axis=-1), axis=-1).astype(v_cache.dtype)
+    out = jnp.einsum("bkgt,btkd->bkgd", probs[..., :-1], v_cache) + probs[..., -1:] * v_new[:, 0, :, None, :]
+    return out.reshape(batch, 1, heads, head_dim)
+
+
 class DecoderLayer(nn.Module):
     config: TextConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, carry: tuple, layer: jax.Array, positions: jax.Array):
-        """carry = (x, cache). cache None: causal prefill; returns this block's (k, v) as output.
-        Else cache = (k, v) of ALL layers [L, B, T, KVH, D], carried through the layer scan so
-        that each step writes one position in place instead of copying every layer's cache;
-        x is then one token per row at `positions` [B, 1]."""
-        x, cache = carry
+    def __call__(self, x: jax.Array, cache: tuple | None, positions: jax.Array):
+        """Returns (x, this block's new (k, v)). cache None: causal prefill over x [B, S, D].
+        Else cache = this layer's (k, v) [B, T, KVH, D] and x is one token per row at
+        `positions` [B, 1]; the cache is only read (LlamaDecoder.decode writes the new K/V of
+        all layers in one update: writing it here, inside the layer scan, copied the whole
+        cache once per layer and step)."""
         cfg = self.config
         dense = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = dict(eps=cfg.rms_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -127,18 +144,10 @@ class DecoderLayer(nn.Module):
             # Right padding: padded keys sit after every real query, so the causal mask hides them.
             causal = jnp.tril(jnp.ones((seq, seq), bool))[None]
             attn = grouped_attention(q, k, v, causal)
-            block_kv = (k, v)
         else:
             k_cache, v_cache = cache
-            rows = jnp.arange(x.shape[0])
-            pos = positions[:, 0]
-            k_cache = k_cache.at[layer, rows, pos].set(k[:, 0].astype(k_cache.dtype))
-            v_cache = v_cache.at[layer, rows, pos].set(v[:, 0].astype(v_cache.dtype))
-            cache = (k_cache, v_cache)
-            visible = jnp.arange(k_cache.shape[2])[None, :] <= pos[:, None]  # [B, T]
-            attn = grouped_attention(q, k_cache[layer].astype(self.dtype), v_cache[layer].astype(self.dtype),
-                                     visible[:, None, :])
-            block_kv = None
+            visible = jnp.arange(k_cache.shape[1])[None, :] < positions  # [B, T]: before this token
+            attn = decode_attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), k, v, visible)
         attn = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), name="o_proj", **dense,
                                kernel_init=_init(("heads", "head_dim", "embed")))(attn)
         x = x + attn
@@ -148,7 +157,7 @@ class DecoderLayer(nn.Module):
         up = nn.Dense(cfg.intermediate_size, name="up_proj", **dense, kernel_init=_init(("embed", "mlp")))(h)
         down = nn.Dense(cfg.hidden_size, name="down_proj", **dense,
                         kernel_init=_init(("mlp", "embed")))(jax.nn.silu(gate) * up)
-        return (x + down, cache), block_kv
+        return x + down, (k, v)
 
 
 class LlamaDecoder(nn.Module):
@@ -182,14 +191,15 @@ class LlamaDecoder(nn.Module):
 
     def prefill(self, embeds: jax.Array, positions: jax.Array) -> tuple[jax.Array, KVCache]:
         """embeds [B, S, D] -> (final hidden states [B, S, D] before the norm, K/V [L, B, S, KVH, Dh])."""
-        layers = jnp.arange(self.config.num_layers)
-        (hidden, _), (k, v) = self.layers((embeds, None), layers, positions)
+        hidden, (k, v) = self.layers(embeds, None, positions)
         return hidden, KVCache(k, v)
 
     def decode(self, embeds: jax.Array, positions: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
         """embeds [B, 1, D] at positions [B] -> (logits [B, V], updated cache)."""
-        layers = jnp.arange(self.config.num_layers)
-        (hidden, (k, v)), _ = self.layers((embeds, (cache.k, cache.v)), layers, positions[:, None])
+        hidden, (k, v) = self.layers(embeds, (cache.k, cache.v), positions[:, None])  # k/v [L, B, 1, ...]
+        rows = jnp.arange(embeds.shape[0])
+        k = cache.k.at[:, rows, positions].set(k[:, :, 0].astype(cache.k.dtype))
+        v = cache.v.at[:, rows, positions].set(v[:, :, 0].astype(cache.v.dtype))
         return self.logits(hidden[:, 0]), KVCache(k, v)
 
     def __call__(self, token_ids: jax.Array, positions: jax.Array) -> jax.Array:
