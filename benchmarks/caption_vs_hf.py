@@ -24,12 +24,13 @@ import dataclasses
 import json
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from common import dense_matmul_flops, peak_rss_mib  # benchmarks/common.py, beside this script
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # tiny_llava: the random-checkpoint builder
@@ -38,9 +39,6 @@ BENCH_CONFIG = dict(vocab_size=32000, image_size=112, patch_size=14, vision_laye
                     text_layers=8, hidden=768, heads=12, kv_heads=4)
 PROMPT = "Please generate a detailed caption of this image. Please be as descriptive as possible."
 
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_images(n: int, seed: int = 0):
@@ -195,19 +193,6 @@ def time_phases(sampler, model, params, settings, group) -> dict:
     jax.block_until_ready(state)
     step_s = (time.perf_counter() - start) / (calls * settings.steps_per_sync)
     return {"prefill_s_per_image": prefill_s, "decode_step_s": step_s, "decode_batch": settings.batch_size}
-
-
-def dense_matmul_flops(n: int = 2048, repeats: int = 10) -> float:
-    import jax
-    import jax.numpy as jnp
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = f(a)
-    out.block_until_ready()
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
 # --- the comparison ------------------------------------------------------------------------------

@@ -41,21 +41,19 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
 
+from common import dense_matmul_flops, peak_rss_mib  # benchmarks/common.py, beside this script
+
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_OPEN_CLIP_PYTHON = os.environ.get("OPEN_CLIP_PYTHON", "/tmp/ocvenv/bin/python")
 RECIPE = "python3 -m venv /tmp/ocvenv && /tmp/ocvenv/bin/pip install open_clip_torch"
 LR, WD, B1, B2, EPS, CLIP_NORM, SCALE_MAX = 5e-4, 0.1, 0.9, 0.98, 1e-6, 1.0, 100.0
 
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def synthetic_batches(args, n: int = 3) -> list[dict]:
@@ -176,21 +174,8 @@ def run_ours(args) -> dict:
             jax.block_until_ready(out)
             result["phases"][name] = (time.perf_counter() - start) / args.phase_reps
     result.update(params=params, peak_rss_mib=peak_rss_mib(), devices=str(jax.devices()),
-                  matmul_flops_per_s=jax_matmul_flops(), versions={"jax": jax.__version__})
+                  matmul_flops_per_s=dense_matmul_flops(), versions={"jax": jax.__version__})
     return result
-
-
-def jax_matmul_flops(n: int = 2048, repeats: int = 10) -> float:
-    import jax
-    import jax.numpy as jnp
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-    f = jax.jit(lambda x: jnp.dot(x, x))
-    f(a).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = f(a)
-    out.block_until_ready()
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
 # --- open_clip side ----------------------------------------------------------------------------
