@@ -171,7 +171,6 @@ def _save_params_in_groups(path: epath.Path, leaves: Iterable[tuple[tuple[str, .
     for leaf_path, value in leaves:
         group[leaf_path] = value
         group_bytes += value.nbytes
-        del value
         if group_bytes >= SAVE_GROUP_BYTES:
             ocp.partial.save(path, traverse_util.unflatten_dict(group))
             group, group_bytes = {}, 0
