@@ -15,7 +15,7 @@ import sys
 from absl import app, logging
 from ml_collections import config_flags
 
-from recap_jax.data.sources import ConfigError
+from recap_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Caption config file (configs/*.py).",
                                           lock_config=True)

@@ -23,7 +23,7 @@ import time
 from etils import epath
 
 from recap_jax.conversion import bundle, original_llava
-from recap_jax.conversion.tensors import ConversionError
+from recap_jax.errors import ConversionError
 from recap_jax.preprocess.text import TEMPLATES
 
 

@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from recap_jax.captioning.run import decode_settings, validate
-from recap_jax.data.sources import ConfigError
+from recap_jax.errors import ConfigError
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 

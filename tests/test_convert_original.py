@@ -364,7 +364,8 @@ def test_transformers5_clip_folder_and_unknown_layouts(tmp_path, small_hf, token
 def test_built_in_clip_l14_336_config_when_no_tower_folder():
     """A checkpoint with its tower inside needs no CLIP folder for openai/clip-vit-large-patch14-336."""
     from recap_jax.conversion import original_llava
-    from recap_jax.models.config import ModelConfigError, VisionConfig
+    from recap_jax.errors import ModelConfigError
+    from recap_jax.models.config import VisionConfig
     raw = {"mm_vision_tower": "openai/clip-vit-large-patch14-336", "mm_hidden_size": 1024, "image_aspect_ratio": "pad"}
     vision = original_llava.vision_config_for(raw, None)
     assert vision == VisionConfig(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16,

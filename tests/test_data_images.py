@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from bad_images import cases, encode
-from recap_jax.data.images import ImageError, decode_image, image_size
+from recap_jax.data.images import decode_image, image_size
+from recap_jax.errors import ImageError
 
 CASES = cases()
 

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from recap_jax.data import pipeline
-from recap_jax.data.images import ImageError
+from recap_jax.errors import ImageError
 from recap_jax.data.sources import Failure, Sample, WorkUnit
 
 

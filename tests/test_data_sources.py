@@ -9,8 +9,9 @@ import pytest
 
 from bad_images import cases, good_jpeg
 from recap_jax.data import sources
-from recap_jax.data.images import ImageError, decode_image
-from recap_jax.data.sources import ConfigError, Failure, Sample, TfdsFields
+from recap_jax.data.images import decode_image
+from recap_jax.data.sources import Failure, Sample, TfdsFields
+from recap_jax.errors import ConfigError, ImageError
 from recap_jax.data.writer import OutputDataset
 from webdataset_helpers import write_tar
 

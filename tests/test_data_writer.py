@@ -6,7 +6,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from recap_jax.data.schema import RECORD_FEATURES
-from recap_jax.data.sources import ConfigError, Failure
+from recap_jax.data.sources import Failure
+from recap_jax.errors import ConfigError
 from recap_jax.data.writer import OutputDataset
 
 

@@ -27,7 +27,8 @@ from etils import epath
 from recap_jax.captioning.progress import Progress
 from recap_jax.conversion import bundle
 from recap_jax.data import images, pipeline, sources
-from recap_jax.data.sources import ConfigError, Failure, Sample
+from recap_jax.data.sources import Failure, Sample
+from recap_jax.errors import ConfigError
 from recap_jax.data.writer import OutputDataset
 from recap_jax.decoding.sampler import DecodeSettings, Request, Result, Sampler
 from recap_jax.decoding.sharding import decode_state_shardings

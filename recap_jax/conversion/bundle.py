@@ -31,7 +31,8 @@ from flax import linen as nn
 from flax import traverse_util
 
 from recap_jax.conversion.llava import LLAVA_HF_RENAMES, abstract_params, convert_params, converted_leaves
-from recap_jax.conversion.tensors import CheckpointTensors, ConversionError
+from recap_jax.conversion.tensors import CheckpointTensors
+from recap_jax.errors import ConversionError
 from recap_jax.models.config import LlavaConfig, llava_config_from_hf, read_json
 from recap_jax.preprocess.image import ImageSettings
 from recap_jax.preprocess.text import PromptEncoder, stop_token_ids

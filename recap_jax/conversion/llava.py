@@ -19,7 +19,8 @@ import ml_dtypes
 import numpy as np
 from flax import linen as nn
 
-from recap_jax.conversion.tensors import CheckpointTensors, ConversionError
+from recap_jax.conversion.tensors import CheckpointTensors
+from recap_jax.errors import ConversionError
 from recap_jax.models.config import LlavaConfig
 from recap_jax.models.llava import LlavaModel
 

@@ -31,8 +31,9 @@ import transformers
 from etils import epath
 
 from recap_jax.conversion.bundle import CaptionerSpec, load_tokenizer, read_image_processor_config
-from recap_jax.conversion.tensors import CheckpointTensors, ConversionError
-from recap_jax.models.config import (LlavaConfig, ModelConfigError, VisionConfig, read_json,
+from recap_jax.conversion.tensors import CheckpointTensors
+from recap_jax.errors import ConversionError, ModelConfigError
+from recap_jax.models.config import (LlavaConfig, VisionConfig, read_json,
                                      text_config_from_hf, vision_config_from_hf)
 from recap_jax.preprocess.image import ImageSettings
 from recap_jax.preprocess.text import IMAGE_PLACEHOLDER, stop_token_ids

@@ -15,11 +15,9 @@ import numpy as np
 from etils import epath
 from safetensors import safe_open
 
+from recap_jax.errors import ConversionError
+
 Renames = Sequence[tuple[str, str]]
-
-
-class ConversionError(ValueError):
-    """The checkpoint does not fit the config; the message names the tensor."""
 
 
 @dataclasses.dataclass(frozen=True)

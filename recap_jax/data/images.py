@@ -22,6 +22,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from recap_jax.errors import ImageError
+
 # We enforce our own, configurable pixel limit (below), so Pillow's warning is noise. Set once here:
 # `warnings.catch_warnings` inside `decode_image` would race between the decoding threads.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -30,13 +32,6 @@ DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_ASPECT = 200.0
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
-
-class ImageError(Exception):
-    """An image that cannot be captioned; `reason` says why in a few words."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 def image_size(image: Image.Image) -> tuple[int, int]:

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from recap_jax.errors import ConfigError
+
 FORMATS = ("folder", "webdataset", "tfds")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -62,10 +64,6 @@ def _retrying(read, what: str):
                 raise
             log.warning("%s: %s; retrying", what, e)
             time.sleep(IO_BACKOFF_S * 2 ** attempt)
-
-
-class ConfigError(ValueError):
-    """A bad config field or input path; the message names the field."""
 
 
 @dataclasses.dataclass(frozen=True)

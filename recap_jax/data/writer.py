@@ -32,7 +32,8 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 
 from recap_jax.data.schema import DATASET_NAME, RECORD_FEATURES, SPLIT
-from recap_jax.data.sources import ConfigError, Failure
+from recap_jax.data.sources import Failure
+from recap_jax.errors import ConfigError
 
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 TMP_MARK = ".tmp-"

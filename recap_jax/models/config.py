@@ -13,9 +13,7 @@ from typing import Any
 
 from etils import epath
 
-
-class ModelConfigError(ValueError):
-    """A checkpoint config that this port cannot represent (the message names the field)."""
+from recap_jax.errors import ModelConfigError
 
 
 @dataclasses.dataclass(frozen=True)
