@@ -107,7 +107,7 @@ def make_train_step(model: LlavaModel, optimizer: optax.GradientTransformation
         (loss, grads), _ = jax.lax.scan(accumulate, (jnp.zeros((), jnp.float32), zeros), batch)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
         trainable = optax.apply_updates(state["trainable"], updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": jnp.sum(batch["weights"])}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": jnp.sum(batch["weights"])}
         return {"step": state["step"] + 1, "trainable": trainable, "opt_state": opt_state}, metrics
 
     return step
