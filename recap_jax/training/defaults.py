@@ -19,6 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.tokenizer = ""  # tokenizer folder overriding the checkpoint's own
     c.model.template = ""  # a named prompt template (e.g. "llama3_llava"); "" = the checkpoint's
     c.model.dtype = "float32"  # storage of the frozen params and of the export
+    c.model.build_tiny_if_missing = False  # build the caption demo's tiny random model there (demo)
     c.model.compute_dtype = "float32"  # activations/matmuls: "bfloat16" on TPU (trainables stay f32)
 
     c.data = ml_collections.ConfigDict()

@@ -14,6 +14,7 @@ Follow one step:
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from recap_jax.captioning.run import maybe_initialize_distributed
+from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
 from recap_jax.conversion import bundle
 from recap_jax.conversion.llava import abstract_params
 from recap_jax.errors import ConfigError
@@ -46,7 +48,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("workdir: required (checkpoints, failures and the export go there)")
     if not config.model.checkpoint:
         raise ConfigError("model.checkpoint: required (a `python -m recap_jax.convert` output folder)")
-    if "://" not in config.model.checkpoint and not epath.Path(config.model.checkpoint).exists():
+    if ("://" not in config.model.checkpoint and not config.model.build_tiny_if_missing
+            and not epath.Path(config.model.checkpoint).exists()):
         raise ConfigError(f"model.checkpoint: {config.model.checkpoint} does not exist")
     if config.model.dtype not in bundle.DTYPES:
         raise ConfigError(f"model.dtype={config.model.dtype!r}: expected one of {sorted(bundle.DTYPES)}")
@@ -68,6 +71,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"train.learning_rate={t.learning_rate}: must be > 0")
     if t.checkpoint_every < 1:
         raise ConfigError(f"train.checkpoint_every={t.checkpoint_every}: must be >= 1")
+
+
+def _absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Local paths made absolute (Orbax refuses relative ones)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    for holder, field in ((config, "workdir"), (config.model, "checkpoint")):
+        value = getattr(holder, field)
+        if value and "://" not in value:
+            setattr(holder, field, os.path.abspath(value))
+    return config
 
 
 def _log(message: str) -> None:
@@ -118,11 +131,14 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Fine-tune as `config` says; returns a summary (steps, last loss, export folders)."""
     validate(config)
     maybe_initialize_distributed(config)
+    config = _absolute_paths(config)
     workdir = epath.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t, m = config.train, config.model
     mesh = mesh_lib.make_mesh(dict(config.mesh))
 
+    if m.build_tiny_if_missing and not epath.Path(m.checkpoint).exists():
+        build_tiny_checkpoint(m.checkpoint)
     spec, _ = bundle.read_converted_spec(m.checkpoint, m.tokenizer or None)
     if m.template:
         spec.template = m.template
