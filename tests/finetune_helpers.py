@@ -15,7 +15,7 @@ from tiny_llava import save_tiny_llava
 CAPTIONS = ["a red circle on the left .", "a blue square in the center .",
             "a green triangle at the top .", "a yellow star on the right .",
             "a black dog on the grass .", "a white cat near the window .",
-            "two orange birds in the sky .", "a purple car on the road ."]
+            "an orange bird in the sky .", "a purple car on the road ."]
 COLOURS = [(220, 30, 30), (30, 30, 220), (30, 200, 30), (230, 220, 20), (10, 10, 10),
            (250, 250, 250), (250, 140, 0), (140, 30, 160)]
 PROMPT = "describe the image ."

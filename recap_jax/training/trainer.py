@@ -172,8 +172,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         _log(f"resumed at step {latest} (epoch {position.epoch}, record {position.offset})")
     else:
         count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
-        _log(f"new run: {count(state['trainable']) / 1e6:.2f}M trainable / "
-             f"{(count(state['trainable']) + count(frozen)) / 1e6:.2f}M params, {num_steps} steps, "
+        _log(f"new run: {count(state['trainable']):,} trainable of "
+             f"{count(state['trainable']) + count(frozen):,} params, {num_steps} steps, "
              f"mesh {dict(mesh.shape)}")
 
     failures = FailureLog(workdir, jax.process_index())
