@@ -102,7 +102,7 @@ def _num_steps(config, reader) -> int:
     return max(records // t.global_batch_size, 1)
 
 
-def _device_batch(arrays: dict[str, np.ndarray], accum: int, mesh) -> dict[str, jax.Array]:
+def device_batch(arrays: dict[str, np.ndarray], accum: int, mesh) -> dict[str, jax.Array]:
     """This host's rows [R, ...] -> global arrays [accum, B / accum, ...] sharded by batch."""
     out = {}
     for name, local in arrays.items():
@@ -190,8 +190,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     start, tokens_seen = time.time(), 0
     batches = prefetch(maker.batches(position)) if step < num_steps else iter(())
     for batch in batches:
-        device_batch = _device_batch(batch.arrays, t.grad_accum_steps, mesh)
-        state, metrics = train_step(state, frozen, device_batch)
+        arrays = device_batch(batch.arrays, t.grad_accum_steps, mesh)
+        state, metrics = train_step(state, frozen, arrays)
         step += 1
         tokens_seen += batch.arrays["tokens"].size * jax.process_count()
         if step % t.log_every == 0 or step == num_steps:
