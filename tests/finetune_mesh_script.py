@@ -15,7 +15,7 @@ from recap_jax.training import step as step_lib
 from recap_jax.training.trainer import device_batch
 
 
-def batch_for(config, rows: int = 8) -> dict[str, np.ndarray]:
+def batch_for(config, rows: int = 16) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     length = config.num_image_tokens + 16
     tokens = rng.integers(8, 200, size=(rows, length)).astype(np.int32)

@@ -49,6 +49,7 @@ def _flat(checkpoint):
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(params)).items()}
 
 
+@pytest.mark.slow  # 150 steps + the caption command + HF generate: minutes on 2 cores
 def test_overfit_then_caption_with_both_exports(tiny, tmp_path):
     root, ckpt, names, data = tiny
     summary = run(_config(ckpt, data, root / "images", tmp_path / "work", trainable="all",
@@ -124,6 +125,7 @@ def test_projector_training_freezes_the_rest_and_skips_bad_data(tiny, tmp_path):
             assert not np.array_equal(before[k], after[k]), k  # every projector param moved
 
 
+@pytest.mark.slow  # three training runs, two of them fresh processes
 def test_sigkill_then_rerun_equals_uninterrupted_run(tiny, tmp_path):
     root, ckpt, _, data = tiny
     train = dict(trainable="projector+llm", num_steps=6, global_batch_size=4, grad_accum_steps=2,

@@ -136,6 +136,11 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     t, m = config.train, config.model
     mesh = mesh_lib.make_mesh(dict(config.mesh))
+    splits = mesh.shape["data"] * mesh.shape["fsdp"]
+    if (t.global_batch_size // t.grad_accum_steps) % splits:
+        raise ConfigError(f"train.global_batch_size / train.grad_accum_steps = "
+                          f"{t.global_batch_size // t.grad_accum_steps} rows per micro-batch must divide "
+                          f"among the mesh's data x fsdp = {splits} batch shards")
 
     if m.build_tiny_if_missing and not epath.Path(m.checkpoint).exists():
         build_tiny_checkpoint(m.checkpoint)
