@@ -2,7 +2,7 @@
 
     python benchmarks/finetune.py [--batch 8] [--steps 5] [--trainable projector+llm]
 
-One random llava-hf checkpoint (~60M parameters by default: 4-layer LLaMA-3-style decoder,
+One random llava-hf checkpoint (~80M parameters by default: 4-layer LLaMA-3-style decoder,
 hidden 768, GQA 12/4 heads, 32k vocabulary; 4-layer ViT at 112 px = 64 image tokens) is converted
 and trained on the same batch (64 image + 64 text tokens per row, loss on the last 32), float32,
 on the CPU, in one process:
