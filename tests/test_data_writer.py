@@ -6,7 +6,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from recap_jax.data.schema import RECORD_FEATURES
-from recap_jax.data.sources import Failure
+from recap_jax.data.inputs import Failure
 from recap_jax.errors import ConfigError
 from recap_jax.data.writer import OutputDataset
 
@@ -108,7 +108,7 @@ def test_host_summaries_are_gathered(tmp_path):
 
 def test_remote_shards_are_built_locally_then_copied(tmp_path, monkeypatch):
     from recap_jax.data import writer
-    monkeypatch.setattr(writer, "_is_local", lambda path: False)  # take the gs:// code path
+    monkeypatch.setattr(writer, "is_local", lambda path: False)  # take the gs:// code path
     out = OutputDataset(str(tmp_path / "o"), 1)
     out.write_unit(0, [_record("r")], [])
     assert out.finalize() and [r["key"] for r in _read(tmp_path / "o")] == [b"r"]

@@ -6,6 +6,7 @@ overridden on the command line: `--config.decode.batch_size=64`.
 
 import ml_collections
 
+from recap_jax.data.inputs.tfds import TfdsFields
 from recap_jax.preprocess.text import DEFAULT_PROMPT
 
 
@@ -26,6 +27,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.paths = ""  # a folder, a glob, or a comma-separated list of globs (local or gs://)
     c.input.files_per_unit = 1000  # folder format: images per work unit (= per output shard)
     c.input.records_per_unit = 1000  # tfds format: records per work unit
+    # tfds format: the split of a TFDS dataset folder ("" = "train" if it has one, else its first),
+    # and which record fields hold what (comma-separated names, the first present wins).
+    c.input.split = ""
+    c.input.fields = ml_collections.ConfigDict(TfdsFields().to_config())
     c.input.num_workers = 8  # threads decoding and resizing images while the device computes
     c.input.prefetch = 256  # samples decoded ahead of the device
     c.input.max_pixels = 64_000_000  # larger images are listed as failures (decompression bombs)

@@ -26,8 +26,9 @@ from etils import epath
 
 from recap_jax.captioning.progress import Progress
 from recap_jax.conversion import bundle
-from recap_jax.data import images, pipeline, sources
-from recap_jax.data.sources import Failure, Sample
+from recap_jax.data import images, inputs, pipeline
+from recap_jax.data.inputs import Failure, Sample
+from recap_jax.data.storage import is_local
 from recap_jax.errors import ConfigError
 from recap_jax.data.writer import OutputDataset
 from recap_jax.decoding.sampler import DecodeSettings, Request, Result, Sampler
@@ -42,9 +43,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     m = config.model
     if bool(m.hf_dir) == bool(m.checkpoint):
         raise ConfigError("model: set exactly one of model.hf_dir and model.checkpoint")
-    if m.hf_dir and _is_local(m.hf_dir) and not epath.Path(m.hf_dir).exists():
+    if m.hf_dir and is_local(m.hf_dir) and not epath.Path(m.hf_dir).exists():
         raise ConfigError(f"model.hf_dir: {m.hf_dir} does not exist")
-    if (m.checkpoint and _is_local(m.checkpoint) and not m.build_tiny_if_missing
+    if (m.checkpoint and is_local(m.checkpoint) and not m.build_tiny_if_missing
             and not epath.Path(m.checkpoint).exists()):
         raise ConfigError(f"model.checkpoint: {m.checkpoint} does not exist")
     if m.dtype not in bundle.DTYPES:
@@ -61,11 +62,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         decode_settings(config, ())
     except ValueError as e:
         raise ConfigError(str(e)) from None
-
-
-def _is_local(path: str) -> bool:
-    """Remote paths (gs://) are checked when opened; local ones at start-up."""
-    return "://" not in path
 
 
 def decode_settings(config: ml_collections.ConfigDict, stop_ids: tuple[int, ...]) -> DecodeSettings:
@@ -92,7 +88,7 @@ def _on_multihost_tpu() -> bool:
 
 @dataclasses.dataclass
 class _UnitProgress:
-    unit: sources.WorkUnit
+    unit: inputs.WorkUnit
     records: dict[int, dict] = dataclasses.field(default_factory=dict)
     failures: list[tuple[int, Failure]] = dataclasses.field(default_factory=list)
     read: int | None = None  # samples read, once reading the unit has finished
@@ -121,13 +117,11 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Caption this host's share of the input; returns the run summary."""
     validate(config)
     maybe_initialize_distributed(config)
-    units = sources.plan_work_units(config.input.format, config.input.paths,
-                                    files_per_unit=config.input.files_per_unit,
-                                    records_per_unit=config.input.records_per_unit)
+    units = inputs.plan_from_config(config.input)
     output = OutputDataset(config.output.dir, len(units), fingerprint={
         "input.format": config.input.format, "input.paths": config.input.paths,
-        "units": sources.units_fingerprint(units)})
-    mine = sources.units_for_host(units, jax.process_index(), jax.process_count())
+        "units": inputs.units_fingerprint(units)})
+    mine = inputs.units_for_host(units, jax.process_index(), jax.process_count())
     todo = [u for u in mine if not output.is_done(u.index)]
     print(f"[caption] host {jax.process_index()}/{jax.process_count()}: {len(mine)} of {len(units)} units, "
           f"{len(mine) - len(todo)} already done", flush=True)
@@ -168,7 +162,7 @@ def load_model(config: ml_collections.ConfigDict, mesh):
     return spec, params, LlavaModel(spec.config, dtype=dtype, param_dtype=dtype), dtype
 
 
-def caption_units(config: ml_collections.ConfigDict, units: list[sources.WorkUnit],
+def caption_units(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit],
                   output: OutputDataset) -> dict[str, int]:
     mesh = mesh_lib.make_mesh(dict(config.mesh), jax.local_devices())
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]

@@ -32,7 +32,8 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 
 from recap_jax.data.schema import DATASET_NAME, RECORD_FEATURES, SPLIT
-from recap_jax.data.sources import Failure
+from recap_jax.data.inputs.base import Failure
+from recap_jax.data.storage import is_local, require_gcs
 from recap_jax.errors import ConfigError
 
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
@@ -52,8 +53,7 @@ class OutputDataset:
         if num_units < 1:
             raise ConfigError(f"input: no work units (num_units={num_units}); nothing to caption")
         if str(output_dir).startswith("gs://"):
-            from recap_jax.data.sources import _require_gcs
-            _require_gcs("output.dir")
+            require_gcs("output.dir")
         self.dir = epath.Path(output_dir)
         self.num_units = num_units
         self.features = features
@@ -166,10 +166,6 @@ class OutputDataset:
         return True
 
 
-def _is_local(path: epath.Path) -> bool:
-    return "://" not in str(path)
-
-
 def _tmp_name(path: epath.Path) -> epath.Path:
     return path.parent / f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
 
@@ -190,7 +186,7 @@ def _write_array_record(path: epath.Path, serialized: Sequence[bytes]) -> int:
         return os.path.getsize(local_path)
 
     tmp = _tmp_name(path)
-    if _is_local(path):
+    if is_local(path):
         size = write(str(tmp))
     else:
         with tempfile.TemporaryDirectory(prefix="recap_shard_") as local_dir:
