@@ -1,9 +1,13 @@
 """Planning work units: the format registry, config errors, host shares, fingerprints, I/O retries."""
 
+import dataclasses
+from typing import ClassVar
+
 import pytest
 
 from bad_images import good_jpeg
 from recap_jax.data import inputs, storage
+from recap_jax.data.inputs import Failure, Sample, WorkUnit, base
 from recap_jax.data.inputs.webdataset import TarUnit
 from recap_jax.data.writer import OutputDataset
 from recap_jax.errors import ConfigError
@@ -84,3 +88,50 @@ def test_retrying_helper(monkeypatch):
     with pytest.raises(FileNotFoundError):
         storage.retrying(missing, "x")
     assert len(calls) == 1  # a missing file is not retried
+
+
+@dataclasses.dataclass(frozen=True)
+class _LinesUnit(WorkUnit):
+    format: ClassVar[str] = "lines"
+    first: int = 0
+
+
+class _LinesInput(base.InputFormat):
+    """A toy format: each line of a text file is a sample; "bad" lines fail."""
+    name = "lines"
+    options = {"lines_per_unit": 2}
+
+    def __init__(self, lines_per_unit: int = 2):
+        self.lines_per_unit = lines_per_unit
+
+    def plan(self, paths):
+        count = sum(len(p.read_text().splitlines()) for p in paths)
+        return [_LinesUnit(i, str(paths[0]), first=start)
+                for i, start in enumerate(range(0, count, self.lines_per_unit))]
+
+    @staticmethod
+    def read(unit):
+        lines = open(unit.path).read().splitlines()[unit.first:unit.first + 2]
+        for n, line in enumerate(lines, unit.first):
+            yield Failure(str(n), unit.path, "bad line") if line == "bad" else Sample(str(n), unit.path, line.encode())
+
+
+def test_a_registered_format_plans_and_reads_through_the_common_entry_points(tmp_path, monkeypatch):
+    monkeypatch.setitem(base.FORMATS, "lines", _LinesInput)  # what @register does, undone after the test
+    (tmp_path / "in.txt").write_text("a\nbad\nc\n")
+    units = inputs.plan_work_units("lines", str(tmp_path / "in.txt"), lines_per_unit=2, files_per_unit=9)
+    assert [u.first for u in units] == [0, 2]  # its own option taken, another format's ignored
+    items = [item for unit in units for item in inputs.read_unit(unit)]
+    assert [type(i).__name__ for i in items] == ["Sample", "Failure", "Sample"]
+    assert items[2].image_bytes == b"c"
+    assert inputs.units_fingerprint(units) != inputs.units_fingerprint(units[:1])
+    with pytest.raises(ValueError, match="registered twice"):
+        base.register(_LinesInput)
+    with pytest.raises(ConfigError, match=r"input\.format='parquet': expected one of \(.*'lines'"):
+        inputs.plan_work_units("parquet", str(tmp_path / "in.txt"))
+
+
+def test_built_in_formats_are_registered():
+    assert set(base.FORMATS) >= {"folder", "webdataset", "tfds"}
+    for name, cls in base.FORMATS.items():
+        assert cls.name == name

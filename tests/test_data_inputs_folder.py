@@ -5,7 +5,7 @@ import json
 from bad_images import good_jpeg
 from input_helpers import keys_of, read_all
 from recap_jax.data import inputs
-from recap_jax.data.inputs import Failure, Sample
+from recap_jax.data.inputs import Failure
 
 
 def test_folder_units_keys_and_sidecars(tmp_path):

@@ -3,9 +3,11 @@
 import pytest
 
 from input_helpers import keys_of, read_all
+from recap_jax.captioning.defaults import base_config
 from recap_jax.data import inputs
 from recap_jax.data.inputs import Failure
 from recap_jax.data.inputs.tfds import TfdsFields, parse_tf_example
+from recap_jax.data.tfds_folder import open_tfds_folder
 from recap_jax.data.writer import OutputDataset
 from recap_jax.errors import ConfigError
 
@@ -14,7 +16,6 @@ def _record(key, caption="c"):
     return {"key": key, "url": f"http://x/{key}", "org_caption": f"alt {key}", "re_caption": caption,
             "image": b"\xff\xd8" + key.encode(), "width": 2, "height": 3, "org_caption_length": 2,
             "re_caption_length": 1}
-
 
 
 def _recap_dataset(folder, units):
@@ -75,3 +76,31 @@ def test_corrupt_record_is_a_failure(tmp_path):
 
 # --- config errors and host shares ----------------------------------------------------------------
 
+
+
+def test_split_and_fields_are_caption_config_fields(tmp_path):
+    _recap_dataset(tmp_path / "ds", [["x", "y"]])
+    config = base_config().input
+    config.format, config.paths, config.records_per_unit = "tfds", str(tmp_path / "ds"), 1
+    assert TfdsFields.parse(config.fields.to_dict()) == TfdsFields()  # the defaults are the reader's
+    config.fields.caption = "no_such_field, re_caption"  # comma-separated, first present wins
+    config.split = "train"
+    units = inputs.plan_from_config(config)
+    assert [(u.start, u.split) for u in units] == [(0, "train"), (1, "train")]
+    assert [s.org_caption for s in read_all(units)] == ["c", "c"]
+    config.split = "validation"
+    with pytest.raises(ConfigError, match=r"input\.split='validation': .* it has \['train'\]"):
+        inputs.plan_from_config(config)
+    with pytest.raises(ConfigError, match=r"input\.fields: unknown entries \['label'\]"):
+        TfdsFields.parse({"label": "y"})
+
+
+def test_one_tfds_folder_opener_names_the_callers_fields(tmp_path):
+    _recap_dataset(tmp_path / "ds", [["x", "y"]])
+    source = open_tfds_folder(str(tmp_path / "ds"), "train", field="data.folders")
+    assert len(source) == 2 and source[1]["key"] == b"y"
+    assert len(open_tfds_folder(str(tmp_path / "ds"), None, field="eval.folder")) == 2  # default split
+    with pytest.raises(ConfigError, match=r"eval\.folder: .* is not a TFDS dataset folder"):
+        open_tfds_folder(str(tmp_path), "train", field="eval.folder")
+    with pytest.raises(ConfigError, match=r"eval\.split='test'"):
+        open_tfds_folder(str(tmp_path / "ds"), "test", field="eval.folder", split_field="eval.split")
