@@ -113,3 +113,20 @@ def test_remote_shards_are_built_locally_then_copied(tmp_path, monkeypatch):
     out.write_unit(0, [_record("r")], [])
     assert out.finalize() and [r["key"] for r in _read(tmp_path / "o")] == [b"r"]
     assert not list((tmp_path / "o").glob(".*.tmp-*"))
+
+
+def test_shards_are_byte_reproducible(tmp_path):
+    """Every record is a canonical tf.train.Example (features in sorted order), so the shard bytes
+    do not depend on protobuf's per-process map order; and two writes give the same bytes."""
+    from array_record.python.array_record_data_source import ArrayRecordDataSource
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    for name in ("a", "b"):
+        OutputDataset(str(tmp_path / name), 1).write_unit(0, [_record("x"), _record("y", "c2")], [])
+    shard = "recap-train.array_record-00000-of-00001"
+    assert (tmp_path / "a" / shard).read_bytes() == (tmp_path / "b" / shard).read_bytes()
+    source = ArrayRecordDataSource([str(tmp_path / "a" / shard)])
+    for i in range(2):
+        example = tf_example_pb2.Example.FromString(source[i])
+        assert source[i] == example.SerializeToString(deterministic=True)
+        assert list(example.features.feature) != [] and example.features.feature["key"].bytes_list.value == [b"xy"[i:i + 1]]

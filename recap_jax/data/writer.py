@@ -30,6 +30,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
+from tensorflow_datasets.proto import tf_example_pb2
 
 from recap_jax.data.schema import DATASET_NAME, RECORD_FEATURES, SPLIT
 from recap_jax.data.inputs.base import Failure
@@ -105,7 +106,7 @@ class OutputDataset:
         if not 0 <= index < self.num_units:
             raise IndexError(f"unit {index} out of range [0, {self.num_units})")
         # Serialize first: a bad record fails here, before anything of this unit is on disk.
-        serialized = [self.features.serialize_example(record) for record in records]
+        serialized = [canonical_example(self.features.serialize_example(record)) for record in records]
         shard = self.shard_path(index)
         num_bytes = _write_array_record(shard, serialized)
         lines = "".join(json.dumps({"key": f.key, "source": f.source, "reason": f.reason}) + "\n"
@@ -164,6 +165,13 @@ class OutputDataset:
         _atomic_write(self.dir / "summary.json", json.dumps(
             {**totals, "last_run": summary or {}, "hosts": self._host_summaries()}, indent=1).encode())
         return True
+
+
+def canonical_example(serialized: bytes) -> bytes:
+    """The same tf.train.Example with its features in sorted name order. Protobuf writes a map in
+    an order that differs from process to process, so without this the same records give other
+    shard bytes in every run; with it a repeated or resumed run writes identical shards."""
+    return tf_example_pb2.Example.FromString(serialized).SerializeToString(deterministic=True)
 
 
 def _tmp_name(path: epath.Path) -> epath.Path:
