@@ -99,7 +99,7 @@ class _LinesUnit(WorkUnit):
 class _LinesInput(base.InputFormat):
     """A toy format: each line of a text file is a sample; "bad" lines fail."""
     name = "lines"
-    options = {"lines_per_unit": 2}
+    options = ("lines_per_unit",)
 
     def __init__(self, lines_per_unit: int = 2):
         self.lines_per_unit = lines_per_unit

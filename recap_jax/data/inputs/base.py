@@ -45,8 +45,8 @@ class WorkUnit:
 class InputFormat(abc.ABC):
     """A registered input format. Instances hold the planning options (the format's config fields)."""
     name: ClassVar[str]  # the `input.format` value
-    # input.* config fields this format reads, with their defaults (the constructor's keywords).
-    options: ClassVar[dict[str, Any]] = {}
+    # The input.* config fields this format reads: its constructor's keyword arguments.
+    options: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> InputFormat:

@@ -30,7 +30,7 @@ class FolderUnit(WorkUnit):
 @register
 class FolderInput(InputFormat):
     name = "folder"
-    options = {"files_per_unit": 1000}
+    options = ("files_per_unit",)
 
     def __init__(self, files_per_unit: int = 1000):
         if files_per_unit < 1:

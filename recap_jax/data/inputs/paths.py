@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from etils import epath
 
-from recap_jax.data.storage import require_gcs
+from recap_jax.data.storage import is_local, require_gcs
 from recap_jax.errors import ConfigError
 
 
@@ -44,7 +44,7 @@ def glob(pattern: str) -> list[epath.Path]:
     parts = pattern.split("/")
     first = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
     base = "/".join(parts[:first]) or "/"
-    if "://" in pattern and first <= 2:
+    if not is_local(pattern) and first <= 2:
         raise ConfigError(f"input.paths: {pattern!r} has a wildcard in the bucket name")
     base_path = epath.Path(base)
     if not base_path.exists():

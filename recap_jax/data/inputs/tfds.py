@@ -61,7 +61,7 @@ class TfdsUnit(WorkUnit):
 @register
 class TfdsInput(InputFormat):
     name = "tfds"
-    options = {"records_per_unit": 1000, "split": "", "fields": None}
+    options = ("records_per_unit", "split", "fields")
 
     def __init__(self, records_per_unit: int = 1000, split: str | None = "",
                  fields: TfdsFields | Mapping[str, Any] | None = None):
