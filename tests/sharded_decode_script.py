@@ -6,9 +6,9 @@ import sys
 import jax
 import numpy as np
 
-from recap_jax.decoding.sharding import decode_state_shardings
-from recap_jax.conversion import bundle
-from recap_jax.decoding.sampler import DecodeSettings, Request, Sampler
+from recap_jax.captioning import model_loading
+from recap_jax.decoding.sampler import Request, Sampler
+from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
 from recap_jax.preprocess.image import preprocess_image
@@ -24,7 +24,7 @@ def main(hf_dir: str) -> None:
     for axes in MESHES:
         devices = jax.devices()[:1] if axes == dict(data=1) else jax.devices()
         mesh = mesh_lib.make_mesh(axes, devices)
-        spec, params = bundle.load_captioner(hf_dir=hf_dir,
+        spec, params = model_loading.load_captioner(hf_dir=hf_dir,
                                              shardings_fn=lambda b: mesh_lib.params_shardings(mesh, b))
         encoder = spec.prompt_encoder()
         prompts = ["describe the image .", "a photo of", "what is in this picture ?"] * 4
@@ -33,8 +33,7 @@ def main(hf_dir: str) -> None:
                     for i, (p, im) in enumerate(zip(prompts, images))]
         settings = DecodeSettings(max_new_tokens=12, batch_size=16, prefill_batch=8, prompt_buckets=(64,),
                                   steps_per_sync=4, stop_ids=spec.stop_ids)
-        sampler = Sampler(LlavaModel(spec.config), params, settings, state_sharding=decode_state_shardings(mesh),
-                          data_sharding=mesh_lib.logical_sharding(mesh, ("batch",)))
+        sampler = Sampler(LlavaModel(spec.config), params, settings, mesh=mesh)
         tokens = {r.tag: r.tokens.tolist() for r in sampler.generate(requests)}
         sharded_kinds = {str(x.sharding.spec) for x in jax.tree.leaves(params)}
         out[json.dumps(axes)] = {"tokens": [tokens[i] for i in range(len(requests))],
