@@ -3,12 +3,15 @@
 The device holds `batch_size` decode slots; every array of `DecodeState` leads with the slot axis.
 One slot's life cycle (the host loop `Sampler.generate` drives it):
 
-      free ──(prefill_into_slots: a group of `prefill_batch` prompts, right-padded to a length
-       ▲      bucket; the prompt's K/V go into the slot's cache rows, its first token is chosen)──┐
-       │                                                                                         ▼
-    finished ◄──(decode_steps: one token per step for every live slot, `steps_per_sync` steps    live
-       │          per device call; a stop token or `max_new_tokens` marks the slot done)──────────┘
-       └──(host: reads the slot's tokens, yields a Result, returns the slot to the free list)
+    FREE ──prefill_into_slots──> LIVE ──decode_steps──> DONE ──host reads it──> FREE
+     (host free list)   (prompt K/V written into   (a stop token or      (Result yielded,
+                         the slot's cache rows,     max_new_tokens;       slot back on the
+                         first token chosen)        `done[slot]`)         free list)
+
+- FREE -> LIVE: prompts are prefilled in groups of `prefill_batch`, right-padded to a length
+  bucket; each lands in a free slot (padding rows of a partial group are dropped).
+- LIVE: every live slot gains one token per step, `steps_per_sync` steps per device call.
+- DONE -> FREE: after each device call the host collects the finished slots' tokens.
 
 A slot whose caption ended is refilled with the next prompt instead of idling until the longest
 caption of the batch ends. `decode_steps` returns to the host early once a prefill group fits
