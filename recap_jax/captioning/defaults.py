@@ -7,6 +7,7 @@ overridden on the command line: `--config.decode.batch_size=64`.
 import ml_collections
 
 from recap_jax.data.inputs.tfds import TfdsFields
+from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.preprocess.text import DEFAULT_PROMPT
 
 
@@ -38,14 +39,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.output = ml_collections.ConfigDict()
     c.output.dir = ""  # the output TFDS ArrayRecord dataset folder (local or gs://)
 
-    c.prompt = DEFAULT_PROMPT  # the instruction every image is captioned with
+    # The instruction every image is captioned with; a `{org_caption}` slot in it is replaced by
+    # each sample's original caption (caption-conditioned recaptioning).
+    c.prompt = DEFAULT_PROMPT
 
-    c.decode = ml_collections.ConfigDict()
-    c.decode.max_new_tokens = 128  # caption length cap (the paper: 128)
-    c.decode.batch_size = 16  # captions in flight per host (decode slots)
-    c.decode.prefill_batch = 4  # new prompts prefilled together when slots free up
-    c.decode.prompt_buckets = (64, 128, 256, 512, 640, 768, 1024)  # padded prompt lengths (compiles)
-    c.decode.steps_per_sync = 8  # decode steps per device call between host checks
+    # Caption length, decode slots, prompt buckets and the token choice (greedy, or seeded top-k /
+    # top-p sampling): the fields of `DecodeSettings`, documented in recap_jax/decoding/settings.py.
+    c.decode = ml_collections.ConfigDict(DecodeSettings.config_fields())
 
     c.mesh = ml_collections.ConfigDict()  # each host's own devices; -1 = all remaining
     c.mesh.data = -1  # replicas, each with its share of the decode slots
