@@ -27,7 +27,11 @@ def main(argv: Sequence[str]) -> int:
         raise ConfigError(f"unexpected arguments {list(argv[1:])}; fields are set with --config.a.b=value")
     if _CONFIG.value is None:
         raise ConfigError("--config is required, e.g. --config configs/demo.py")
+    import jax
+
     from recap_jax.captioning.run import run
+    from recap_jax.parallel.mesh import mesh_axis_sizes
+    mesh_axis_sizes(dict(_CONFIG.value.mesh), jax.local_device_count())  # before anything is written
     summary = run(_CONFIG.value)
     print(json.dumps(summary, indent=1))
     print(f"[caption] output: {_CONFIG.value.output.dir} (read it with "

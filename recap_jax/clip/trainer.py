@@ -78,8 +78,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not config.model.get("hf_dir") and text_length(config.data) > config.model.text_context:
         raise ConfigError(f"data.re_caption_max_tokens/org_caption_max_tokens ({text_length(config.data)}) "
                          f"exceed model.text_context ({config.model.text_context})")
+    if not config.model.get("hf_dir"):  # the sizes fit together (vocabulary and EOS come later)
+        model_lib.config_from_dict(dict(config.model.to_dict(), vocab_size=1, eos_token_id=0))
     if not config.data.get("tokenizer"):
         raise ConfigError("data.tokenizer: set --config.data.tokenizer to a HF (CLIP) tokenizer folder")
+    if not os.path.isdir(config.data.tokenizer):
+        raise ConfigError(f"data.tokenizer: {config.data.tokenizer} is not a folder (a local HF tokenizer "
+                          "folder is expected)")
 
 
 def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -186,6 +191,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) training as configured; returns the last logged metrics."""
     validate_config(config)
     workdir = config.workdir
+    check_same_run(workdir, config)  # before anything is written or loaded
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     t = config.train
     mesh = make_mesh(dict(config.mesh))
@@ -212,7 +218,6 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     manager = _checkpoint_manager(workdir, t.keep_checkpoints)
     latest = manager.latest_step()
     if latest is not None:
-        check_same_run(workdir, config)
         try:
             restored = manager.restore(latest, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
