@@ -16,25 +16,21 @@ from collections.abc import Sequence
 from ml_collections import config_flags
 
 from recap_jax import cli
-from recap_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Caption config file (configs/*.py).",
                                           lock_config=True)
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {list(argv[1:])}; fields are set with --config.a.b=value")
-    if _CONFIG.value is None:
-        raise ConfigError("--config is required, e.g. --config configs/demo.py")
+    config = cli.command_config(argv, _CONFIG.value, "configs/demo.py")
     import jax
 
     from recap_jax.captioning.run import run
     from recap_jax.parallel.mesh import mesh_axis_sizes
-    mesh_axis_sizes(dict(_CONFIG.value.mesh), jax.local_device_count())  # before anything is written
-    summary = run(_CONFIG.value)
+    mesh_axis_sizes(dict(config.mesh), jax.local_device_count())  # before anything is written
+    summary = run(config)
     print(json.dumps(summary, indent=1))
-    print(f"[caption] output: {_CONFIG.value.output.dir} (read it with "
+    print(f"[caption] output: {config.output.dir} (read it with "
           f"tfds.builder_from_directory(...).as_data_source('train'))")
     return 0
 

@@ -141,6 +141,15 @@ def guarded(body: Callable[[], int | None], debug: bool = False) -> int:
         return USAGE_ERROR
 
 
+def command_config(argv: Sequence[str], config, example: str):
+    """The parsed `--config` of a config command; ConfigError on stray arguments or no --config."""
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {list(argv[1:])}; fields are set with --config.a.b=value")
+    if config is None:
+        raise ConfigError(f"--config is required, e.g. --config {example}")
+    return config
+
+
 def debug_requested(argv: Sequence[str]) -> bool:
     return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 

@@ -103,13 +103,10 @@ def run(config) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {list(argv[1:])}; fields are set with --config.a.b=value")
-    if _CONFIG.value is None:
-        raise ConfigError("--config is required, e.g. --config configs/clip_eval.py")
+    config = cli.command_config(argv, _CONFIG.value, "configs/clip_eval.py")
     from recap_jax.parallel.distributed import initialize_distributed
-    initialize_distributed(_CONFIG.value.distributed)
-    run(_CONFIG.value)
+    initialize_distributed(config.distributed)
+    run(config)
     return 0
 
 

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from ml_collections import config_flags
 
 from recap_jax import cli
-from recap_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/clip_*.py), e.g. configs/clip_tiny.py; "
@@ -24,17 +23,14 @@ _CONFIG = config_flags.DEFINE_config_file(
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {list(argv[1:])}; fields are set with --config.a.b=value")
-    if _CONFIG.value is None:
-        raise ConfigError("--config is required, e.g. --config configs/clip_tiny.py")
+    config = cli.command_config(argv, _CONFIG.value, "configs/clip_tiny.py")
     from recap_jax.parallel.distributed import initialize_distributed
-    initialize_distributed(_CONFIG.value.distributed)
+    initialize_distributed(config.distributed)
     import jax
 
     from recap_jax.clip import trainer
 
-    result = trainer.train(_CONFIG.value)
+    result = trainer.train(config)
     result.pop("params", None)
     if jax.process_index() == 0:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
