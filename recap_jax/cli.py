@@ -51,6 +51,8 @@ def error_line(error: BaseException) -> str | None:
     if isinstance(error, UserError):
         return str(error)
     if isinstance(error, _PATH_ERRORS):
+        if error.filename is None:  # raised with a message of ours
+            return str(error)
         what = error.strerror or type(error).__name__
         path = error.filename or str(error)
         return f"{path}: {what}; check the path (and that its folder is writable for outputs)"

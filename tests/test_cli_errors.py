@@ -98,7 +98,7 @@ def _cases():
         ("eval-bad-mesh", "recap_jax.eval_retrieval", ev + ["--config.model.checkpoint={root}/ckpt",
                                                             "--config.mesh.tensor=2"], "error: mesh: ", None),
         ("convert-missing-dir", "recap_jax.convert", ["--hf_dir", "{root}/nope", "--out", "{root}/c1"],
-         "error: {root}/nope: not a checkpoint folder", "c1"),
+         "error: {root}/nope: no config.json", "c1"),
         ("convert-out-exists", "recap_jax.convert", ["--hf_dir", "{root}/hf", "--out", "{root}/ckpt"],
          "error: --out {root}/ckpt exists; pass --overwrite", None),
         ("convert-wrong-shape", "recap_jax.convert", ["--hf_dir", "{root}/hf_bad", "--out", "{root}/c2"],
