@@ -101,8 +101,6 @@ def run_config_command(main: Callable[[Sequence[str]], int | None], doc: str, mo
             traceback.print_exc()
         message = error_line(e) or (
             _config_flag_error(e) if isinstance(e, (AttributeError, KeyError)) else str(e).strip())
-        if isinstance(e, flags.Error) and "did you mean" in message.lower():
-            message = _config_flag_error(e.__cause__ or e) if e.__cause__ else message
         _fail(message)
     if "config" in flags.FLAGS:
         _check_config_loaded(debug)
