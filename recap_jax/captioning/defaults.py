@@ -8,6 +8,7 @@ import ml_collections
 
 from recap_jax.data.inputs.tfds import TfdsFields
 from recap_jax.decoding.settings import DecodeSettings
+from recap_jax.parallel.distributed import distributed_config
 from recap_jax.preprocess.text import DEFAULT_PROMPT
 
 
@@ -52,13 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp = 1  # parameter sharding (also splits the batch)
     c.mesh.tensor = 1  # tensor parallelism, for chips that cannot hold the weights
 
-    c.distributed = ml_collections.ConfigDict()
-    # "auto": jax.distributed.initialize() when running on a multi-host TPU slice; "off"; or "on"
-    # with the explicit settings below (used by the localhost multi-process tests).
-    c.distributed.mode = "auto"
-    c.distributed.coordinator_address = ""
-    c.distributed.num_processes = 1
-    c.distributed.process_id = 0
+    c.distributed = distributed_config()
 
     c.progress_every_s = 30.0  # seconds between progress lines
     return c

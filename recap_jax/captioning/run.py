@@ -14,7 +14,6 @@ Follow one image:
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -40,6 +39,7 @@ from recap_jax.decoding.token_choice import sample_seed
 from recap_jax.errors import ConfigError
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
+from recap_jax.parallel.distributed import check_distributed_config, initialize_distributed
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -58,8 +58,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("output.dir: required (where the captioned dataset is written)")
     if not config.prompt.strip():
         raise ConfigError("prompt: must not be empty")
-    if config.distributed.mode not in ("auto", "on", "off"):
-        raise ConfigError(f"distributed.mode={config.distributed.mode!r}: expected auto, on or off")
+    check_distributed_config(config.distributed)
     if config.input.num_workers < 1:
         raise ConfigError(f"input.num_workers={config.input.num_workers}: must be >= 1")
     try:
@@ -72,24 +71,10 @@ def decode_settings(config: ml_collections.ConfigDict, stop_ids: tuple[int, ...]
     return DecodeSettings.from_config(config.decode, stop_ids)
 
 
-def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
-    d = config.distributed
-    if d.mode == "on":
-        jax.distributed.initialize(coordinator_address=d.coordinator_address or None,
-                                   num_processes=d.num_processes, process_id=d.process_id,
-                                   local_device_ids=None)
-    elif d.mode == "auto" and _on_multihost_tpu():
-        jax.distributed.initialize()  # TPU pods discover the coordinator themselves
-
-
-def _on_multihost_tpu() -> bool:
-    return bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))
-
-
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Caption this host's share of the input; returns the run summary."""
     validate(config)
-    maybe_initialize_distributed(config)
+    initialize_distributed(config.distributed)
     units = inputs.plan_from_config(config.input)
     output = OutputDataset(config.output.dir, len(units), fingerprint={
         "input.format": config.input.format, "input.paths": config.input.paths,

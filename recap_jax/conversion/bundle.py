@@ -30,6 +30,7 @@ from flax import traverse_util
 
 from recap_jax.conversion.llava import LLAVA_HF_RENAMES, converted_leaves  # noqa: F401 (convert.py reads it here)
 from recap_jax.conversion.tensors import CheckpointTensors
+from recap_jax.data.storage import is_local
 from recap_jax.errors import ConversionError
 from recap_jax.models.config import LlavaConfig, llava_config_from_hf, read_json
 from recap_jax.preprocess.image import ImageSettings
@@ -68,7 +69,7 @@ def load_tokenizer(folder: epath.PathLike) -> transformers.PreTrainedTokenizerBa
     folder = epath.Path(folder)
     if not (folder / "tokenizer.json").exists() and not (folder / "tokenizer_config.json").exists():
         raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    local = local_copy(folder) if "://" in os.fspath(folder) else folder
+    local = folder if is_local(os.fspath(folder)) else local_copy(folder)
     return transformers.AutoTokenizer.from_pretrained(str(local), local_files_only=True)
 
 

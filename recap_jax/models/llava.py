@@ -13,7 +13,8 @@ from flax import linen as nn
 
 from recap_jax.models.config import LlavaConfig
 from recap_jax.models.llama import KVCache, LlamaDecoder
-from recap_jax.models.vision import VisionTower, _init
+from recap_jax.models.layers import logical_init as _init
+from recap_jax.models.vision import VisionTower
 
 Dtype = Any
 
