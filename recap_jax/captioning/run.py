@@ -34,6 +34,7 @@ from recap_jax.decoding.sampler import DecodeSettings, Request, Result, Sampler
 from recap_jax.decoding.sharding import decode_state_shardings
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
+from recap_jax.planning.startup import check_fits_on_tpu
 from recap_jax.preprocess.image import ImageSettings, preprocess_image
 
 
@@ -176,6 +177,7 @@ def caption_units(config: ml_collections.ConfigDict, units: list[sources.WorkUni
         if config.decode[field] % batch_shards:
             raise ConfigError(f"decode.{field}={config.decode[field]} must be a multiple of "
                               f"mesh.data x mesh.fsdp = {batch_shards}")
+    check_fits_on_tpu(config, mesh)  # before reading any weights
     spec, params, model, dtype = load_model(config, mesh)
     prompt_ids = spec.prompt_encoder().encode(config.prompt)
     settings = decode_settings(config, spec.stop_ids)

@@ -1,0 +1,152 @@
+"""The caption job's pod plan: compile its functions for TPU devices, then read memory, traffic, cost.
+
+Memory per chip is what the compiled programs need at once (arguments + non-aliased outputs +
+temporaries + code) for the worst of them, against the chip's HBM. Cost: XLA's cost analysis
+counts a while loop's body once, so the compiled decode loop's FLOPs and bytes are those of ONE
+decode step; per image they are multiplied by the generated tokens and divided by the captions in
+flight. Prefill is counted per call and divided by the prompts it starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import ml_collections
+
+from recap_jax.decoding.sampler import DecodeSettings
+from recap_jax.models.flops import image_flops, parameter_count
+from recap_jax.models.llava import LlavaModel
+from recap_jax.parallel import mesh as mesh_lib
+from recap_jax.planning import hlo
+from recap_jax.planning.chips import GIB, Chip
+from recap_jax.planning.model_spec import PlannedModel
+from recap_jax.planning.programs import lower_caption_programs, shard_bytes
+
+IMAGES = 1.3e9  # DataComp-1B
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class CaptionPlan:
+    batch_size: int
+    prompt_length: int
+    bucket: int  # the prefill bucket the prompt uses
+    params_bytes: int  # per chip
+    cache_bytes: int
+    state_bytes: int  # decode state besides the cache
+    functions: dict[str, hlo.CompiledStats]  # "prefill_<bucket>", "decode"
+
+    @property
+    def temp_bytes(self) -> int:
+        return max(s.temp_bytes for s in self.functions.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return max(s.peak_bytes for s in self.functions.values())
+
+
+def settings_of(config: ml_collections.ConfigDict, batch_size: int | None = None) -> DecodeSettings:
+    d = config.decode
+    return DecodeSettings(max_new_tokens=d.max_new_tokens, batch_size=batch_size or d.batch_size,
+                          prefill_batch=d.prefill_batch, prompt_buckets=tuple(d.prompt_buckets),
+                          steps_per_sync=d.steps_per_sync)
+
+
+def compile_caption(config: ml_collections.ConfigDict, model: PlannedModel, devices: Sequence,
+                    batch_size: int | None = None, all_buckets: bool = True) -> CaptionPlan:
+    """Compile the job's prefill (every bucket a prompt of this model can use) and decode loop."""
+    dtype = DTYPES[config.model.dtype]
+    settings = settings_of(config, batch_size)
+    bucket = settings.bucket(model.prompt_length)
+    buckets = sorted(b for b in settings.prompt_buckets if b > model.config.num_image_tokens) if all_buckets \
+        else [bucket]
+    mesh = mesh_lib.make_mesh(dict(config.mesh), list(devices))
+    llava = LlavaModel(model.config, dtype=dtype, param_dtype=dtype)
+    lowered = lower_caption_programs(llava, settings, mesh, dtype, buckets)
+    functions = {f"prefill_{b}": hlo.compiled_stats(low.compile()) for b, low in lowered.prefill.items()}
+    functions["decode"] = hlo.compiled_stats(lowered.decode.compile())
+    cache = shard_bytes(lowered.state.cache)
+    return CaptionPlan(settings.batch_size, model.prompt_length, bucket, shard_bytes(lowered.params),
+                       cache, shard_bytes(lowered.state) - cache, functions)
+
+
+def fits(plan: CaptionPlan, chip: Chip, reserve_bytes: int) -> bool:
+    return plan.total_bytes + reserve_bytes <= chip.hbm_bytes
+
+
+def largest_fitting_batch(config: ml_collections.ConfigDict, model: PlannedModel, devices: Sequence,
+                          plan: CaptionPlan, chip: Chip, reserve_bytes: int, max_compiles: int = 4
+                          ) -> tuple[int, CaptionPlan | None]:
+    """The largest decode.batch_size that fits, checked by compiling it (0 if none does).
+
+    A first guess scales the per-slot bytes (cache, state, decode temporaries) linearly; each
+    guess is compiled and stepped down until one fits."""
+    shards = config.mesh.get("data", 1) * config.mesh.get("fsdp", 1)
+    shards = shards if shards > 0 else len(devices) // max(1, config.mesh.get("tensor", 1) * config.mesh.get("fsdp", 1))
+    step = max(shards, 1)
+    slots_per_device = plan.batch_size / step
+    per_slot = (plan.cache_bytes + plan.state_bytes + plan.functions["decode"].temp_bytes) / slots_per_device
+    fixed = plan.total_bytes - per_slot * slots_per_device
+    guess = int((chip.hbm_bytes - reserve_bytes - fixed) // per_slot) * step
+    guess = max(min(guess, plan.batch_size * 8), 0)
+    floor = max(config.decode.prefill_batch, step)
+    for _ in range(max_compiles):
+        guess -= guess % step
+        if guess < floor:
+            return 0, None
+        candidate = compile_caption(config, model, devices, batch_size=guess, all_buckets=False)
+        if fits(candidate, chip, reserve_bytes):
+            return guess, candidate
+        over = candidate.total_bytes + reserve_bytes - chip.hbm_bytes
+        guess -= max(step, int(over // per_slot + 1) * step)
+    return 0, None
+
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    prefill_flops: float  # per image (all chips together)
+    prefill_bytes: float
+    decode_flops: float
+    decode_bytes: float
+    prefill_s: float  # chip-seconds per image at the bound
+    decode_s: float
+    model_flops: float  # what the work needs (models.flops), per image
+    physical_s: float  # model_flops at the chip's peak
+
+    @property
+    def images_per_s_per_chip(self) -> float:
+        return 1.0 / (self.prefill_s + self.decode_s)
+
+    def days(self, chips: int, efficiency: float = 1.0, images: float = IMAGES) -> float:
+        return images / (self.images_per_s_per_chip * efficiency * chips) / 86400
+
+
+def throughput(plan: CaptionPlan, model: PlannedModel, config: ml_collections.ConfigDict, chip: Chip,
+               devices_per_host: int, new_tokens: int) -> Throughput:
+    """Per-image work from the compiled cost; prefill at peak FLOP/s, decode at HBM bandwidth
+    (or peak, whichever is slower), both per chip."""
+    pre = plan.functions[f"prefill_{plan.bucket}"]
+    dec = plan.functions["decode"]
+    images_per_prefill = config.decode.prefill_batch / devices_per_host  # per device
+    prefill_s = max(pre.flops / chip.peak_bf16_flops, pre.bytes_accessed / chip.hbm_bytes_per_s)
+    step_s = max(dec.flops / chip.peak_bf16_flops, dec.bytes_accessed / chip.hbm_bytes_per_s)
+    slots_per_device = plan.batch_size / devices_per_host
+    need = image_flops(model.config, model.prompt_length, new_tokens)
+    return Throughput(
+        prefill_flops=pre.flops / images_per_prefill,
+        prefill_bytes=pre.bytes_accessed / images_per_prefill,
+        decode_flops=dec.flops * new_tokens / slots_per_device,
+        decode_bytes=dec.bytes_accessed * new_tokens / slots_per_device,
+        prefill_s=prefill_s / images_per_prefill, decode_s=step_s * new_tokens / slots_per_device,
+        model_flops=need.total, physical_s=need.total / chip.peak_bf16_flops)
+
+
+def describe_params(model: PlannedModel) -> str:
+    return f"{parameter_count(model.config) / 1e9:.2f}B params ({model.source})"
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"
+
