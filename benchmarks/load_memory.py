@@ -4,7 +4,7 @@
 
 Writes a random converted checkpoint (`recap_jax.convert`'s format, bf16) shaped like a small
 LLaVA-LLaMA-3 (hidden 2048, GQA 32/8, LLaMA-3's 128,256-token vocabulary, a 4-layer CLIP-L-wide
-tower at 336 px), then in a fresh process: (1) `load_captioner` with bf16 on a 1-device mesh, as
+tower at 336 px), then in a fresh process per setting of Orbax's read buffers in flight (none = the old load): (1) `load_captioner` with bf16 on a 1-device mesh, as
 the caption job does, recording peak RSS against the params' bytes; (2) the sampler's first
 compile and one caption. On CPU the "device" is host memory, so a load that peaks near 1x the
 params' bytes (plus the interpreter) holds one copy. Writes benchmarks/results/load_memory.json.
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -57,8 +59,11 @@ def write_checkpoint(out: pathlib.Path, layers: int) -> int:
     rng = np.random.default_rng(0)
 
     def leaves():
+        # Random bf16 bit patterns with exponents of 2^-15..2^-8 and random signs (fast to draw).
         for path, s in shapes.items():
-            yield path, (rng.standard_normal(s.shape, np.float32) * 0.02).astype(ml_dtypes.bfloat16)
+            bits = rng.integers(0x3800, 0x3B80, s.shape, dtype=np.uint16)
+            bits |= rng.integers(0, 2, s.shape, dtype=np.uint16) << 15
+            yield path, bits.view(ml_dtypes.bfloat16)
 
     tokenizer = tiny_tokenizer()
     spec = bundle.CaptionerSpec(config, ImageSettings(size=336, mode="pad"), tokenizer, None,
@@ -67,41 +72,83 @@ def write_checkpoint(out: pathlib.Path, layers: int) -> int:
     return sum(int(np.prod(s.shape)) * 2 for s in shapes.values())
 
 
-def measure(checkpoint: str) -> dict:
-    """Runs in a fresh process: load, then first compile + one caption; RSS after each."""
+class PeakRss:
+    """This process's peak RSS over a phase, sampled every 5 ms by a thread (ru_maxrss cannot be
+    reset, and after fork + exec it starts at the parent's size)."""
+
+    def __init__(self):
+        import psutil
+        self._process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self.start = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(0.005)
+
+    def stop(self) -> tuple[float, float]:
+        """(RSS at the start, peak RSS) in MiB."""
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+        return self.start / 2**20, self.peak / 2**20
+
+
+def checkpoint_bytes(checkpoint: pathlib.Path) -> int:
+    """The params' bytes of an existing converted checkpoint (from its config, no weights read)."""
+    import jax
+    import numpy as np
+    from flax import linen as nn
+
+    from recap_jax.conversion.llava import abstract_params
+    from recap_jax.models.config import LlavaConfig
+    config = LlavaConfig.from_json_dict(json.loads((checkpoint / "recap_config.json").read_text())["llava"])
+    shapes = jax.tree.leaves(nn.unbox(abstract_params(config, jax.numpy.bfloat16)))
+    return sum(int(np.prod(s.shape)) * 2 for s in shapes)
+
+
+def measure(checkpoint: str, read_limit_mib: int) -> dict:
+    """Runs in a fresh process: load, then first compile + one caption; peak RSS of each.
+    `read_limit_mib` < 0: Orbax's restore without a limit on read buffers in flight."""
     import jax
     import numpy as np
 
-    from common import peak_rss_mib  # benchmarks/common.py, beside this script
     from recap_jax.conversion import bundle
     from recap_jax.decoding.sampler import DecodeSettings, Request, Sampler
     from recap_jax.models.llava import LlavaModel
     from recap_jax.parallel import mesh as mesh_lib
 
+    bundle.RESTORE_CONCURRENT_BYTES = None if read_limit_mib < 0 else read_limit_mib * 2**20
     jax.numpy.zeros(1).block_until_ready()
     mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
-    base = peak_rss_mib()
+    rss = PeakRss()
     start = time.perf_counter()
     spec, params = bundle.load_captioner(checkpoint=checkpoint, dtype="bfloat16",
                                          shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed))
     jax.block_until_ready(params)
     load_s = time.perf_counter() - start
+    before_load, load_peak = rss.stop()
     params_mib = sum(x.nbytes for x in jax.tree.leaves(params)) / 2**20
     dtypes = sorted({str(x.dtype) for x in jax.tree.leaves(params)})
-    after_load = peak_rss_mib()
     model = LlavaModel(spec.config, dtype=jax.numpy.bfloat16, param_dtype=jax.numpy.bfloat16)
     prompt = spec.prompt_encoder().encode("describe this image")
     settings = DecodeSettings(max_new_tokens=4, batch_size=1, prefill_batch=1,
                               prompt_buckets=(int(len(prompt) + 63) // 64 * 64,))
     sampler = Sampler(model, params, settings, cache_dtype=jax.numpy.bfloat16)
     pixels = np.zeros((336, 336, 3), np.float32)
+    rss = PeakRss()
     start = time.perf_counter()
     results = list(sampler.generate([Request(prompt, pixels)]))
-    compile_s = time.perf_counter() - start
-    return {"params_mib": round(params_mib, 1), "param_dtypes": dtypes, "rss_before_load_mib": round(base, 1),
-            "peak_rss_after_load_mib": round(after_load, 1), "load_s": round(load_s, 2),
-            "load_peak_over_params": round((after_load - base) / params_mib, 3),
-            "peak_rss_after_first_caption_mib": round(peak_rss_mib(), 1), "first_caption_s": round(compile_s, 2),
+    caption_s = time.perf_counter() - start
+    before_caption, caption_peak = rss.stop()
+    return {"read_limit_mib": read_limit_mib, "params_mib": round(params_mib, 1), "param_dtypes": dtypes,
+            "rss_before_load_mib": round(before_load, 1), "load_peak_rss_mib": round(load_peak, 1),
+            "load_s": round(load_s, 2), "load_peak_over_params": round((load_peak - before_load) / params_mib, 3),
+            "rss_before_caption_mib": round(before_caption, 1), "caption_peak_rss_mib": round(caption_peak, 1),
+            "first_caption_s": round(caption_s, 2),
+            "caption_peak_over_params": round((caption_peak - before_load) / params_mib, 3),
             "captions": len(results)}
 
 
@@ -109,24 +156,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the checkpoint in --workdir (reused if there)")
+    parser.add_argument("--read-limit-mib", type=int, nargs="+", default=[-1, 256],
+                        help="Orbax read buffers in flight to compare (-1: no limit, the old load)")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure)))
+        print(json.dumps(measure(args.measure, args.read_limit_mib[0])))
         return
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="load_memory_"))
     try:
         start = time.perf_counter()
-        params_bytes = write_checkpoint(work / "ckpt", args.layers)
+        params_bytes = checkpoint_bytes(work / "ckpt") if (work / "ckpt").exists() else \
+            write_checkpoint(work / "ckpt", args.layers)
         print(f"wrote {params_bytes / 2**30:.2f} GiB of bf16 params in {time.perf_counter() - start:.0f} s",
               flush=True)
-        done = subprocess.run([sys.executable, __file__, "--measure", str(work / "ckpt")], capture_output=True,
-                              text=True, cwd=REPO, env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
-        if done.returncode:
-            raise SystemExit(f"load failed (exit {done.returncode}): {done.stderr[-2000:]}")
-        result = {"layers": args.layers, "params_bytes": params_bytes, **json.loads(done.stdout.splitlines()[-1])}
+        result = {"layers": args.layers, "params_bytes": params_bytes, "runs": []}
+        for limit in args.read_limit_mib:
+            done = subprocess.run([sys.executable, __file__, "--measure", str(work / "ckpt"), "--read-limit-mib",
+                                   str(limit)], capture_output=True, text=True, cwd=REPO,
+                                  env={**os.environ, "JAX_PLATFORMS": "cpu"})
+            if done.returncode:
+                raise SystemExit(f"load failed (exit {done.returncode}): {done.stderr[-2000:]}")
+            result["runs"].append(json.loads(done.stdout.splitlines()[-1]))
+            print(json.dumps(result["runs"][-1]), flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=1))
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")

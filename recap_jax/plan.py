@@ -29,6 +29,8 @@ _JSON = flags.DEFINE_bool("json", False, "Print the plan as one JSON object.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 49, "Mean generated tokens per image (the paper: ~49).")
 _EFFICIENCY = flags.DEFINE_float("efficiency", 0.6, "Realistic fraction of the bound, for the days estimate.")
 _RESERVE = flags.DEFINE_float("reserve_gib", 1.0, "HBM per chip kept free for the runtime.")
+_ALL_BUCKETS = flags.DEFINE_bool("all_buckets", False, "Also compile the prefill buckets other prompts "
+                                 "would use (the job compiles only its prompt's bucket).")
 
 EXIT_DOES_NOT_FIT = 3
 
@@ -65,7 +67,7 @@ def plan(config, clip_config=None):
              f"{len(devices)}; per-host mesh {dict(config.mesh)} builds on every host",
              f"[plan] model: {caption_plan.describe_params(model)}; prompt {model.prompt_length} tokens"]
     print("\n".join(lines) + "\n[plan] compiling (minutes for an 8B model) ...", file=sys.stderr, flush=True)
-    compiled = caption_plan.compile_caption(config, model, devices)
+    compiled = caption_plan.compile_caption(config, model, devices, all_buckets=_ALL_BUCKETS.value)
     ok = caption_plan.fits(compiled, pod.chip, reserve)
     largest, _ = caption_plan.largest_fitting_batch(config, model, devices, compiled, pod.chip, reserve) \
         if not ok else (0, None)

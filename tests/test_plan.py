@@ -80,12 +80,17 @@ def test_too_many_slots_do_not_fit_and_the_largest_that_fits_is_compiled(v4_host
     assert plan.batch_size == largest and caption_plan.fits(plan, small_chip, reserve_bytes=0)
 
 
-def test_throughput_bound_from_compiled_cost(tiny_plan):
+def test_throughput_bound_counts_every_scanned_layer(tiny_plan):
     config, model = tiny_job()
     rate = caption_plan.throughput(tiny_plan, model, config, chips.CHIPS["v4"], 4, new_tokens=24)
     pre, dec = tiny_plan.functions["prefill_64"], tiny_plan.functions["decode"]
-    assert rate.prefill_flops == pytest.approx(pre.flops * 4 / 4)  # 4 prompts over 4 chips
-    assert rate.decode_bytes == pytest.approx(dec.bytes_accessed * 24 / 4)  # 4 slots per chip
+    # The compiled scans count one layer; the plan adds the other (layers - 1) from each layer alone.
+    assert tiny_plan.prefill_cost.flops > pre.flops and tiny_plan.decode_step_cost.flops > dec.flops
+    assert rate.prefill_flops == pytest.approx(tiny_plan.prefill_cost.flops)  # 4 prompts over 4 chips
+    assert rate.decode_bytes == pytest.approx(tiny_plan.decode_step_cost.bytes_accessed * 24 / 4)  # 4 slots/chip
+    # What the model needs (matmuls only, causal prompt) is a lower bound of what the program does.
+    assert model.config.text.num_layers == 2
+    assert rate.model_flops < rate.prefill_flops + rate.decode_flops
     assert rate.images_per_s_per_chip > 0 and rate.days(128) > rate.days(256)
 
 

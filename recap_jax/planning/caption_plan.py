@@ -1,10 +1,13 @@
 """The caption job's pod plan: compile its functions for TPU devices, then read memory, traffic, cost.
 
 Memory per chip is what the compiled programs need at once (arguments + non-aliased outputs +
-temporaries + code) for the worst of them, against the chip's HBM. Cost: XLA's cost analysis
-counts a while loop's body once, so the compiled decode loop's FLOPs and bytes are those of ONE
-decode step; per image they are multiplied by the generated tokens and divided by the captions in
-flight. Prefill is counted per call and divided by the prompts it starts.
+temporaries + code) for the worst of them, against the chip's HBM.
+
+Cost: XLA's cost analysis counts a while loop's body once, whatever its trip count (the TPU HLO
+carries no trip count to read). So (1) the decode loop's FLOPs and bytes are those of ONE decode
+step: per image they are multiplied by the generated tokens and divided by the captions in
+flight; (2) the layer scans inside count one text layer and one vision layer: the missing
+(layers - 1) copies are added from each layer compiled alone (`layer_cost`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from recap_jax.decoding.sampler import DecodeSettings
 from recap_jax.models.flops import image_flops, parameter_count
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
-from recap_jax.planning import hlo
+from recap_jax.planning import hlo, layer_cost
 from recap_jax.planning.chips import GIB, Chip
 from recap_jax.planning.model_spec import PlannedModel
 from recap_jax.planning.programs import lower_caption_programs, shard_bytes
@@ -37,6 +40,8 @@ class CaptionPlan:
     cache_bytes: int
     state_bytes: int  # decode state besides the cache
     functions: dict[str, hlo.CompiledStats]  # "prefill_<bucket>", "decode"
+    prefill_cost: layer_cost.Cost | None = None  # per chip and call, every layer counted (module doc)
+    decode_step_cost: layer_cost.Cost | None = None  # per chip and step
 
     @property
     def temp_bytes(self) -> int:
@@ -55,8 +60,11 @@ def settings_of(config: ml_collections.ConfigDict, batch_size: int | None = None
 
 
 def compile_caption(config: ml_collections.ConfigDict, model: PlannedModel, devices: Sequence,
-                    batch_size: int | None = None, all_buckets: bool = True) -> CaptionPlan:
-    """Compile the job's prefill (every bucket a prompt of this model can use) and decode loop."""
+                    batch_size: int | None = None, all_buckets: bool = False, costs: bool = True
+                    ) -> CaptionPlan:
+    """Compile the job's prefill and decode loop. The job prefills one prompt, so one bucket;
+    `all_buckets`: every bucket a prompt of this model could use; `costs`: also count the
+    scanned layers' cost (memory alone does not need it)."""
     dtype = DTYPES[config.model.dtype]
     settings = settings_of(config, batch_size)
     bucket = settings.bucket(model.prompt_length)
@@ -68,8 +76,26 @@ def compile_caption(config: ml_collections.ConfigDict, model: PlannedModel, devi
     functions = {f"prefill_{b}": hlo.compiled_stats(low.compile()) for b, low in lowered.prefill.items()}
     functions["decode"] = hlo.compiled_stats(lowered.decode.compile())
     cache = shard_bytes(lowered.state.cache)
+    prefill_cost, step_cost = looped_costs(llava, settings, mesh, functions[f"prefill_{bucket}"], bucket,
+                                           functions["decode"], dtype) if costs else (None, None)
     return CaptionPlan(settings.batch_size, model.prompt_length, bucket, shard_bytes(lowered.params),
-                       cache, shard_bytes(lowered.state) - cache, functions)
+                       cache, shard_bytes(lowered.state) - cache, functions, prefill_cost, step_cost)
+
+
+def looped_costs(llava: LlavaModel, settings: DecodeSettings, mesh, prefill: hlo.CompiledStats, seq: int,
+                 decode: hlo.CompiledStats, cache_dtype) -> tuple[layer_cost.Cost, layer_cost.Cost]:
+    """(prefill call, decode step) costs per chip with every scanned layer counted."""
+    text_layers = llava.config.text.num_layers
+    vision_layers = llava.config.num_vision_layers_used
+    p = settings.prefill_batch
+    pre = layer_cost.Cost(prefill.flops, prefill.bytes_accessed)
+    pre += layer_cost.text_layer_prefill(llava, mesh, p, seq) * (text_layers - 1)
+    if vision_layers > 1:
+        pre += layer_cost.vision_layer(llava, mesh, p) * (vision_layers - 1)
+    step = layer_cost.Cost(decode.flops, decode.bytes_accessed)
+    step += layer_cost.text_layer_decode(llava, mesh, settings.batch_size, settings.cache_length,
+                                         cache_dtype) * (text_layers - 1)
+    return pre, step
 
 
 def fits(plan: CaptionPlan, chip: Chip, reserve_bytes: int) -> bool:
@@ -96,7 +122,7 @@ def largest_fitting_batch(config: ml_collections.ConfigDict, model: PlannedModel
         guess -= guess % step
         if guess < floor:
             return 0, None
-        candidate = compile_caption(config, model, devices, batch_size=guess, all_buckets=False)
+        candidate = compile_caption(config, model, devices, batch_size=guess, costs=False)
         if fits(candidate, chip, reserve_bytes):
             return guess, candidate
         over = candidate.total_bytes + reserve_bytes - chip.hbm_bytes
@@ -127,8 +153,7 @@ def throughput(plan: CaptionPlan, model: PlannedModel, config: ml_collections.Co
                devices_per_host: int, new_tokens: int) -> Throughput:
     """Per-image work from the compiled cost; prefill at peak FLOP/s, decode at HBM bandwidth
     (or peak, whichever is slower), both per chip."""
-    pre = plan.functions[f"prefill_{plan.bucket}"]
-    dec = plan.functions["decode"]
+    pre, dec = plan.prefill_cost, plan.decode_step_cost
     images_per_prefill = config.decode.prefill_batch / devices_per_host  # per device
     prefill_s = max(pre.flops / chip.peak_bf16_flops, pre.bytes_accessed / chip.hbm_bytes_per_s)
     step_s = max(dec.flops / chip.peak_bf16_flops, dec.bytes_accessed / chip.hbm_bytes_per_s)

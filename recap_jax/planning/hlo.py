@@ -18,6 +18,7 @@ _OP = re.compile(r"=\s*(?P<type>.+?)\s+(?P<op>" + "|".join(COLLECTIVES) + r")(?:
 _ARRAY = re.compile(r"\b(?P<dtype>pred|s4|u4|s8|u8|s16|u16|s32|u32|s64|u64|f8e4m3fn|f8e5m2|bf16|f16|f32|f64)"
                     r"\[(?P<dims>[\d,]*)\]")
 _OP_NAME = re.compile(r'op_name="(?P<name>[^"]*)"')
+_TRIP_COUNT = re.compile(r'known_trip_count"?:\{"?n"?:"?(\d+)')
 _BITS = {"pred": 8, "s4": 4, "u4": 4, "f8e4m3fn": 8, "f8e5m2": 8}
 
 
@@ -54,6 +55,16 @@ def collectives(hlo_text: str) -> list[Collective]:
     return found
 
 
+def while_trip_counts(hlo_text: str) -> list[int | None]:
+    """The trip count of every while loop (None: decided at run time), in program order."""
+    counts = []
+    for line in hlo_text.splitlines():
+        if re.search(r"=\s*.+?\s+while\(", line):
+            m = _TRIP_COUNT.search(line)
+            counts.append(int(m.group(1)) if m else None)
+    return counts
+
+
 def summarize_collectives(found: list[Collective]) -> dict[str, dict[str, int]]:
     """kind -> {"count", "bytes"} (per device, each op counted once even inside a loop)."""
     out: dict[str, dict[str, int]] = {}
@@ -75,6 +86,7 @@ class CompiledStats:
     flops: float  # per device; a while loop's body is counted once
     bytes_accessed: float
     collectives: list[Collective]
+    trip_counts: list[int | None]  # of the program's while loops
 
     @property
     def peak_bytes(self) -> int:
@@ -88,8 +100,10 @@ def compiled_stats(compiled: Any) -> CompiledStats:
     if isinstance(cost, list):  # older jax: one dict per module
         cost = cost[0] if cost else {}
     cost = cost or {}
+    text = compiled.as_text()
     return CompiledStats(
         argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
         alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
         code_bytes=int(mem.generated_code_size_in_bytes), flops=float(cost.get("flops", 0.0)),
-        bytes_accessed=float(cost.get("bytes accessed", 0.0)), collectives=collectives(compiled.as_text()))
+        bytes_accessed=float(cost.get("bytes accessed", 0.0)), collectives=collectives(text),
+        trip_counts=while_trip_counts(text))

@@ -58,8 +58,8 @@ def caption_text(plan: CaptionPlan, chip: Chip, reserve: int, verdict: bool, lar
     if rate is not None:
         ips = rate.images_per_s_per_chip
         lines += ["", f"Throughput bound per chip (prompt {plan.prompt_length} tokens in bucket {plan.bucket}, "
-                      f"{new_tokens} new tokens per image; the decode loop's cost is one step, XLA counts a "
-                      "while body once):",
+                      f"{new_tokens} new tokens per image; XLA counts a while body once: the decode loop's cost "
+                      "is one step, and the layer scans' missing layers are added from each layer compiled alone):",
                   f"  prefill: {rate.prefill_flops / 1e12:.2f} TFLOP, {rate.prefill_bytes / GIB:.2f} GiB per image"
                   f" -> {rate.prefill_s * 1e3:.1f} ms at peak FLOP/s",
                   f"  decode:  {rate.decode_flops / 1e12:.2f} TFLOP, {rate.decode_bytes / GIB:.2f} GiB per image"

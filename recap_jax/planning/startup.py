@@ -20,7 +20,7 @@ def fit_error(config: ml_collections.ConfigDict, devices: Sequence, chip: Chip,
               reserve_bytes: int = RESERVE_BYTES) -> str | None:
     """None if the job's compiled functions fit `chip`, else the message naming the fix."""
     model = planned_model(config)
-    plan = caption_plan.compile_caption(config, model, devices, all_buckets=False)
+    plan = caption_plan.compile_caption(config, model, devices, costs=False)
     if caption_plan.fits(plan, chip, reserve_bytes):
         return None
     largest, _ = caption_plan.largest_fitting_batch(config, model, devices, plan, chip, reserve_bytes)
