@@ -4,7 +4,7 @@
 
 Writes a random converted checkpoint (`recap_jax.convert`'s format, bf16) shaped like a small
 LLaVA-LLaMA-3 (hidden 2048, GQA 32/8, LLaMA-3's 128,256-token vocabulary, a 4-layer CLIP-L-wide
-tower at 336 px), then in a fresh process per setting of Orbax's read buffers in flight (none = the old load): (1) `load_captioner` with bf16 on a 1-device mesh, as
+tower at 336 px), then in a fresh process (1) `load_captioner` with bf16 on a 1-device mesh, as
 the caption job does, recording peak RSS against the params' bytes; (2) the sampler's first
 compile and one caption. On CPU the "device" is host memory, so a load that peaks near 1x the
 params' bytes (plus the interpreter) holds one copy. Writes benchmarks/results/load_memory.json.
@@ -109,18 +109,19 @@ def checkpoint_bytes(checkpoint: pathlib.Path) -> int:
     return sum(int(np.prod(s.shape)) * 2 for s in shapes)
 
 
-def measure(checkpoint: str, read_limit_mib: int) -> dict:
-    """Runs in a fresh process: load, then first compile + one caption; peak RSS of each.
-    `read_limit_mib` < 0: Orbax's restore without a limit on read buffers in flight."""
+def measure(checkpoint: str) -> dict:
+    """Runs in a fresh process: load, then first compile + one caption; peak RSS of each, from a
+    baseline taken after every library the load imports (transformers, orbax) is imported."""
     import jax
     import numpy as np
+    import orbax.checkpoint.experimental.v1  # noqa: F401
+    import transformers  # noqa: F401
 
     from recap_jax.conversion import bundle
     from recap_jax.decoding.sampler import DecodeSettings, Request, Sampler
     from recap_jax.models.llava import LlavaModel
     from recap_jax.parallel import mesh as mesh_lib
 
-    bundle.RESTORE_CONCURRENT_BYTES = None if read_limit_mib < 0 else read_limit_mib * 2**20
     jax.numpy.zeros(1).block_until_ready()
     mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
     rss = PeakRss()
@@ -143,7 +144,7 @@ def measure(checkpoint: str, read_limit_mib: int) -> dict:
     results = list(sampler.generate([Request(prompt, pixels)]))
     caption_s = time.perf_counter() - start
     before_caption, caption_peak = rss.stop()
-    return {"read_limit_mib": read_limit_mib, "params_mib": round(params_mib, 1), "param_dtypes": dtypes,
+    return {"params_mib": round(params_mib, 1), "param_dtypes": dtypes,
             "rss_before_load_mib": round(before_load, 1), "load_peak_rss_mib": round(load_peak, 1),
             "load_s": round(load_s, 2), "load_peak_over_params": round((load_peak - before_load) / params_mib, 3),
             "rss_before_caption_mib": round(before_caption, 1), "caption_peak_rss_mib": round(caption_peak, 1),
@@ -157,12 +158,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint in --workdir (reused if there)")
-    parser.add_argument("--read-limit-mib", type=int, nargs="+", default=[-1, 256],
-                        help="Orbax read buffers in flight to compare (-1: no limit, the old load)")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.read_limit_mib[0])))
+        print(json.dumps(measure(args.measure)))
         return
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="load_memory_"))
     try:
@@ -171,15 +170,11 @@ def main() -> None:
             write_checkpoint(work / "ckpt", args.layers)
         print(f"wrote {params_bytes / 2**30:.2f} GiB of bf16 params in {time.perf_counter() - start:.0f} s",
               flush=True)
-        result = {"layers": args.layers, "params_bytes": params_bytes, "runs": []}
-        for limit in args.read_limit_mib:
-            done = subprocess.run([sys.executable, __file__, "--measure", str(work / "ckpt"), "--read-limit-mib",
-                                   str(limit)], capture_output=True, text=True, cwd=REPO,
-                                  env={**os.environ, "JAX_PLATFORMS": "cpu"})
-            if done.returncode:
-                raise SystemExit(f"load failed (exit {done.returncode}): {done.stderr[-2000:]}")
-            result["runs"].append(json.loads(done.stdout.splitlines()[-1]))
-            print(json.dumps(result["runs"][-1]), flush=True)
+        done = subprocess.run([sys.executable, __file__, "--measure", str(work / "ckpt")], capture_output=True,
+                              text=True, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        if done.returncode:
+            raise SystemExit(f"load failed (exit {done.returncode}): {done.stderr[-2000:]}")
+        result = {"layers": args.layers, "params_bytes": params_bytes, **json.loads(done.stdout.splitlines()[-1])}
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -3,6 +3,7 @@
     pip install -e '.[tpu]'   # libtpu: compiles for TPU devices, no TPU needed
     python -m recap_jax.plan --config configs/v4_256.py [--topology v4-256] [--json]
     python -m recap_jax.plan --config configs/v4_256.py --clip_config configs/clip_v4_pod.py
+    python -m recap_jax.plan --clip_config configs/clip_v4_pod.py --topology v4-256   # CLIP only
 
 Prints per chip: params, KV cache, decode state, temporaries and total against the chip's HBM,
 the verdict (exit 0: fits; exit 3: does not fit, naming the largest decode.batch_size that does),
@@ -37,11 +38,15 @@ EXIT_DOES_NOT_FIT = 3
 
 def main(argv) -> int:
     del argv
-    if _CONFIG.value is None:
-        print("error: --config is required, e.g. --config configs/v4_256.py", file=sys.stderr)
+    if _CONFIG.value is None and _CLIP.value is None:
+        print("error: --config (a caption config, e.g. configs/v4_256.py) and/or --clip_config is required",
+              file=sys.stderr)
         return 2
     try:
-        result, lines, ok = plan(_CONFIG.value, _CLIP.value)
+        if _CONFIG.value is None:
+            result, lines, ok = plan_clip(_CLIP.value)
+        else:
+            result, lines, ok = plan(_CONFIG.value, _CLIP.value)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -67,39 +72,67 @@ def plan(config, clip_config=None):
              f"{len(devices)}; per-host mesh {dict(config.mesh)} builds on every host",
              f"[plan] model: {caption_plan.describe_params(model)}; prompt {model.prompt_length} tokens"]
     print("\n".join(lines) + "\n[plan] compiling (minutes for an 8B model) ...", file=sys.stderr, flush=True)
-    compiled = caption_plan.compile_caption(config, model, devices, all_buckets=_ALL_BUCKETS.value)
-    ok = caption_plan.fits(compiled, pod.chip, reserve)
-    largest, _ = caption_plan.largest_fitting_batch(config, model, devices, compiled, pod.chip, reserve) \
-        if not ok else (0, None)
-    rate = caption_plan.throughput(compiled, model, config, pod.chip, len(devices), _NEW_TOKENS.value)
-    lines += [""] + report.caption_text(compiled, pod.chip, reserve, ok, largest, rate, pod.num_chips,
-                                        _EFFICIENCY.value, _NEW_TOKENS.value, len(devices))
+    refused = ""
+    try:
+        compiled = caption_plan.compile_caption(config, model, devices, all_buckets=_ALL_BUCKETS.value,
+                                                costs=False)
+        ok = caption_plan.fits(compiled, pod.chip, reserve)
+    except caption_plan.CompilerOutOfMemory as e:
+        compiled, ok, refused = None, False, str(e)
+    largest, rate, fitting = 0, None, None
+    if ok:  # the cost of a program that does not fit is not worth its compiles
+        rate = caption_plan.throughput(caption_plan.count_costs(config, model, devices, compiled), model, config,
+                                       pod.chip, len(devices), _NEW_TOKENS.value)
+    else:
+        largest, fitting = caption_plan.largest_fitting_batch(config, model, devices, compiled, pod.chip, reserve)
+    if compiled is not None:
+        lines += [""] + report.caption_text(compiled, pod.chip, reserve, ok, largest, rate, pod.num_chips,
+                                            _EFFICIENCY.value, _NEW_TOKENS.value, len(devices))
+    else:
+        lines += ["", f"The TPU compiler refused decode.batch_size={config.decode.batch_size}: {refused}"]
+        if fitting is not None:
+            lines += ["", "The largest batch that fits:"] + report.caption_text(
+                fitting, pod.chip, reserve, True, 0, None, pod.num_chips, _EFFICIENCY.value, _NEW_TOKENS.value,
+                len(devices))
+    result = {"topology": pod.topology, "slice": pod.name, "chips": pod.num_chips, "hosts": pod.num_hosts,
+              "model": model.source, "prompt_length": model.prompt_length, "batch_size": config.decode.batch_size,
+              "hbm_bytes": pod.chip.hbm_bytes, "reserve_bytes": reserve, "fits": ok}
     if not ok:
         fix = f"set --config.decode.batch_size={largest}" if largest else "no decode.batch_size fits: use " \
               "more chips per replica (mesh.tensor/mesh.fsdp) or a smaller model.dtype"
-        lines.append(f"[plan] decode.batch_size={compiled.batch_size} does not fit a {pod.chip.name} chip: {fix}")
-    result = {"topology": pod.topology, "slice": pod.name, "chips": pod.num_chips, "hosts": pod.num_hosts,
-              "model": model.source, "prompt_length": model.prompt_length, "bucket": compiled.bucket,
-              "batch_size": compiled.batch_size, "hbm_bytes": pod.chip.hbm_bytes, "reserve_bytes": reserve,
-              "params_bytes": compiled.params_bytes, "cache_bytes": compiled.cache_bytes,
-              "state_bytes": compiled.state_bytes, "temp_bytes": compiled.temp_bytes,
-              "total_bytes": compiled.total_bytes, "fits": ok, "largest_fitting_batch_size": largest or None,
-              "functions": {k: report.stats_json(s) for k, s in compiled.functions.items()},
-              "per_image": {"prefill_flops": rate.prefill_flops, "prefill_bytes": rate.prefill_bytes,
-                            "decode_flops": rate.decode_flops, "decode_bytes": rate.decode_bytes,
-                            "bound_s_per_chip": rate.prefill_s + rate.decode_s, "model_flops": rate.model_flops,
-                            "physical_s_per_chip": rate.physical_s},
-              "images_per_s_per_chip": rate.images_per_s_per_chip, "days_at_bound": rate.days(pod.num_chips),
-              "efficiency": _EFFICIENCY.value, "days_realistic": rate.days(pod.num_chips, _EFFICIENCY.value)}
+        lines.append(f"[plan] decode.batch_size={config.decode.batch_size} does not fit a {pod.chip.name} chip: {fix}")
+        result.update(compiler_refused=refused or None, largest_fitting_batch_size=largest or None)
+    if compiled is not None:
+        result.update(bucket=compiled.bucket, params_bytes=compiled.params_bytes, cache_bytes=compiled.cache_bytes,
+                      state_bytes=compiled.state_bytes, temp_bytes=compiled.temp_bytes,
+                      total_bytes=compiled.total_bytes,
+                      functions={k: report.stats_json(s) for k, s in compiled.functions.items()})
+    if rate is not None:
+        result.update(per_image={"prefill_flops": rate.prefill_flops, "prefill_bytes": rate.prefill_bytes,
+                                 "decode_flops": rate.decode_flops, "decode_bytes": rate.decode_bytes,
+                                 "bound_s_per_chip": rate.prefill_s + rate.decode_s,
+                                 "model_flops": rate.model_flops, "physical_s_per_chip": rate.physical_s},
+                      images_per_s_per_chip=rate.images_per_s_per_chip, days_at_bound=rate.days(pod.num_chips),
+                      efficiency=_EFFICIENCY.value, days_realistic=rate.days(pod.num_chips, _EFFICIENCY.value))
     if clip_config is not None:
-        from recap_jax.planning.clip_plan import compile_clip_step
-        print("[plan] compiling the CLIP train step for the whole slice ...", file=sys.stderr, flush=True)
-        clip = compile_clip_step(clip_config, pod.devices)
-        lines += [""] + report.clip_text(clip, pod.chip, reserve)
-        result["clip"] = {"params": clip.params, "state_bytes": clip.state_bytes,
-                          "batch_per_chip": clip.batch_per_chip, "step": report.stats_json(clip.step)}
+        result["clip"], clip_lines, _ = plan_clip(clip_config, pod)
+        lines += [""] + clip_lines
     return result, lines, ok
 
+
+def plan_clip(clip_config, pod=None):
+    """(JSON-ready result, text lines, fits?) for a CLIP train config, over the whole slice."""
+    from recap_jax.planning import chips, report
+    from recap_jax.planning.clip_plan import compile_clip_step
+    pod = pod or chips.compile_slice(_TOPOLOGY.value or clip_config.get("tpu", {}).get("topology", "v4-8"))
+    reserve = int(_RESERVE.value * chips.GIB)
+    print(f"[plan] compiling the CLIP train step for {pod.name} ({pod.num_chips} chips) ...", file=sys.stderr,
+          flush=True)
+    clip = compile_clip_step(clip_config, pod.devices)
+    ok = clip.total_bytes + reserve <= pod.chip.hbm_bytes
+    result = {"topology": pod.topology, "params": clip.params, "state_bytes": clip.state_bytes,
+              "batch_per_chip": clip.batch_per_chip, "fits": ok, "step": report.stats_json(clip.step)}
+    return result, report.clip_text(clip, pod.chip, reserve), ok
 
 if __name__ == "__main__":
     app.run(main)

@@ -130,3 +130,13 @@ def test_plan_command_on_a_tiny_checkpoint(tmp_path):
     assert set(plan["functions"]) == {"prefill_64", "decode"}
     assert "all-gather" not in plan["functions"]["decode"]["collectives"]
     assert plan["images_per_s_per_chip"] > 0 and plan["total_bytes"] < plan["hbm_bytes"]
+
+
+def test_a_program_the_tpu_compiler_refuses_is_reported_as_not_fitting():
+    class Refused:
+        def compile(self):
+            raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required "
+                               "(45.43G) exceeds available HBM (30.75G).")
+
+    with pytest.raises(caption_plan.CompilerOutOfMemory, match="45.43G"):
+        caption_plan.compile_stats(Refused())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -42,9 +41,6 @@ CONFIG_FILE = "recap_config.json"
 # Params are handed to Orbax in groups of at least this size (a group closes with the leaf that
 # reaches it), each dropped once written: peak host memory follows the largest group, not the model.
 SAVE_GROUP_BYTES = 256 * 2**20
-# Host read buffers in flight while restoring params (at least the largest array): the load peaks
-# near params + this.
-RESTORE_CONCURRENT_BYTES = 256 * 2**20
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
@@ -207,14 +203,7 @@ def restore_params(checkpoint: epath.PathLike, config: LlavaConfig, dtype: str,
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda _: device, shapes)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-    # Orbax reads each array into a host buffer before placing it; unbounded, every buffer is in
-    # flight at once and the load peaks at twice the params (on CPU the device is host memory).
-    context = ocp.Context()
-    if RESTORE_CONCURRENT_BYTES is not None:  # Orbax refuses an array larger than the limit
-        largest = max(math.prod(t.sharding.shard_shape(t.shape)) * t.dtype.itemsize for t in jax.tree.leaves(target))
-        context.memory.read_concurrent_bytes = max(RESTORE_CONCURRENT_BYTES, largest + 1)
-    with context:
-        return ocp.load(epath.Path(checkpoint) / "params", target)
+    return ocp.load(epath.Path(checkpoint) / "params", target)
 
 
 def load_captioner(*, checkpoint: str | None = None, hf_dir: str | None = None,

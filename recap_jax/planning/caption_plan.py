@@ -52,6 +52,20 @@ class CaptionPlan:
         return max(s.peak_bytes for s in self.functions.values())
 
 
+class CompilerOutOfMemory(Exception):
+    """The TPU compiler itself refused the program: it cannot fit the chip's HBM."""
+
+
+def compile_stats(lowered) -> hlo.CompiledStats:
+    """Compile and read; a program the TPU compiler refuses for HBM raises CompilerOutOfMemory."""
+    try:
+        return hlo.compiled_stats(lowered.compile())
+    except Exception as e:  # jax.errors.JaxRuntimeError
+        if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+            raise CompilerOutOfMemory(str(e).splitlines()[0]) from None
+        raise
+
+
 def settings_of(config: ml_collections.ConfigDict, batch_size: int | None = None) -> DecodeSettings:
     d = config.decode
     return DecodeSettings(max_new_tokens=d.max_new_tokens, batch_size=batch_size or d.batch_size,
@@ -73,13 +87,28 @@ def compile_caption(config: ml_collections.ConfigDict, model: PlannedModel, devi
     mesh = mesh_lib.make_mesh(dict(config.mesh), list(devices))
     llava = LlavaModel(model.config, dtype=dtype, param_dtype=dtype)
     lowered = lower_caption_programs(llava, settings, mesh, dtype, buckets)
-    functions = {f"prefill_{b}": hlo.compiled_stats(low.compile()) for b, low in lowered.prefill.items()}
-    functions["decode"] = hlo.compiled_stats(lowered.decode.compile())
+    functions = {"decode": compile_stats(lowered.decode)}  # first: the cache is why a plan does not fit
+    functions.update({f"prefill_{b}": compile_stats(low) for b, low in lowered.prefill.items()})
     cache = shard_bytes(lowered.state.cache)
-    prefill_cost, step_cost = looped_costs(llava, settings, mesh, functions[f"prefill_{bucket}"], bucket,
-                                           functions["decode"], dtype) if costs else (None, None)
-    return CaptionPlan(settings.batch_size, model.prompt_length, bucket, shard_bytes(lowered.params),
-                       cache, shard_bytes(lowered.state) - cache, functions, prefill_cost, step_cost)
+    plan = CaptionPlan(settings.batch_size, model.prompt_length, bucket, shard_bytes(lowered.params),
+                       cache, shard_bytes(lowered.state) - cache, functions)
+    if costs:
+        plan.prefill_cost, plan.decode_step_cost = looped_costs(
+            llava, settings, mesh, functions[f"prefill_{bucket}"], bucket, functions["decode"], dtype)
+    return plan
+
+
+def count_costs(config: ml_collections.ConfigDict, model: PlannedModel, devices: Sequence,
+                plan: CaptionPlan) -> CaptionPlan:
+    """Fill in a plan compiled with costs=False."""
+    dtype = DTYPES[config.model.dtype]
+    settings = settings_of(config, plan.batch_size)
+    llava = LlavaModel(model.config, dtype=dtype, param_dtype=dtype)
+    mesh = mesh_lib.make_mesh(dict(config.mesh), list(devices))
+    plan.prefill_cost, plan.decode_step_cost = looped_costs(
+        llava, settings, mesh, plan.functions[f"prefill_{plan.bucket}"], plan.bucket, plan.functions["decode"],
+        dtype)
+    return plan
 
 
 def looped_costs(llava: LlavaModel, settings: DecodeSettings, mesh, prefill: hlo.CompiledStats, seq: int,
@@ -102,32 +131,55 @@ def fits(plan: CaptionPlan, chip: Chip, reserve_bytes: int) -> bool:
     return plan.total_bytes + reserve_bytes <= chip.hbm_bytes
 
 
+def _try(config, model, devices, batch: int, chip: Chip, reserve_bytes: int) -> CaptionPlan | None:
+    """The plan at this batch size if it compiles and fits, else None."""
+    try:
+        plan = compile_caption(config, model, devices, batch_size=batch, costs=False)
+    except CompilerOutOfMemory:
+        return None
+    return plan if fits(plan, chip, reserve_bytes) else None
+
+
 def largest_fitting_batch(config: ml_collections.ConfigDict, model: PlannedModel, devices: Sequence,
-                          plan: CaptionPlan, chip: Chip, reserve_bytes: int, max_compiles: int = 4
+                          plan: CaptionPlan | None, chip: Chip, reserve_bytes: int, max_compiles: int = 6
                           ) -> tuple[int, CaptionPlan | None]:
     """The largest decode.batch_size that fits, checked by compiling it (0 if none does).
 
-    A first guess scales the per-slot bytes (cache, state, decode temporaries) linearly; each
+    `plan`: the compiled plan that did not fit (None: the compiler refused it). From a compiled
+    plan the per-slot bytes (cache, state, decode temporaries) give a linear guess; without one
+    the batch is halved until a plan compiles and fits, then the guess starts from that one. Each
     guess is compiled and stepped down until one fits."""
-    shards = config.mesh.get("data", 1) * config.mesh.get("fsdp", 1)
-    shards = shards if shards > 0 else len(devices) // max(1, config.mesh.get("tensor", 1) * config.mesh.get("fsdp", 1))
-    step = max(shards, 1)
+    step = max(config.mesh.get("data", 1), 1) * max(config.mesh.get("fsdp", 1), 1)
+    if config.mesh.get("data", 1) == -1:
+        step = len(devices) // max(config.mesh.get("tensor", 1) * config.mesh.get("fsdp", 1), 1)
+    floor = max(config.decode.prefill_batch, step)
+    best: tuple[int, CaptionPlan | None] = (0, None)
+    batch = config.decode.batch_size
+    while plan is None and max_compiles > 0:  # the compiler refused: halve until something fits
+        batch = max(floor, (batch // 2) // step * step)
+        max_compiles -= 1
+        plan = _try(config, model, devices, batch, chip, reserve_bytes)
+        if plan is not None:
+            best = (batch, plan)
+        elif batch == floor:
+            return best
+    if plan is None:
+        return best
     slots_per_device = plan.batch_size / step
     per_slot = (plan.cache_bytes + plan.state_bytes + plan.functions["decode"].temp_bytes) / slots_per_device
     fixed = plan.total_bytes - per_slot * slots_per_device
     guess = int((chip.hbm_bytes - reserve_bytes - fixed) // per_slot) * step
-    guess = max(min(guess, plan.batch_size * 8), 0)
-    floor = max(config.decode.prefill_batch, step)
-    for _ in range(max_compiles):
+    guess = min(guess, config.decode.batch_size - step)
+    while max_compiles > 0 and guess > best[0]:
         guess -= guess % step
         if guess < floor:
-            return 0, None
-        candidate = compile_caption(config, model, devices, batch_size=guess, costs=False)
-        if fits(candidate, chip, reserve_bytes):
+            break
+        max_compiles -= 1
+        candidate = _try(config, model, devices, guess, chip, reserve_bytes)
+        if candidate is not None:
             return guess, candidate
-        over = candidate.total_bytes + reserve_bytes - chip.hbm_bytes
-        guess -= max(step, int(over // per_slot + 1) * step)
-    return 0, None
+        guess -= max(step, guess // 16 // step * step)
+    return best
 
 
 @dataclasses.dataclass(frozen=True)

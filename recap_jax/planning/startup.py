@@ -20,15 +20,18 @@ def fit_error(config: ml_collections.ConfigDict, devices: Sequence, chip: Chip,
               reserve_bytes: int = RESERVE_BYTES) -> str | None:
     """None if the job's compiled functions fit `chip`, else the message naming the fix."""
     model = planned_model(config)
-    plan = caption_plan.compile_caption(config, model, devices, costs=False)
-    if caption_plan.fits(plan, chip, reserve_bytes):
-        return None
+    try:
+        plan = caption_plan.compile_caption(config, model, devices, costs=False)
+        if caption_plan.fits(plan, chip, reserve_bytes):
+            return None
+        need = f"needs {plan.total_bytes / GIB:.2f} GiB per chip of {chip.hbm_bytes / GIB:.2f} GiB"
+    except caption_plan.CompilerOutOfMemory as e:
+        plan, need = None, f"the TPU compiler says: {e}"
     largest, _ = caption_plan.largest_fitting_batch(config, model, devices, plan, chip, reserve_bytes)
-    need = f"needs {plan.total_bytes / GIB:.2f} GiB per chip of {chip.hbm_bytes / GIB:.2f} GiB"
     if largest:
-        return (f"decode.batch_size={plan.batch_size} does not fit a TPU {chip.name} chip ({need}); "
+        return (f"decode.batch_size={config.decode.batch_size} does not fit a TPU {chip.name} chip ({need}); "
                 f"the largest that fits is {largest}: set --config.decode.batch_size={largest}")
-    return (f"decode.batch_size={plan.batch_size}: the model does not fit a TPU {chip.name} chip ({need}) at any "
+    return (f"decode.batch_size={config.decode.batch_size}: the model does not fit a TPU {chip.name} chip ({need}) at any "
             "batch size; shard it (mesh.tensor or mesh.fsdp > 1)")
 
 
