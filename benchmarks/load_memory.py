@@ -117,8 +117,9 @@ def measure(checkpoint: str) -> dict:
     import orbax.checkpoint.experimental.v1  # noqa: F401
     import transformers  # noqa: F401
 
-    from recap_jax.conversion import bundle
-    from recap_jax.decoding.sampler import DecodeSettings, Request, Sampler
+    from recap_jax.captioning.model_loading import load_captioner
+    from recap_jax.decoding.sampler import Request, Sampler
+    from recap_jax.decoding.settings import DecodeSettings
     from recap_jax.models.llava import LlavaModel
     from recap_jax.parallel import mesh as mesh_lib
 
@@ -126,7 +127,7 @@ def measure(checkpoint: str) -> dict:
     mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
     rss = PeakRss()
     start = time.perf_counter()
-    spec, params = bundle.load_captioner(checkpoint=checkpoint, dtype="bfloat16",
+    spec, params = load_captioner(checkpoint=checkpoint, dtype="bfloat16",
                                          shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed))
     jax.block_until_ready(params)
     load_s = time.perf_counter() - start

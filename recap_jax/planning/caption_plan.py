@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import ml_collections
 
-from recap_jax.decoding.sampler import DecodeSettings
+from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.flops import image_flops, parameter_count
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
@@ -67,10 +67,9 @@ def compile_stats(lowered) -> hlo.CompiledStats:
 
 
 def settings_of(config: ml_collections.ConfigDict, batch_size: int | None = None) -> DecodeSettings:
-    d = config.decode
-    return DecodeSettings(max_new_tokens=d.max_new_tokens, batch_size=batch_size or d.batch_size,
-                          prefill_batch=d.prefill_batch, prompt_buckets=tuple(d.prompt_buckets),
-                          steps_per_sync=d.steps_per_sync)
+    """The job's DecodeSettings (stop ids do not change the programs' shapes)."""
+    settings = DecodeSettings.from_config(config.decode)
+    return dataclasses.replace(settings, batch_size=batch_size) if batch_size else settings
 
 
 def compile_caption(config: ml_collections.ConfigDict, model: PlannedModel, devices: Sequence,

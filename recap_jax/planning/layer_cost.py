@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from recap_jax.models.llama import DecoderLayer
 from recap_jax.models.llava import LlavaModel
-from recap_jax.models.vision import VisionEncoderLayer
+from recap_jax.models.vision import EncoderLayer
 from recap_jax.parallel import mesh as mesh_lib
 
 
@@ -69,4 +69,6 @@ def text_layer_decode(model: LlavaModel, mesh: Mesh, rows: int, cache_length: in
 def vision_layer(model: LlavaModel, mesh: Mesh, rows: int) -> Cost:
     v = model.config.vision
     x = _arg(mesh, (rows, v.num_patches + 1, v.hidden_size), model.dtype, ("batch", "length", None))
-    return _compiled_cost(VisionEncoderLayer(v, model.dtype, model.param_dtype), mesh, x)
+    layer = EncoderLayer(v.num_heads, v.intermediate_size, v.hidden_act, v.layer_norm_eps, dtype=model.dtype,
+                         param_dtype=model.param_dtype)
+    return _compiled_cost(layer, mesh, x)

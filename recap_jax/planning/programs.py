@@ -18,8 +18,8 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from recap_jax.conversion.llava import abstract_params
-from recap_jax.decoding.sampler import DecodeSettings, decode_steps, init_state, prefill_into_slots
-from recap_jax.decoding.sharding import decode_state_shardings
+from recap_jax.decoding.sampler import decode_state_shardings, decode_steps, init_state, prefill_into_slots
+from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
 
@@ -49,7 +49,7 @@ def lower_caption_programs(model: LlavaModel, settings: DecodeSettings, mesh: Me
     params = abstract_caption_params(model, mesh, dtype)
     make_state = functools.partial(init_state, model, settings, dtype)
     state_shapes = jax.eval_shape(make_state)
-    shardings = decode_state_shardings(mesh)(state_shapes)
+    shardings = decode_state_shardings(mesh)
     state = _with_shardings(state_shapes, shardings)
     batch = mesh_lib.logical_sharding(mesh, ("batch",))
     replicated = mesh_lib.replicated(mesh)
@@ -64,7 +64,8 @@ def lower_caption_programs(model: LlavaModel, settings: DecodeSettings, mesh: Me
         args = (jax.ShapeDtypeStruct((p, seq), jnp.int32, sharding=batch),
                 jax.ShapeDtypeStruct((p, side, side, 3), jnp.float32, sharding=batch),
                 jax.ShapeDtypeStruct((p,), jnp.int32, sharding=batch),
-                jax.ShapeDtypeStruct((p,), jnp.int32, sharding=batch))
+                jax.ShapeDtypeStruct((p,), jnp.int32, sharding=batch),
+                jax.ShapeDtypeStruct((p,), jnp.int32, sharding=batch))  # lengths, slots, sample seeds
         prefill[seq] = prefill_fn.lower(params, state, *args)
     decode = decode_fn.lower(params, state, jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
     return CaptionPrograms(params, state, prefill, decode)
