@@ -8,7 +8,7 @@
 Prints per chip: params, KV cache, decode state, temporaries and total against the chip's HBM,
 the verdict (exit 0: fits; exit 3: does not fit, naming the largest decode.batch_size that does),
 the collectives of each compiled function, and FLOPs/bytes per image with the images/s/chip
-bound and the days 1.3B images take. Config errors exit 2.
+bound and the days 1.3B images take. Config errors exit 2 (one line naming the field).
 """
 
 import json
@@ -17,10 +17,13 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host's own backend; TPU devices come from libtpu
 
-from absl import app, flags  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from recap_jax.errors import UserError  # noqa: E402
+from recap_jax import cli  # noqa: E402
+from recap_jax.errors import ConfigError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Caption config (configs/*.py).", lock_config=True)
 _CLIP = config_flags.DEFINE_config_file("clip_config", None, "Optional CLIP train config to plan too.")
@@ -36,20 +39,15 @@ _ALL_BUCKETS = flags.DEFINE_bool("all_buckets", False, "Also compile the prefill
 EXIT_DOES_NOT_FIT = 3
 
 
-def main(argv) -> int:
-    del argv
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {list(argv[1:])}; see --help")
     if _CONFIG.value is None and _CLIP.value is None:
-        print("error: --config (a caption config, e.g. configs/v4_256.py) and/or --clip_config is required",
-              file=sys.stderr)
-        return 2
-    try:
-        if _CONFIG.value is None:
-            result, lines, ok = plan_clip(_CLIP.value)
-        else:
-            result, lines, ok = plan(_CONFIG.value, _CLIP.value)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError("--config (a caption config, e.g. configs/v4_256.py) and/or --clip_config is required")
+    if _CONFIG.value is None:
+        result, lines, ok = plan_clip(_CLIP.value)
+    else:
+        result, lines, ok = plan(_CONFIG.value, _CLIP.value)
     print(json.dumps(result, indent=1) if _JSON.value else "\n".join(lines), flush=True)
     return 0 if ok else EXIT_DOES_NOT_FIT
 
@@ -135,4 +133,4 @@ def plan_clip(clip_config, pod=None):
     return result, report.clip_text(clip, pod.chip, reserve), ok
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_config_command(main, __doc__, __name__)
