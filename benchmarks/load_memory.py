@@ -50,7 +50,7 @@ def write_checkpoint(out: pathlib.Path, layers: int) -> int:
     from recap_jax.models.config import llava_config_from_hf
     from recap_jax.preprocess.image import ImageSettings
     from recap_jax.preprocess.text import stop_token_ids
-    from recap_jax.testing.tiny import tiny_tokenizer
+    from recap_jax.captioning.tiny_demo import tiny_tokenizer
 
     hf = json.loads(json.dumps(HF_CONFIG))
     hf["text_config"]["num_hidden_layers"] = layers
