@@ -46,7 +46,7 @@ def restore_params(checkpoint: epath.PathLike, config: LlavaConfig, dtype: str,
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     # A few params at a time (as they were saved): Orbax's host read buffers of one group are
     # freed before the next is read. In one call they all coexist with the placed arrays, and the
-    # load peaked at 1.74x the params' bytes (benchmarks/load_memory.py).
+    # load peaked at 1.74x the params' bytes, grouped at 1.48x (benchmarks/load_memory.py).
     context = ocp.Context()
     context.pytree.loading.partial_load = True
     restored: dict = {}
