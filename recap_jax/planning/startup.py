@@ -31,8 +31,8 @@ def fit_error(config: ml_collections.ConfigDict, devices: Sequence, chip: Chip,
     if largest:
         return (f"decode.batch_size={config.decode.batch_size} does not fit a TPU {chip.name} chip ({need}); "
                 f"the largest that fits is {largest}: set --config.decode.batch_size={largest}")
-    return (f"decode.batch_size={config.decode.batch_size}: the model does not fit a TPU {chip.name} chip ({need}) at any "
-            "batch size; shard it (mesh.tensor or mesh.fsdp > 1)")
+    return (f"decode.batch_size={config.decode.batch_size}: the model does not fit a TPU {chip.name} chip "
+            f"({need}) at any batch size; shard it (mesh.tensor or mesh.fsdp > 1)")
 
 
 def check_fits_on_tpu(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
