@@ -115,6 +115,7 @@ def test_collectives_are_read_from_hlo_text():
     assert hlo.summarize_collectives(found)["all-gather"] == {"count": 1, "bytes": 160}
 
 
+@pytest.mark.slow  # a subprocess: imports, 2 programs and 3 layer compiles (the functions above test each part)
 def test_plan_command_on_a_tiny_checkpoint(tmp_path):
     from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
     build_tiny_checkpoint(str(tmp_path / "tiny"))
