@@ -1,5 +1,8 @@
 """Days a TPU v4-256 needs to recaption 1.3B images, from the model FLOPs and measured efficiency.
 
+Superseded by `python -m recap_jax.plan --config configs/v4_256.py`, which compiles the job for
+the v4 chips and bounds it from the compiled FLOPs and bytes (README, docs/tpu_plan.md).
+
     python benchmarks/tpu_estimate.py [--results benchmarks/results/caption_vs_hf.json]
 
 FLOPs per image are counted from the LLaVA-1.5-LLaMA-3-8B config (ViT-L/14-336 tower, feature

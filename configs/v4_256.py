@@ -36,5 +36,8 @@ def get_config(arg: str | None = None):
     c.decode.steps_per_sync = 16
     c.mesh = ml_collections.ConfigDict(dict(data=4, fsdp=1, tensor=1))
     c.distributed.mode = "auto"
+    # `python -m recap_jax.plan` compiles this job for the slice (and the model, when the checkpoint
+    # is not readable where the plan runs).
+    c.tpu = ml_collections.ConfigDict(dict(topology="v4-256", model="llava-llama-3-8b"))
     c.progress_every_s = 60.0
     return c

@@ -40,6 +40,7 @@ from recap_jax.errors import ConfigError
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
 from recap_jax.parallel.distributed import check_distributed_config, initialize_distributed
+from recap_jax.planning.startup import check_fits_on_tpu
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -151,6 +152,7 @@ def caption_units(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit
         if config.decode[field] % batch_shards:
             raise ConfigError(f"decode.{field}={config.decode[field]} must be a multiple of "
                               f"mesh.data x mesh.fsdp = {batch_shards}")
+    check_fits_on_tpu(config, mesh)  # before reading any weights
     spec, params, model, dtype = load_model(config, mesh)
     prompt = CaptionPrompt(spec.prompt_encoder(), config.prompt)
     settings = decode_settings(config, spec.stop_ids)

@@ -1,0 +1,228 @@
+"""The caption job's pod plan: compile its functions for TPU devices, then read memory, traffic, cost.
+
+Memory per chip is what the compiled programs need at once (arguments + non-aliased outputs +
+temporaries + code) for the worst of them, against the chip's HBM.
+
+Cost: XLA's cost analysis counts a while loop's body once, whatever its trip count (the TPU HLO
+carries no trip count to read). So (1) the decode loop's FLOPs and bytes are those of ONE decode
+step: per image they are multiplied by the generated tokens and divided by the captions in
+flight; (2) the layer scans inside count one text layer and one vision layer: the missing
+(layers - 1) copies are added from each layer compiled alone (`layer_cost`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import ml_collections
+
+from recap_jax.decoding.settings import DecodeSettings
+from recap_jax.models.flops import image_flops, parameter_count
+from recap_jax.models.llava import LlavaModel
+from recap_jax.parallel import mesh as mesh_lib
+from recap_jax.planning import hlo, layer_cost
+from recap_jax.planning.chips import GIB, Chip
+from recap_jax.planning.model_spec import PlannedModel
+from recap_jax.planning.programs import lower_caption_programs, shard_bytes
+
+IMAGES = 1.3e9  # DataComp-1B
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class CaptionPlan:
+    batch_size: int
+    prompt_length: int
+    bucket: int  # the prefill bucket the prompt uses
+    params_bytes: int  # per chip
+    cache_bytes: int
+    state_bytes: int  # decode state besides the cache
+    functions: dict[str, hlo.CompiledStats]  # "prefill_<bucket>", "decode"
+    prefill_cost: layer_cost.Cost | None = None  # per chip and call, every layer counted (module doc)
+    decode_step_cost: layer_cost.Cost | None = None  # per chip and step
+
+    @property
+    def temp_bytes(self) -> int:
+        return max(s.temp_bytes for s in self.functions.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return max(s.peak_bytes for s in self.functions.values())
+
+
+class CompilerOutOfMemory(Exception):
+    """The TPU compiler itself refused the program: it cannot fit the chip's HBM."""
+
+
+def compile_stats(lowered) -> hlo.CompiledStats:
+    """Compile and read; a program the TPU compiler refuses for HBM raises CompilerOutOfMemory."""
+    try:
+        return hlo.compiled_stats(lowered.compile())
+    except Exception as e:  # jax.errors.JaxRuntimeError
+        if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
+            raise CompilerOutOfMemory(str(e).splitlines()[0]) from None
+        raise
+
+
+def settings_of(config: ml_collections.ConfigDict, batch_size: int | None = None) -> DecodeSettings:
+    """The job's DecodeSettings (stop ids do not change the programs' shapes)."""
+    settings = DecodeSettings.from_config(config.decode)
+    return dataclasses.replace(settings, batch_size=batch_size) if batch_size else settings
+
+
+def compile_caption(config: ml_collections.ConfigDict, model: PlannedModel, devices: Sequence,
+                    batch_size: int | None = None, all_buckets: bool = False, costs: bool = True
+                    ) -> CaptionPlan:
+    """Compile the job's prefill and decode loop. The job prefills one prompt, so one bucket;
+    `all_buckets`: every bucket a prompt of this model could use; `costs`: also count the
+    scanned layers' cost (memory alone does not need it)."""
+    dtype = DTYPES[config.model.dtype]
+    settings = settings_of(config, batch_size)
+    bucket = settings.bucket(model.prompt_length)
+    buckets = sorted(b for b in settings.prompt_buckets if b > model.config.num_image_tokens) if all_buckets \
+        else [bucket]
+    mesh = mesh_lib.make_mesh(dict(config.mesh), list(devices))
+    llava = LlavaModel(model.config, dtype=dtype, param_dtype=dtype)
+    lowered = lower_caption_programs(llava, settings, mesh, dtype, buckets)
+    functions = {"decode": compile_stats(lowered.decode)}  # first: the cache is why a plan does not fit
+    functions.update({f"prefill_{b}": compile_stats(low) for b, low in lowered.prefill.items()})
+    cache = shard_bytes(lowered.state.cache)
+    plan = CaptionPlan(settings.batch_size, model.prompt_length, bucket, shard_bytes(lowered.params),
+                       cache, shard_bytes(lowered.state) - cache, functions)
+    if costs:
+        plan.prefill_cost, plan.decode_step_cost = looped_costs(
+            llava, settings, mesh, functions[f"prefill_{bucket}"], bucket, functions["decode"], dtype)
+    return plan
+
+
+def count_costs(config: ml_collections.ConfigDict, model: PlannedModel, devices: Sequence,
+                plan: CaptionPlan) -> CaptionPlan:
+    """Fill in a plan compiled with costs=False."""
+    dtype = DTYPES[config.model.dtype]
+    settings = settings_of(config, plan.batch_size)
+    llava = LlavaModel(model.config, dtype=dtype, param_dtype=dtype)
+    mesh = mesh_lib.make_mesh(dict(config.mesh), list(devices))
+    plan.prefill_cost, plan.decode_step_cost = looped_costs(
+        llava, settings, mesh, plan.functions[f"prefill_{plan.bucket}"], plan.bucket, plan.functions["decode"],
+        dtype)
+    return plan
+
+
+def looped_costs(llava: LlavaModel, settings: DecodeSettings, mesh, prefill: hlo.CompiledStats, seq: int,
+                 decode: hlo.CompiledStats, cache_dtype) -> tuple[layer_cost.Cost, layer_cost.Cost]:
+    """(prefill call, decode step) costs per chip with every scanned layer counted."""
+    text_layers = llava.config.text.num_layers
+    vision_layers = llava.config.num_vision_layers_used
+    p = settings.prefill_batch
+    pre = layer_cost.Cost(prefill.flops, prefill.bytes_accessed)
+    pre += layer_cost.text_layer_prefill(llava, mesh, p, seq) * (text_layers - 1)
+    if vision_layers > 1:
+        pre += layer_cost.vision_layer(llava, mesh, p) * (vision_layers - 1)
+    step = layer_cost.Cost(decode.flops, decode.bytes_accessed)
+    step += layer_cost.text_layer_decode(llava, mesh, settings.batch_size, settings.cache_length,
+                                         cache_dtype) * (text_layers - 1)
+    return pre, step
+
+
+def fits(plan: CaptionPlan, chip: Chip, reserve_bytes: int) -> bool:
+    return plan.total_bytes + reserve_bytes <= chip.hbm_bytes
+
+
+def _try(config, model, devices, batch: int, chip: Chip, reserve_bytes: int) -> CaptionPlan | None:
+    """The plan at this batch size if it compiles and fits, else None."""
+    try:
+        plan = compile_caption(config, model, devices, batch_size=batch, costs=False)
+    except CompilerOutOfMemory:
+        return None
+    return plan if fits(plan, chip, reserve_bytes) else None
+
+
+def largest_fitting_batch(config: ml_collections.ConfigDict, model: PlannedModel, devices: Sequence,
+                          plan: CaptionPlan | None, chip: Chip, reserve_bytes: int, max_compiles: int = 6
+                          ) -> tuple[int, CaptionPlan | None]:
+    """The largest decode.batch_size that fits, checked by compiling it (0 if none does).
+
+    `plan`: the compiled plan that did not fit (None: the compiler refused it). From a compiled
+    plan the per-slot bytes (cache, state, decode temporaries) give a linear guess; without one
+    the batch is halved until a plan compiles and fits, then the guess starts from that one. Each
+    guess is compiled and stepped down until one fits."""
+    step = max(config.mesh.get("data", 1), 1) * max(config.mesh.get("fsdp", 1), 1)
+    if config.mesh.get("data", 1) == -1:
+        step = len(devices) // max(config.mesh.get("tensor", 1) * config.mesh.get("fsdp", 1), 1)
+    floor = max(config.decode.prefill_batch, step)
+    best: tuple[int, CaptionPlan | None] = (0, None)
+    batch = config.decode.batch_size
+    while plan is None and max_compiles > 0:  # the compiler refused: halve until something fits
+        batch = max(floor, (batch // 2) // step * step)
+        max_compiles -= 1
+        plan = _try(config, model, devices, batch, chip, reserve_bytes)
+        if plan is not None:
+            best = (batch, plan)
+        elif batch == floor:
+            return best
+    if plan is None:
+        return best
+    slots_per_device = plan.batch_size / step
+    per_slot = (plan.cache_bytes + plan.state_bytes + plan.functions["decode"].temp_bytes) / slots_per_device
+    fixed = plan.total_bytes - per_slot * slots_per_device
+    guess = int((chip.hbm_bytes - reserve_bytes - fixed) // per_slot) * step
+    guess = min(guess, config.decode.batch_size - step)
+    while max_compiles > 0 and guess > best[0]:
+        guess -= guess % step
+        if guess < floor:
+            break
+        max_compiles -= 1
+        candidate = _try(config, model, devices, guess, chip, reserve_bytes)
+        if candidate is not None:
+            return guess, candidate
+        guess -= max(step, guess // 16 // step * step)
+    return best
+
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    prefill_flops: float  # per image (all chips together)
+    prefill_bytes: float
+    decode_flops: float
+    decode_bytes: float
+    prefill_s: float  # chip-seconds per image at the bound
+    decode_s: float
+    model_flops: float  # what the work needs (models.flops), per image
+    physical_s: float  # model_flops at the chip's peak
+
+    @property
+    def images_per_s_per_chip(self) -> float:
+        return 1.0 / (self.prefill_s + self.decode_s)
+
+    def days(self, chips: int, efficiency: float = 1.0, images: float = IMAGES) -> float:
+        return images / (self.images_per_s_per_chip * efficiency * chips) / 86400
+
+
+def throughput(plan: CaptionPlan, model: PlannedModel, config: ml_collections.ConfigDict, chip: Chip,
+               devices_per_host: int, new_tokens: int) -> Throughput:
+    """Per-image work from the compiled cost; prefill at peak FLOP/s, decode at HBM bandwidth
+    (or peak, whichever is slower), both per chip."""
+    pre, dec = plan.prefill_cost, plan.decode_step_cost
+    images_per_prefill = config.decode.prefill_batch / devices_per_host  # per device
+    prefill_s = max(pre.flops / chip.peak_bf16_flops, pre.bytes_accessed / chip.hbm_bytes_per_s)
+    step_s = max(dec.flops / chip.peak_bf16_flops, dec.bytes_accessed / chip.hbm_bytes_per_s)
+    slots_per_device = plan.batch_size / devices_per_host
+    need = image_flops(model.config, model.prompt_length, new_tokens)
+    return Throughput(
+        prefill_flops=pre.flops / images_per_prefill,
+        prefill_bytes=pre.bytes_accessed / images_per_prefill,
+        decode_flops=dec.flops * new_tokens / slots_per_device,
+        decode_bytes=dec.bytes_accessed * new_tokens / slots_per_device,
+        prefill_s=prefill_s / images_per_prefill, decode_s=step_s * new_tokens / slots_per_device,
+        model_flops=need.total, physical_s=need.total / chip.peak_bf16_flops)
+
+
+def describe_params(model: PlannedModel) -> str:
+    return f"{parameter_count(model.config) / 1e9:.2f}B params ({model.source})"
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"
+

@@ -1,0 +1,80 @@
+"""The caption job's jitted functions, built as the job builds them, with abstract arguments.
+
+This is the one place that knows how `decoding.sampler.Sampler` jits its functions: the plan
+compiles exactly those (same functions, shardings and donation), with ShapeDtypeStruct
+arguments instead of arrays, so no weights or TPU are needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from recap_jax.conversion.llava import abstract_params
+from recap_jax.decoding.sampler import decode_state_shardings, decode_steps, init_state, prefill_into_slots
+from recap_jax.decoding.settings import DecodeSettings
+from recap_jax.models.llava import LlavaModel
+from recap_jax.parallel import mesh as mesh_lib
+
+
+@dataclasses.dataclass
+class CaptionPrograms:
+    """Lowered-not-yet-compiled functions of one caption job (per host) and their abstract inputs."""
+    params: Any  # ShapeDtypeStruct tree, with shardings
+    state: Any  # the DecodeState, abstract, with shardings
+    prefill: dict[int, Any]  # bucket -> jax.stages.Lowered of prefill + insert into slots
+    decode: Any  # jax.stages.Lowered of the decode loop
+
+
+def _with_shardings(shapes, shardings):
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def abstract_caption_params(model: LlavaModel, mesh: Mesh, dtype) -> Any:
+    """The params as the caption job places them (`mesh_lib.params_shardings`), without memory."""
+    boxed = abstract_params(model.config, jnp.dtype(dtype))
+    return _with_shardings(nn.unbox(boxed), nn.unbox(mesh_lib.params_shardings(mesh, boxed)))
+
+
+def lower_caption_programs(model: LlavaModel, settings: DecodeSettings, mesh: Mesh, dtype,
+                           buckets: list[int]) -> CaptionPrograms:
+    """Lower the sampler's prefill (one per bucket) and decode loop for this host's mesh."""
+    params = abstract_caption_params(model, mesh, dtype)
+    make_state = functools.partial(init_state, model, settings, dtype)
+    state_shapes = jax.eval_shape(make_state)
+    shardings = decode_state_shardings(mesh)
+    state = _with_shardings(state_shapes, shardings)
+    batch = mesh_lib.logical_sharding(mesh, ("batch",))
+    replicated = mesh_lib.replicated(mesh)
+    prefill_fn = jax.jit(functools.partial(prefill_into_slots, model, settings), out_shardings=shardings,
+                         donate_argnums=(1,))
+    decode_fn = jax.jit(functools.partial(decode_steps, model, settings), out_shardings=shardings,
+                        donate_argnums=(1,))
+    p = settings.prefill_batch
+    side = model.config.vision.image_size
+    prefill = {}
+    for seq in buckets:
+        args = (jax.ShapeDtypeStruct((p, seq), jnp.int32, sharding=batch),
+                jax.ShapeDtypeStruct((p, side, side, 3), jnp.float32, sharding=batch),
+                jax.ShapeDtypeStruct((p,), jnp.int32, sharding=batch),
+                jax.ShapeDtypeStruct((p,), jnp.int32, sharding=batch),
+                jax.ShapeDtypeStruct((p,), jnp.int32, sharding=batch))  # lengths, slots, sample seeds
+        prefill[seq] = prefill_fn.lower(params, state, *args)
+    decode = decode_fn.lower(params, state, jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
+    return CaptionPrograms(params, state, prefill, decode)
+
+
+def shard_bytes(tree) -> int:
+    """Bytes of one device's shard of every array of an abstract tree (device 0 of each sharding)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+        total += jnp.dtype(leaf.dtype).itemsize * math.prod(shape)
+    return total
