@@ -27,6 +27,7 @@ from etils import epath
 from recap_jax.captioning.progress import Progress
 from recap_jax.conversion import bundle
 from recap_jax.data import images, pipeline, sources
+from recap_jax.data.schema import image_sha256
 from recap_jax.data.sources import Failure, Sample
 from recap_jax.errors import ConfigError
 from recap_jax.data.writer import OutputDataset
@@ -251,4 +252,4 @@ def _record(tokenizer, sample: Sample, ready: _Prepared, result: Result) -> dict
     return {"key": sample.key, "url": sample.url, "org_caption": sample.org_caption,
             "re_caption": caption, "image": sample.image_bytes, "width": ready.width,
             "height": ready.height, "org_caption_length": len(sample.org_caption.split()),
-            "re_caption_length": len(result.tokens)}
+            "re_caption_length": len(result.tokens), "sha256": image_sha256(sample.image_bytes)}
