@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import hashlib
 import heapq
+import math
 from typing import Any
 
 import numpy as np
@@ -55,13 +56,14 @@ def _hist_mean(hist: collections.Counter) -> float | None:
 
 
 def _percentile(hist: collections.Counter, q: float) -> int | None:
+    """Nearest-rank percentile: the smallest length that at least a share q of captions do not exceed."""
     n = sum(hist.values())
     if not n:
         return None
-    cumulative, target = 0, q * (n - 1)
+    cumulative, rank = 0, max(1, math.ceil(q * n))
     for length in sorted(hist):
         cumulative += hist[length]
-        if cumulative > target:
+        if cumulative >= rank:
             return length
     return max(hist)
 
