@@ -23,8 +23,16 @@ def known(tmp_path_factory):
     return synthetic.write_captioner_output(str(tmp_path_factory.mktemp("known") / "out"), known_records(), 2)
 
 
-def test_known_captions_give_exactly_the_known_statistics(known, tmp_path):
-    s = analyze(known, AnalyzeSettings(out=str(tmp_path / "a"), progress=False))
+@pytest.fixture(scope="module")
+def single(known, tmp_path_factory):
+    """(summary, folder) of one unsharded analysis of the known output."""
+    out = tmp_path_factory.mktemp("single") / "a"
+    return analyze(known, AnalyzeSettings(out=str(out), progress=False)), out
+
+
+def test_known_captions_give_exactly_the_known_statistics(single):
+    s, out = single
+    s = dict(s)
     assert s["num_rows"] == 6 and s["org_empty"] == 1
     # words (whitespace split): org 3+1+0+3+4+1 = 12; re 9+11+12+0+20+4 = 56
     assert s["org_words"]["mean"] == 12 / 6 and s["re_words"]["mean"] == 56 / 6
@@ -43,7 +51,6 @@ def test_known_captions_give_exactly_the_known_statistics(known, tmp_path):
     assert s["flag_keys"] == {"empty": ["k3"], "truncated": ["k5"], "repetition": ["k4"], "template": ["k2"]}
     assert "clip" not in s
 
-    out = tmp_path / "a"
     on_disk = json.loads((out / "analysis.json").read_text())
     assert on_disk["re_vocab_size"] == 24
     for png in ("word_lengths.png", "word_rank.png", "token_lengths.png"):
@@ -63,15 +70,15 @@ def test_the_command_prints_the_summary_and_writes_next_to_the_output(known):
     assert bad.returncode == 2 and bad.stderr.startswith("error: /no/such/output: does not exist")
 
 
-def test_sharded_run_merges_to_the_single_run(known, tmp_path):
-    single = analyze(known, AnalyzeSettings(out=str(tmp_path / "one"), progress=False))
+def test_sharded_run_merges_to_the_single_run(known, single, tmp_path):
+    single, single_out = dict(single[0]), single[1]
     for i in range(3):
         assert analyze(known, AnalyzeSettings(out=str(tmp_path / "three"), shard_index=i, num_shards=3,
                                               progress=False)) is None
     merged = merge(str(tmp_path / "three"), AnalyzeSettings())
     assert merged.pop("shards") == 3 and single.pop("shards") == 1
     assert merged == single
-    assert sorted(os.listdir(tmp_path / "three" / "images")) == sorted(os.listdir(tmp_path / "one" / "images"))
+    assert sorted(os.listdir(tmp_path / "three" / "images")) == sorted(os.listdir(single_out / "images"))
 
 
 def test_merge_refuses_missing_shards(known, tmp_path):
@@ -80,10 +87,10 @@ def test_merge_refuses_missing_shards(known, tmp_path):
         merge(str(tmp_path / "s"), AnalyzeSettings())
 
 
-def test_released_parquet_gives_the_same_text_statistics(known, tmp_path):
+def test_released_parquet_gives_the_same_text_statistics(known, single, tmp_path):
     export_parquet(known, str(tmp_path / "parquet"), progress=False)
     from_parquet = analyze(str(tmp_path / "parquet"), AnalyzeSettings(out=str(tmp_path / "p"), progress=False))
-    from_output = analyze(known, AnalyzeSettings(out=str(tmp_path / "o"), progress=False))
+    from_output = single[0]
     for key in ("num_rows", "org_words", "re_words", "org_vocab_size", "re_vocab_size", "re_share_of_joint_vocab",
                 "re_top_words", "org_empty"):
         assert from_parquet[key] == from_output[key], key

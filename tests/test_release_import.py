@@ -1,0 +1,75 @@
+"""Reading the released data as users hold it: img2dataset tars with a captions map, Parquet joined by key."""
+
+import pytest
+import tensorflow_datasets as tfds
+
+from recap_jax.clip import synthetic
+from recap_jax.errors import ConfigError
+from recap_jax.release.captions_map import CaptionSource, parse_captions_map
+from recap_jax.release.parquet_export import export_parquet
+from recap_jax.release.webdataset_records import WebdatasetRecords
+from release_helpers import write_img2dataset_tar
+
+MAP = "org_caption=txt,re_caption=json:re_caption"
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    root = tmp_path_factory.mktemp("released")
+    records = synthetic.make_records(12, 16, seed=4)
+    write_img2dataset_tar(root / "00000.tar", records[:7])
+    write_img2dataset_tar(root / "00001.tar", records[7:])
+    return root, records
+
+
+def test_captions_map_parsing():
+    assert parse_captions_map(MAP) == {"org_caption": CaptionSource("txt"),
+                                       "re_caption": CaptionSource("json", "re_caption")}
+    assert parse_captions_map("re_caption=parquet:re_caption,org_caption=json:caption")["org_caption"] == \
+        CaptionSource("json", "caption")
+    for bad, match in (("org_caption=txt", r"no source for \['re_caption'\]"),
+                       ("org_caption=txt,re_caption=json", "json:FIELD"),
+                       ("caption=txt,re_caption=txt", "TARGET=SOURCE")):
+        with pytest.raises(ConfigError, match=match):
+            parse_captions_map(bad)
+
+
+def test_tars_give_the_records_of_our_output(samples, tmp_path):
+    root, records = samples
+    source = WebdatasetRecords([str(root / "00000.tar"), str(root / "00001.tar")], MAP)
+    assert len(source) == 12 and source.missing == []
+    ours = tfds.builder_from_directory(synthetic.write_captioner_output(str(tmp_path / "out"), records)) \
+        .as_data_source("train")
+    for i in range(12):
+        got, want = source[i], ours[i]
+        assert got["key"] == want["key"].decode() and got["url"] == want["url"].decode()
+        assert got["org_caption"] == want["org_caption"].decode()
+        assert got["re_caption"] == want["re_caption"].decode()
+        assert got["image"] == bytes(want["image"])
+
+
+def test_missing_mapped_captions_are_reported_per_sample(tmp_path):
+    records = synthetic.make_records(5, 16, seed=6)
+    drop = {(records[1]["key"], "re_caption"), (records[3]["key"], "txt"), (records[4]["key"], "png")}
+    write_img2dataset_tar(tmp_path / "a.tar", records, drop=drop)
+    source = WebdatasetRecords([str(tmp_path / "a.tar")], MAP)
+    assert [source[i]["key"] for i in range(len(source))] == [records[0]["key"], records[2]["key"]]
+    reasons = {m["key"]: m["reason"] for m in source.missing}
+    assert reasons == {records[1]["key"]: "mapped caption missing: re_caption (json:re_caption)",
+                       records[3]["key"]: "mapped caption missing: org_caption (txt)",
+                       records[4]["key"]: "no image member (has ['json', 'txt'])"}
+    with pytest.raises(ConfigError, match="no sample of 1 tar"):
+        WebdatasetRecords([str(tmp_path / "a.tar")], "org_caption=txt,re_caption=json:no_such_field")
+
+
+def test_parquet_captions_joined_by_key(samples, tmp_path):
+    root, records = samples
+    # Tars as img2dataset made them from the released Parquet: only the alt-text in .txt.
+    write_img2dataset_tar(tmp_path / "only_images.tar", records, json_fields=())
+    export_parquet(synthetic.write_captioner_output(str(tmp_path / "out"), records), str(tmp_path / "pq"),
+                   progress=False)
+    source = WebdatasetRecords([str(tmp_path / "only_images.tar")], "org_caption=txt,re_caption=parquet:re_caption",
+                               parquet=[str(tmp_path / "pq" / "train-00000.parquet")])
+    assert [source[i]["re_caption"] for i in range(len(source))] == [r["re_caption"] for r in records]
+    with pytest.raises(ConfigError, match="captions_parquet"):
+        WebdatasetRecords([str(tmp_path / "only_images.tar")], "org_caption=txt,re_caption=parquet:re_caption")
