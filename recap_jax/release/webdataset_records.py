@@ -136,3 +136,34 @@ class WebdatasetRecords:
         captions = self._captions(entry)
         return {"key": entry.key, "url": captions["url"], "org_caption": captions["org_caption"],
                 "re_caption": captions["re_caption"], "image": self._read(entry, entry.image_ext)}
+
+
+def tar_paths(paths: Sequence[str]) -> list[str]:
+    """Tar files named by files, folders (their *.tar) or globs, in a fixed (sorted) order per entry."""
+    import glob
+
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            out += sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith(".tar"))
+        else:
+            matches = sorted(glob.glob(p))
+            if not matches:
+                raise ConfigError(f"data.folders: {p} matches no tar file")
+            out += matches
+    return out
+
+
+def open_webdataset_records(paths: Sequence[str], captions_map: str, captions_parquet: Sequence[str] = (),
+                            report_path: str | None = None) -> WebdatasetRecords:
+    """The training records of img2dataset tars; samples left out are listed in `report_path` (JSON lines)."""
+    import json
+
+    records = WebdatasetRecords(tar_paths(paths), captions_map, captions_parquet)
+    if records.missing:
+        print(f"[data] {len(records.missing)} samples left out (mapped caption or image missing)"
+              + (f"; listed in {report_path}" if report_path else f"; first: {records.missing[:3]}"), flush=True)
+    if report_path:  # the workdir may be gs://
+        from etils import epath
+        epath.Path(report_path).write_text("".join(json.dumps(m) + "\n" for m in records.missing))
+    return records
