@@ -16,6 +16,16 @@ LABELS = {"org": "original (alt-text)", "re": "recaption"}
 COLOURS = {"org": "#888888", "re": "#1f77b4"}
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, path: str) -> str:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _lengths(hists, unit: str, path: str) -> str:
     fig, ax = plt.subplots(figsize=(7, 4))
     for side in ("org", "re"):
@@ -24,13 +34,7 @@ def _lengths(hists, unit: str, path: str) -> str:
             mean = float(np.sum(lengths * counts) / counts.sum())
             ax.bar(lengths, counts / counts.sum(), width=1.0, alpha=0.55, color=COLOURS[side],
                    label=f"{LABELS[side]} (mean {mean:.2f})")
-    ax.set_xlabel(f"caption length ({unit})")
-    ax.set_ylabel("share of captions")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, f"caption length ({unit})", "share of captions", path)
 
 
 def _word_rank(acc: Accumulator, path: str) -> str:
@@ -40,13 +44,7 @@ def _word_rank(acc: Accumulator, path: str) -> str:
         if len(counts):
             ax.loglog(np.arange(1, len(counts) + 1), counts / counts.sum(), color=COLOURS[side],
                       label=f"{LABELS[side]} ({len(counts)} distinct words)")
-    ax.set_xlabel("word rank")
-    ax.set_ylabel("word frequency")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, "word rank", "word frequency", path)
 
 
 def _scatter(acc: Accumulator, path: str) -> str:
@@ -55,13 +53,7 @@ def _scatter(acc: Accumulator, path: str) -> str:
     ax.scatter(pairs[:, 1], pairs[:, 0], s=6, alpha=0.5, color=COLOURS["re"])
     lo, hi = float(pairs.min()), float(pairs.max())
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8, label="equal scores")
-    ax.set_xlabel("CLIP score of the original caption")
-    ax.set_ylabel("CLIP score of the recaption")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, "CLIP score of the original caption", "CLIP score of the recaption", path)
 
 
 def write_plots(acc: Accumulator, folder: str) -> dict[str, str]:
