@@ -11,9 +11,11 @@ Pods: run with --num_shards=N --shard_index=i on each host, then once with --mer
 """
 
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
+
+from recap_jax import cli
+from recap_jax.errors import ConfigError
 
 _OUT = flags.DEFINE_string("out", "", "Output folder (default: OUTPUT_DIR/analysis or <parquet>_analysis).")
 _CLIP = flags.DEFINE_string("clip", "", "CLIP for scores: a train_clip workdir or a HF CLIPModel folder.")
@@ -45,19 +47,15 @@ def settings():
         num_shards=_NUM_SHARDS.value, progress=_PROGRESS.value)
 
 
-def main(argv):
+def main(argv) -> int:
     from recap_jax.analysis import run
-    from recap_jax.errors import UserError
 
     if len(argv) != 2:
-        raise app.UsageError("usage: python -m recap_jax.analyze OUTPUT_DIR_or_PARQUET [--clip CHECKPOINT]")
+        raise ConfigError(f"expected one OUTPUT_DIR or Parquet path, got {list(argv[1:])}: "
+                          "python -m recap_jax.analyze PATH [--clip CHECKPOINT]")
     s = settings()
     out = s.out or run.default_out(argv[1])
-    try:
-        summary = run.merge(out, s) if _MERGE.value else run.analyze(argv[1], s)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = run.merge(out, s) if _MERGE.value else run.analyze(argv[1], s)
     if summary is None:
         print(f"[analyze] shard {s.shard_index}/{s.num_shards} written under {out}/shards; "
               f"run with --merge once every shard is done")
@@ -69,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_config_command(main, __doc__, __name__)

@@ -9,9 +9,11 @@ filled from `python -m recap_jax.analyze OUTPUT_DIR --clip ...`, else null. See 
 """
 
 import json
-import sys
 
-from absl import app, flags
+from absl import flags
+
+from recap_jax import cli
+from recap_jax.errors import ConfigError
 
 _TO = flags.DEFINE_enum("to", "parquet", ["parquet"], "Output format (the released dataset's).")
 _DEDUP = flags.DEFINE_bool("dedup", True, "Keep only the first row of each sha256.")
@@ -24,20 +26,16 @@ _SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "This job's share, in [0, 
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace files a previous export left in DEST.")
 
 
-def main(argv):
-    from recap_jax.errors import UserError
+def main(argv) -> int:
     from recap_jax.release.parquet_export import export_parquet
 
     if len(argv) != 3:
-        raise app.UsageError("usage: python -m recap_jax.export OUTPUT_DIR --to parquet DEST")
-    try:
-        summary = export_parquet(argv[1], argv[2], scores=_SCORES.value, dedup=_DEDUP.value,
-                                 rows_per_group=_ROWS_PER_GROUP.value, rows_per_file=_ROWS_PER_FILE.value,
-                                 shard_index=_SHARD_INDEX.value, num_shards=_NUM_SHARDS.value,
-                                 overwrite=_OVERWRITE.value)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"expected OUTPUT_DIR and DEST, got {list(argv[1:])}: "
+                          "python -m recap_jax.export OUTPUT_DIR --to parquet DEST")
+    summary = export_parquet(argv[1], argv[2], scores=_SCORES.value, dedup=_DEDUP.value,
+                             rows_per_group=_ROWS_PER_GROUP.value, rows_per_file=_ROWS_PER_FILE.value,
+                             shard_index=_SHARD_INDEX.value, num_shards=_NUM_SHARDS.value,
+                             overwrite=_OVERWRITE.value)
     brief = {k: v for k, v in summary.items() if k != "duplicates"}
     print(json.dumps(brief, indent=1))
     print(f"[export] {summary['rows_written']} rows -> {argv[2]} ({summary['duplicates_dropped']} duplicate "
@@ -46,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run_config_command(main, __doc__, __name__)

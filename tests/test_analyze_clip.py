@@ -10,6 +10,8 @@ from clip_helpers import tiny_config, write_shapes
 from recap_jax.analysis.clip_scores import ClipScorer
 from recap_jax.analysis.run import AnalyzeSettings, analyze
 from recap_jax.clip import data as data_lib, synthetic, trainer
+from recap_jax.data.images import decode_image
+from recap_jax.preprocess.image import CLIP_MEAN, CLIP_STD
 from recap_jax.release.parquet_export import export_parquet
 from recap_jax.release.rows import open_rows
 
@@ -84,8 +86,8 @@ def test_hf_clip_folder_scores_equal_transformers(tmp_path):
     got = np.array(scorer.score(rows))
     assert scorer.text_length == 24
 
-    pixels = np.stack([data_lib.resize_center_crop(data_lib.decode_image(r.image), 24) for r in rows])
-    pixels = (pixels / 255.0 - data_lib.CLIP_MEAN) / data_lib.CLIP_STD
+    pixels = np.stack([data_lib.resize_center_crop(decode_image(r.image), 24) for r in rows])
+    pixels = (pixels / 255.0 - CLIP_MEAN) / CLIP_STD
     tok = data_lib.Tokenizer(str(folder))
     with torch.no_grad():
         img = model.get_image_features(pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2)).float())

@@ -40,34 +40,36 @@ class ClipScorer:
         import jax
 
         from recap_jax.clip import evaluate, train_step
-        from recap_jax.eval_retrieval import load_model
+        from recap_jax.eval_retrieval import load_clip_for_eval
         from recap_jax.parallel.mesh import make_mesh
 
         if not os.path.isdir(checkpoint):
             raise ConfigError(f"--clip: {checkpoint} is not a folder (a train_clip workdir or a HF CLIPModel folder)")
         config = _loader_config(checkpoint, tokenizer, text_length, batch_size)
         try:
-            model, params, self.tokenizer, length = load_model(config)
+            model, params, self.tokenizer, length = load_clip_for_eval(config)
         except ValueError as e:
             raise ConfigError(f"--clip: {e}") from None
         if length > model.cfg.text_context:
             raise ConfigError(f"--clip_text_length={length}: the model has {model.cfg.text_context} positions")
         mesh = make_mesh(dict(config.mesh))
-        shardings = train_step.params_shardings(model, mesh)
+        shardings = train_step.clip_param_shardings(model, mesh)
         params = jax.device_put(params, shardings)
         self.encoders = evaluate.make_encoders(model, mesh, params, self.tokenizer, text_length=length,
-                                               batch_size=batch_size, params_shardings=shardings)
+                                               batch_size=batch_size, param_shardings=shardings)
         self.batch_size = batch_size
         self.text_length = length
 
     def score(self, rows: Sequence[Row]) -> list[tuple[float, float] | None]:
         """(re score, org score) per row; None where the image cannot be decoded."""
-        from recap_jax.clip import data as data_lib, evaluate
+        from recap_jax.clip import evaluate
+        from recap_jax.clip.data import resize_center_crop
+        from recap_jax.data.images import decode_image
 
         size, images, ok = self.encoders.image_size, [], []
         for row in rows:
             try:
-                images.append(data_lib.resize_center_crop(data_lib.decode_image(row.image), size))
+                images.append(resize_center_crop(decode_image(row.image), size))
                 ok.append(True)
             except Exception:  # noqa: BLE001 - a broken image is counted, not fatal
                 ok.append(False)

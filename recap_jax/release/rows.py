@@ -52,11 +52,8 @@ class OutputRows:
     """Rows of a caption-job output folder (random access: any host reads any share)."""
 
     def __init__(self, folder: str, shard_index: int = 0, num_shards: int = 1):
-        from recap_jax.clip.data import open_tfds_folder
-        try:
-            self._source = open_tfds_folder(folder, "train", field="OUTPUT_DIR")
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        from recap_jax.data.tfds_folder import open_tfds_folder
+        self._source = open_tfds_folder(folder, "train", field="OUTPUT_DIR")
         self.folder = folder
         self.indices = _share(len(self._source), shard_index, num_shards)
         self.has_images = True

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from recap_jax.data.sources import WEBDATASET_IMAGE_EXTS
+from recap_jax.data.inputs.webdataset import WEBDATASET_IMAGE_EXTS
 from recap_jax.errors import ConfigError
 from recap_jax.release.captions_map import CaptionSource, caption_from, parse_captions_map, parse_meta
 
