@@ -5,7 +5,7 @@ import tensorflow_datasets as tfds
 
 from recap_jax.clip import synthetic
 from recap_jax.errors import ConfigError
-from recap_jax.release.captions_map import CaptionSource, parse_captions_map
+from recap_jax.data.captions_map import CaptionSource, parse_captions_map
 from recap_jax.release.parquet_export import export_parquet
 from recap_jax.release.webdataset_records import WebdatasetRecords
 from release_helpers import write_img2dataset_tar
@@ -108,3 +108,24 @@ def test_clip_trained_from_tars_equals_clip_trained_from_our_output(tmp_path):
     import json
     rows = [json.loads(line) for line in (tmp_path / "run_ours" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["grad_norm"] > 0 and r["learning_rate"] > 0 for r in rows)
+
+
+def test_caption_job_takes_the_alt_text_from_the_mapped_member(tmp_path):
+    """Released data fetched with re_caption as img2dataset's caption_col: the alt-text is in the json."""
+    from recap_jax.data import inputs
+
+    records = synthetic.make_records(4, 16, seed=9)
+    write_img2dataset_tar(tmp_path / "a.tar", records, txt="re_caption", json_fields=("org_caption",),
+                          drop={(records[2]["key"], "org_caption")})
+    units = inputs.plan_work_units("webdataset", str(tmp_path / "a.tar"), org_caption="json:org_caption")
+    items = [item for unit in units for item in inputs.read_unit(unit)]
+    assert [type(i).__name__ for i in items] == ["Sample", "Sample", "Failure", "Sample"]
+    assert [i.org_caption for i in items if isinstance(i, inputs.Sample)] == [
+        records[k]["org_caption"] for k in (0, 1, 3)]
+    assert items[2].reason == "mapped caption missing: org_caption (json:org_caption)"
+    # without the mapping the .txt member (here the recaption) would be taken: the config decides
+    default = [item for unit in inputs.plan_work_units("webdataset", str(tmp_path / "a.tar"))
+               for item in inputs.read_unit(unit)]
+    assert default[0].org_caption == records[0]["re_caption"]
+    with pytest.raises(ConfigError, match="input.org_caption"):
+        inputs.plan_work_units("webdataset", str(tmp_path / "a.tar"), org_caption="parquet:org_caption")

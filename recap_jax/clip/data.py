@@ -163,7 +163,7 @@ def train_dataset(folders: str | Sequence[str], tokenizer: Tokenizer, *, image_s
     """An infinite MapDataset of batches for this host: element b is this host's share of step b.
 
     `format="webdataset"`: `folders` names img2dataset tars whose captions `captions_map` locates
-    (recap_jax.release.captions_map); samples left out are listed in report_dir/missing_captions.jsonl.
+    (recap_jax.data.captions_map); samples left out are listed in report_dir/missing_captions.jsonl.
     """
     if not 0.0 <= re_caption_prob <= 1.0:
         raise ValueError(f"data.re_caption_prob: {re_caption_prob} is not in [0, 1]")

@@ -1,7 +1,7 @@
 """The released data as users hold it, as random-access records for the CLIP trainer.
 
 img2dataset webdataset tars (KEY.jpg, KEY.txt, KEY.json), captions taken as a `captions_map`
-names them (`recap_jax.release.captions_map`), optionally from Parquet joined by `key`. The tars
+names them (`recap_jax.data.captions_map`), optionally from Parquet joined by `key`. The tars
 are indexed once (member offsets), then each record is read by seeking, so grain can shuffle and
 read them like our ArrayRecord output: the same samples in the same order give the same records.
 Samples whose mapped caption is missing are left out and listed in `missing` (key, tar, reason).
@@ -19,7 +19,7 @@ from typing import Any
 
 from recap_jax.data.inputs.webdataset import WEBDATASET_IMAGE_EXTS
 from recap_jax.errors import ConfigError
-from recap_jax.release.captions_map import CaptionSource, caption_from, parse_captions_map, parse_meta
+from recap_jax.data.captions_map import CaptionSource, caption_from, parse_captions_map, parse_meta
 
 
 @dataclasses.dataclass(frozen=True)

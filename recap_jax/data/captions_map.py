@@ -30,6 +30,17 @@ class CaptionSource:
         return self.kind if self.kind == "txt" else f"{self.kind}:{self.field}"
 
 
+def parse_caption_source(source: str, field: str, kinds: tuple[str, ...] = ("txt", "json", "parquet")) -> CaptionSource:
+    """`txt`, `json:FIELD` or `parquet:COLUMN` (those of `kinds`) -> CaptionSource."""
+    kind, _, name = source.strip().partition(":")
+    if kind in kinds and kind == "txt" and not name:
+        return CaptionSource("txt")
+    if kind in kinds and kind in ("json", "parquet") and name:
+        return CaptionSource(kind, name)
+    forms = {"txt": "txt", "json": "json:FIELD", "parquet": "parquet:COLUMN"}
+    raise ConfigError(f"{field}: source {source!r} must be {' or '.join(forms[k] for k in kinds)}")
+
+
 def parse_captions_map(spec: str, field: str = "captions_map") -> dict[str, CaptionSource]:
     """`"org_caption=txt,re_caption=json:re_caption"` -> {target: source}; both targets required."""
     out: dict[str, CaptionSource] = {}
@@ -38,13 +49,7 @@ def parse_captions_map(spec: str, field: str = "captions_map") -> dict[str, Capt
         target, source = target.strip(), source.strip()
         if not sep or target not in TARGETS:
             raise ConfigError(f"{field}: {part!r} is not TARGET=SOURCE with TARGET in {TARGETS}")
-        kind, _, name = source.partition(":")
-        if kind == "txt" and not name:
-            out[target] = CaptionSource("txt")
-        elif kind in ("json", "parquet") and name:
-            out[target] = CaptionSource(kind, name)
-        else:
-            raise ConfigError(f"{field}: source {source!r} of {target} must be txt, json:FIELD or parquet:COLUMN")
+        out[target] = parse_caption_source(source, f"{field} ({target})")
     missing = [t for t in TARGETS if t not in out]
     if missing:
         raise ConfigError(f"{field}: {spec!r} names no source for {missing} (e.g. "
