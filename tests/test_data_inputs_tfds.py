@@ -15,7 +15,7 @@ from recap_jax.errors import ConfigError
 def _record(key, caption="c"):
     return {"key": key, "url": f"http://x/{key}", "org_caption": f"alt {key}", "re_caption": caption,
             "image": b"\xff\xd8" + key.encode(), "width": 2, "height": 3, "org_caption_length": 2,
-            "re_caption_length": 1}
+            "re_caption_length": 1, "sha256": "0" * 64}
 
 
 def _recap_dataset(folder, units):

@@ -29,6 +29,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.paths = ""  # a folder, a glob, or a comma-separated list of globs (local or gs://)
     c.input.files_per_unit = 1000  # folder format: images per work unit (= per output shard)
     c.input.records_per_unit = 1000  # tfds format: records per work unit
+    # webdataset format: where the alt-text (org_caption) is: "txt" (KEY.txt) or "json:FIELD" (a field
+    # of KEY.json, e.g. json:org_caption for released data fetched with re_caption as caption_col);
+    # a sample without it is listed as a failure. "" = KEY.txt if present, else KEY.json's "caption".
+    c.input.org_caption = ""
     # tfds format: the split of a TFDS dataset folder ("" = "train" if it has one, else its first),
     # and which record fields hold what (comma-separated names, the first present wins).
     c.input.split = ""

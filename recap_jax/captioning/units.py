@@ -13,6 +13,7 @@ import numpy as np
 from recap_jax.captioning.progress import Progress
 from recap_jax.data import images
 from recap_jax.data.inputs import Failure, Sample, WorkUnit
+from recap_jax.data.schema import image_sha256
 from recap_jax.data.writer import OutputDataset
 from recap_jax.decoding.sampler import Result
 from recap_jax.preprocess.image import ImageSettings, preprocess_image
@@ -54,7 +55,7 @@ def caption_record(tokenizer, tag: SampleTag, result: Result[SampleTag]) -> dict
     return {"key": sample.key, "url": sample.url, "org_caption": sample.org_caption,
             "re_caption": caption, "image": sample.image_bytes, "width": tag.prepared.width,
             "height": tag.prepared.height, "org_caption_length": len(sample.org_caption.split()),
-            "re_caption_length": len(result.tokens)}
+            "re_caption_length": len(result.tokens), "sha256": image_sha256(sample.image_bytes)}
 
 
 @dataclasses.dataclass

@@ -157,14 +157,28 @@ def train_dataset(folders: str | Sequence[str], tokenizer: Tokenizer, *, image_s
                   per_host_batch: int, seed: int, re_caption_prob: float = 0.8,
                   re_caption_max_tokens: int = 128, org_caption_max_tokens: int = 77,
                   crop_scale: tuple[float, float] = (0.9, 1.0), process_index: int = 0,
-                  process_count: int = 1, split: str = "train") -> grain.MapDataset:
-    """An infinite MapDataset of batches for this host: element b is this host's share of step b."""
+                  process_count: int = 1, split: str = "train", format: str = "tfds",
+                  captions_map: str = "", captions_parquet: str | Sequence[str] = "",
+                  report_dir: str | None = None) -> grain.MapDataset:
+    """An infinite MapDataset of batches for this host: element b is this host's share of step b.
+
+    `format="webdataset"`: `folders` names img2dataset tars whose captions `captions_map` locates
+    (recap_jax.data.captions_map); samples left out are listed in report_dir/missing_captions.jsonl.
+    """
     if not 0.0 <= re_caption_prob <= 1.0:
         raise ValueError(f"data.re_caption_prob: {re_caption_prob} is not in [0, 1]")
     paths = split_paths(folders)  # one comma-separated string (CLI friendly) or a sequence
     if not paths:
         raise ValueError("data.folders: no dataset folder given")
-    sources = [grain.MapDataset.source(open_tfds_folder(p, split, field="data.folders")) for p in paths]
+    if format == "webdataset":
+        from recap_jax.release.webdataset_records import open_webdataset_records
+        report = os.path.join(report_dir, "missing_captions.jsonl") if report_dir else None
+        sources = [grain.MapDataset.source(open_webdataset_records(paths, captions_map,
+                                                                   split_paths(captions_parquet), report))]
+    elif format == "tfds":
+        sources = [grain.MapDataset.source(open_tfds_folder(p, split, field="data.folders")) for p in paths]
+    else:
+        raise ValueError(f"data.format: {format!r} is not tfds (our output folders) or webdataset (img2dataset tars)")
     records = sources[0] if len(sources) == 1 else grain.MapDataset.concatenate(sources)
     if len(records) < per_host_batch * process_count:
         raise ValueError(f"data.folders: {len(records)} records are fewer than one global batch "

@@ -40,6 +40,9 @@ def base_config(folders: str = "") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.folders = folders  # comma-separated captioner output folders (TFDS ArrayRecord)
     config.data.split = "train"  # split to read from each folder
+    config.data.format = "tfds"  # tfds: captioner output folders; webdataset: img2dataset tars (folders = tars)
+    config.data.captions_map = ""  # webdataset: where each caption is, e.g. org_caption=txt,re_caption=json:re_caption
+    config.data.captions_parquet = ""  # webdataset + parquet:COLUMN sources: released Parquet file(s), joined by key
     config.data.tokenizer = ""  # a HF tokenizer folder (CLIP tokenizer); required
     config.data.re_caption_prob = 0.8  # probability of using re_caption (else org_caption), per example
     config.data.re_caption_max_tokens = 32  # recaptions are longer: their own token budget (incl. BOS/EOS)

@@ -23,6 +23,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
+from recap_jax.data import schema
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (235, 210, 20),
     "purple": (140, 40, 170), "orange": (245, 140, 20), "black": (20, 20, 20), "cyan": (20, 200, 210),
@@ -76,10 +78,11 @@ def make_records(num: int, size: int, seed: int, one_per_combination: bool = Fal
     records = []
     for i, combo in enumerate(combos):
         org, re = captions(*combo)
+        image = encode_png(render(*combo, size, rng))
         records.append(dict(
             key=f"{seed}-{i:06d}", url=f"synthetic://{seed}/{i}", org_caption=org, re_caption=re,
-            image=encode_png(render(*combo, size, rng)), width=size, height=size,
-            org_caption_length=len(org.split()), re_caption_length=len(re.split())))
+            image=image, width=size, height=size, org_caption_length=len(org.split()),
+            re_caption_length=len(re.split()), sha256=schema.image_sha256(image)))
     return records
 
 
@@ -92,8 +95,6 @@ def write_tfds_folder(folder: str, records: Iterable[Mapping[str, Any]],
     layout use `write_captioner_output`.
     """
     from array_record.python.array_record_module import ArrayRecordWriter
-
-    from recap_jax.data import schema
 
     features = features or schema.RECORD_FEATURES
     dataset_name = dataset_name or schema.DATASET_NAME

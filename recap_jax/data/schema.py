@@ -1,7 +1,12 @@
 """The record schema of a recaptioned dataset (the captioner's output, the CLIP trainer's input).
 
-Field names follow the released Recap-DataComp-1B parquet (`url`, `org_caption`, `re_caption`).
+Field names follow the released Recap-DataComp-1B parquet (`url`, `org_caption`, `re_caption`,
+`sha256`).
 """
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -20,4 +25,17 @@ RECORD_FEATURES = tfds.features.FeaturesDict({
     "height": tfds.features.Scalar(dtype=np.int32),
     "org_caption_length": tfds.features.Scalar(dtype=np.int32),  # words
     "re_caption_length": tfds.features.Scalar(dtype=np.int32),  # generated tokens
+    "sha256": tfds.features.Text(),  # hex digest of `image` (the released dataset's dedup key)
 })
+
+
+def image_sha256(data: bytes) -> str:
+    """Hex SHA-256 of the encoded image bytes, as in the released dataset's `sha256` column."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def with_sha256(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`record`, with `sha256` computed from its image bytes when the builder did not set it."""
+    if "sha256" in record:
+        return record
+    return {**record, "sha256": image_sha256(bytes(record["image"]))}

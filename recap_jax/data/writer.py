@@ -32,7 +32,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 from tensorflow_datasets.proto import tf_example_pb2
 
-from recap_jax.data.schema import DATASET_NAME, RECORD_FEATURES, SPLIT
+from recap_jax.data.schema import DATASET_NAME, RECORD_FEATURES, SPLIT, with_sha256
 from recap_jax.data.inputs.base import Failure
 from recap_jax.data.storage import is_local, require_gcs
 from recap_jax.errors import ConfigError
@@ -106,6 +106,8 @@ class OutputDataset:
         if not 0 <= index < self.num_units:
             raise IndexError(f"unit {index} out of range [0, {self.num_units})")
         # Serialize first: a bad record fails here, before anything of this unit is on disk.
+        if "sha256" in self.features:
+            records = [with_sha256(record) for record in records]
         serialized = [canonical_example(self.features.serialize_example(record)) for record in records]
         shard = self.shard_path(index)
         num_bytes = _write_array_record(shard, serialized)

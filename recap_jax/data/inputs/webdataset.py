@@ -19,6 +19,7 @@ from typing import ClassVar
 from etils import epath
 
 from recap_jax.data import storage
+from recap_jax.data.captions_map import caption_from, parse_caption_source
 from recap_jax.data.inputs.base import Failure, InputFormat, Sample, WorkUnit, parse_json, register
 from recap_jax.errors import ConfigError
 
@@ -36,11 +37,18 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class TarUnit(WorkUnit):
     format: ClassVar[str] = "webdataset"
+    org_caption: str = ""  # input.org_caption: where the alt-text is ("" = KEY.txt, else json "caption")
 
 
 @register
 class WebdatasetInput(InputFormat):
     name = "webdataset"
+    options = ("org_caption",)
+
+    def __init__(self, org_caption: str = ""):
+        if org_caption:  # fails at planning, naming the field
+            parse_caption_source(org_caption, "input.org_caption", kinds=("txt", "json"))
+        self.org_caption = org_caption
 
     def plan(self, paths: list[epath.Path]) -> list[TarUnit]:
         tars: dict[str, None] = {}
@@ -52,7 +60,7 @@ class WebdatasetInput(InputFormat):
         if not tars:
             raise ConfigError(f"input.paths: no tar shards ({', '.join(TAR_SUFFIXES)}) in "
                               f"{[str(p) for p in paths]}")
-        return [TarUnit(i, t) for i, t in enumerate(tars)]
+        return [TarUnit(i, t, self.org_caption) for i, t in enumerate(tars)]
 
     @staticmethod
     def read(unit: TarUnit) -> Iterator[Sample | Failure]:
@@ -101,8 +109,9 @@ class _TarGroups:
     """Gathers tar members into samples by key, releasing a key once TAR_REORDER_WINDOW other
     keys have started after it (first-seen order, so the output order is deterministic)."""
 
-    def __init__(self, shard: str, window: int | None = None):
+    def __init__(self, shard: str, window: int | None = None, org_caption: str = ""):
         self.shard, self.window = shard, window or TAR_REORDER_WINDOW
+        self.org_caption = parse_caption_source(org_caption, "input.org_caption", ("txt", "json")) if org_caption else None
         self.pending: collections.OrderedDict[str, dict[str, bytes]] = collections.OrderedDict()
         self.released: set[str] = set()
         self.last_key: str | None = None  # the key being read: the one a cut would damage
@@ -130,7 +139,11 @@ class _TarGroups:
         if image_ext is None:
             return Failure(key, f"{self.shard}:{key}", f"no image member (has {sorted(parts) or 'nothing'})")
         meta = parse_json(parts.get("json", b"").decode("utf-8", "replace"))
-        if "txt" in parts:
+        if self.org_caption is not None:  # named by the config: a sample without it is a failure
+            caption = caption_from(self.org_caption, parts, meta, None)
+            if caption is None:
+                return Failure(key, f"{self.shard}:{key}", f"mapped caption missing: org_caption ({self.org_caption})")
+        elif "txt" in parts:
             caption = parts["txt"].decode("utf-8", "replace").strip()
         else:
             caption = str(meta.get("caption", "") or "")
@@ -144,7 +157,7 @@ def _open_binary(path: str):
 
 def _read_tar_once(unit: TarUnit, retry_io: bool) -> Iterator[Sample | Failure]:
     shard = posixpath.basename(unit.path)
-    groups = _TarGroups(shard)
+    groups = _TarGroups(shard, org_caption=unit.org_caption)
     error = None
     try:
         with _open_binary(unit.path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:

@@ -1,0 +1,123 @@
+"""Reading a recaptioned dataset row by row, whatever holds it: our output or released Parquet.
+
+`open_rows(path)` accepts
+- a caption-job output folder (TFDS ArrayRecord, `recap_jax.caption`'s `output.dir`), and
+- a Parquet file, or a folder of them, in the released schema (`recap_jax.release.schema`).
+Rows come in the dataset's order, in batches, so memory does not grow with the dataset;
+`shard_index`/`num_shards` give each host a contiguous share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from recap_jax.errors import ConfigError
+
+BATCH = 256
+
+
+@dataclasses.dataclass
+class Row:
+    """One sample. `image` is None for Parquet (the released data carries URLs, not images);
+    `re_tokens` (generated tokens) is known only for our own output."""
+    key: str
+    url: str
+    org_caption: str
+    re_caption: str
+    sha256: str | None = None
+    image: bytes | None = None
+    re_tokens: int | None = None
+    re_clip_score: float | None = None
+    org_clip_score: float | None = None
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value)
+
+
+def _share(total: int, shard_index: int, num_shards: int) -> range:
+    if not 0 <= shard_index < num_shards:
+        raise ConfigError(f"--shard_index={shard_index}: must be in [0, --num_shards={num_shards})")
+    bounds = np.linspace(0, total, num_shards + 1).astype(int)
+    return range(bounds[shard_index], bounds[shard_index + 1])
+
+
+class OutputRows:
+    """Rows of a caption-job output folder (random access: any host reads any share)."""
+
+    def __init__(self, folder: str, shard_index: int = 0, num_shards: int = 1):
+        from recap_jax.data.tfds_folder import open_tfds_folder
+        self._source = open_tfds_folder(folder, "train", field="OUTPUT_DIR")
+        self.folder = folder
+        self.indices = _share(len(self._source), shard_index, num_shards)
+        self.has_images = True
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[Row]:
+        for start in range(0, len(self.indices), BATCH):
+            batch = self._source.__getitems__(list(self.indices[start:start + BATCH]))
+            for r in batch:
+                image = bytes(r["image"])
+                yield Row(key=_text(r["key"]), url=_text(r["url"]), org_caption=_text(r["org_caption"]),
+                          re_caption=_text(r["re_caption"]),
+                          sha256=_text(r["sha256"]) if "sha256" in r else None,
+                          image=image, re_tokens=int(r["re_caption_length"]))
+
+
+class ParquetRows:
+    """Rows of released-schema Parquet files (shares are whole row groups)."""
+
+    def __init__(self, path: str, shard_index: int = 0, num_shards: int = 1):
+        import pyarrow.parquet as pq
+
+        files = (sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".parquet"))
+                 if os.path.isdir(path) else [path])
+        if not files:
+            raise ConfigError(f"{path}: no *.parquet files in this folder")
+        self._groups = []  # (file, row group index, rows)
+        for f in files:
+            meta = pq.ParquetFile(f).metadata
+            missing = {"key", "org_caption", "re_caption"} - set(meta.schema.names)
+            if missing:
+                raise ConfigError(f"{f}: not in the released schema (no column {sorted(missing)})")
+            self._groups += [(f, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+        self._groups = [self._groups[i] for i in _share(len(self._groups), shard_index, num_shards)]
+        self.folder = path
+        self.has_images = False
+
+    def __len__(self) -> int:
+        return sum(n for _, _, n in self._groups)
+
+    def __iter__(self) -> Iterator[Row]:
+        import pyarrow.parquet as pq
+
+        for f, group, _ in self._groups:
+            table = pq.ParquetFile(f).read_row_group(group)
+            names = set(table.column_names)
+            for r in table.to_pylist():
+                yield Row(key=_text(r["key"]), url=_text(r.get("url")), org_caption=_text(r["org_caption"]),
+                          re_caption=_text(r["re_caption"]), sha256=r.get("sha256"),
+                          re_clip_score=r.get("re_clip_score") if "re_clip_score" in names else None,
+                          org_clip_score=r.get("org_clip_score") if "org_clip_score" in names else None)
+
+
+def open_rows(path: str, shard_index: int = 0, num_shards: int = 1) -> OutputRows | ParquetRows:
+    """Our output folder or released Parquet (file or folder), by what is there."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: does not exist (give a caption output folder or a Parquet file/folder)")
+    if path.endswith(".parquet") or (os.path.isdir(path) and any(f.endswith(".parquet") for f in os.listdir(path))
+                                     and not os.path.exists(os.path.join(path, "dataset_info.json"))):
+        return ParquetRows(path, shard_index, num_shards)
+    if not os.path.exists(os.path.join(path, "dataset_info.json")):
+        raise ConfigError(f"{path}: neither a finished caption output folder (no dataset_info.json: "
+                          "is the caption job done?) nor Parquet")
+    return OutputRows(path, shard_index, num_shards)
