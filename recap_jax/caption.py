@@ -7,15 +7,22 @@
 Run the same command on every host of a pod; each host captions its own share of the input and
 writes its own output shards. Run it again after a crash or preemption: finished shards are kept
 and the rest is redone. Config fields are documented in recap_jax/captioning/defaults.py.
+Exit status: 0 done, 2 usage error, 3 nothing captioned (or more than output.max_failure_share
+failed), 130 interrupted (recap_jax/captioning/outcome.py).
 """
 
 import json
+import os
 import sys
+
+# transformers warns on import that PyTorch is missing; the captioner never needs it.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from absl import app, logging
 from ml_collections import config_flags
 
-from recap_jax.errors import ConfigError
+from recap_jax.captioning import outcome
+from recap_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Caption config file (configs/*.py).",
                                           lock_config=True)
@@ -31,13 +38,15 @@ def main(argv):
         return 2
     try:
         summary = run(_CONFIG.value)
-    except ConfigError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return outcome.USAGE
+    except KeyboardInterrupt:
+        print("[caption] interrupted; run the same command again to continue", file=sys.stderr)
+        return outcome.INTERRUPTED
     print(json.dumps(summary, indent=1))
-    print(f"[caption] output: {_CONFIG.value.output.dir} (read it with "
-          f"tfds.builder_from_directory(...).as_data_source('train'))")
-    return 0
+    print(outcome.closing_line(summary, _CONFIG.value))
+    return outcome.exit_status(summary, _CONFIG.value)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from etils import epath
 from flax import linen as nn
 from flax import traverse_util
 
+from recap_jax.conversion.fingerprint import DIGEST_KEY, ParamsDigest
 from recap_jax.conversion.llava import LLAVA_HF_RENAMES, abstract_params, convert_params, converted_leaves
 from recap_jax.conversion.tensors import CheckpointTensors
 from recap_jax.errors import ConversionError
@@ -69,8 +70,13 @@ def load_tokenizer(folder: epath.PathLike) -> transformers.PreTrainedTokenizerBa
     folder = epath.Path(folder)
     if not (folder / "tokenizer.json").exists() and not (folder / "tokenizer_config.json").exists():
         raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    local = local_copy(folder) if "://" in os.fspath(folder) else folder
-    return transformers.AutoTokenizer.from_pretrained(str(local), local_files_only=True)
+    if "://" not in os.fspath(folder):
+        return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    local = local_copy(folder)
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(local), local_files_only=True)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 def local_copy(folder: epath.Path) -> epath.Path:
@@ -150,11 +156,13 @@ def save_converted(out_dir: epath.PathLike, spec: CaptionerSpec,
     try:
         tmp.mkdir(parents=True)
         spec.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        digest = ParamsDigest()
+        _save_params_in_groups(tmp / "params", digest.watch(leaves))
         meta = {"llava": spec.config.to_json_dict(), "image": spec.image.to_json_dict(),
                 "template": spec.template, "chat_template": spec.chat_template,
-                "stop_ids": list(spec.stop_ids), "dtype": dtype, "source": source}
+                "stop_ids": list(spec.stop_ids), "dtype": dtype, "source": source,
+                DIGEST_KEY: digest.hexdigest()}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        _save_params_in_groups(tmp / "params", leaves)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

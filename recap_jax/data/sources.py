@@ -108,7 +108,8 @@ class WorkUnit:
 # --- planning ----------------------------------------------------------------------------------
 
 
-def _split_paths(paths: str | Sequence[str]) -> list[str]:
+def split_paths(paths: str | Sequence[str]) -> list[str]:
+    """input.paths as a list: a comma-separated string (commas in braces kept) or a sequence."""
     if isinstance(paths, str):
         # Commas inside braces belong to a brace pattern ("{a,b}.tar"), not to the list.
         paths = re.split(r",(?![^{]*\})", paths)
@@ -148,13 +149,13 @@ def _glob(pattern: str) -> list[epath.Path]:
 
 
 def _resolve(paths: str | Sequence[str]) -> list[epath.Path]:
-    patterns = _split_paths(paths)
+    patterns = split_paths(paths)
     if not patterns:
         raise ConfigError("input.paths: empty; give a folder, a glob or a comma-separated list of globs")
     found: dict[str, epath.Path] = {}  # ordered, without duplicates: a file named twice is read once
     for pattern in patterns:
         if pattern.startswith("gs://"):
-            _require_gcs("input.paths")
+            require_gcs("input.paths")
         expanded = expand_braces(pattern)
         for one in expanded:
             matches = _glob(one)
@@ -166,7 +167,7 @@ def _resolve(paths: str | Sequence[str]) -> list[epath.Path]:
     return list(found.values())
 
 
-def _require_gcs(field: str) -> None:
+def require_gcs(field: str) -> None:
     """etils.epath reads gs:// through gcsfs: say so at start-up, naming the field."""
     try:
         import gcsfs  # noqa: F401
