@@ -32,12 +32,17 @@ def main(argv):
     del argv
     if logging.get_verbosity() == logging.INFO and "-v" not in " ".join(sys.argv):
         logging.set_verbosity(logging.WARNING)  # library INFO logs (Orbax) drown the progress lines
-    from recap_jax.captioning.run import run
     if _CONFIG.value is None:
         print("error: --config is required, e.g. --config configs/demo.py", file=sys.stderr)
         return 2
+    return execute(_CONFIG.value)
+
+
+def execute(config) -> int:
+    """Run the job on a config; print its summary and closing line; return the exit status."""
+    from recap_jax.captioning.run import run
     try:
-        summary = run(_CONFIG.value)
+        summary = run(config)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return outcome.USAGE
@@ -45,8 +50,8 @@ def main(argv):
         print("[caption] interrupted; run the same command again to continue", file=sys.stderr)
         return outcome.INTERRUPTED
     print(json.dumps(summary, indent=1))
-    print(outcome.closing_line(summary, _CONFIG.value))
-    return outcome.exit_status(summary, _CONFIG.value)
+    print(outcome.closing_line(summary, config))
+    return outcome.exit_status(summary, config)
 
 
 if __name__ == "__main__":

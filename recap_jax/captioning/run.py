@@ -130,10 +130,17 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                     files_per_unit=config.input.files_per_unit,
                                     records_per_unit=config.input.records_per_unit)
     run_identity = identity.run_identity(config, units)
-    with output_lease.hold(config) as lease:
-        output = OutputDataset(config.output.dir, len(units), fingerprint=run_identity,
-                               overwrite=config.output.overwrite and jax.process_index() == 0)
-        return _caption_share(config, units, output, lease)
+    out_dir = epath.Path(config.output.dir)
+    created = jax.process_index() == 0 and not out_dir.exists()
+    try:
+        with output_lease.hold(config) as lease:
+            output = OutputDataset(config.output.dir, len(units), fingerprint=run_identity,
+                                   overwrite=config.output.overwrite and jax.process_index() == 0)
+            return _caption_share(config, units, output, lease)
+    except BaseException:
+        if created and out_dir.exists() and not list((out_dir / ".units").glob("*.json")):
+            out_dir.rmtree()  # a run that failed before its first unit leaves no stub folder
+        raise
 
 
 def _caption_share(config: ml_collections.ConfigDict, units: list[sources.WorkUnit], output: OutputDataset,
