@@ -232,3 +232,33 @@ def test_counts_add_up_and_a_rerun_keeps_the_summary(world, finished, capsys):
     status, _, stdout = invoke(config(world, finished), capsys)
     assert status == 0 and '"units_captioned_now": 0' in stdout
     assert json.loads((finished / "summary.json").read_text())["last_run"] == last
+
+
+def test_interrupted_exits_130(world, tmp_path, capsys, monkeypatch):
+    from recap_jax.captioning import run as run_module
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run_module, "run", interrupted)
+    status, first, _ = invoke(config(world, tmp_path / "out"), capsys)
+    assert status == 130 and "interrupted" in first and "again" in first
+
+
+def test_no_pytorch_warning_and_one_line_on_a_usage_error(tmp_path):
+    """transformers warns on import when PyTorch is missing: hide torch and look at stderr."""
+    import subprocess
+    import sys
+    hide = tmp_path / "hide_torch"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([str(hide), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "recap_jax.caption", f"--config={REPO / 'configs' / 'demo.py'}",
+                           f"--config.output.dir={tmp_path / 'out'}", "--config.decode.batch_size=0"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: decode.batch_size=0: must be >= 1"], proc.stderr[-2000:]
+    check = subprocess.run([sys.executable, "-c", "import transformers.utils as u; print(u.is_torch_available())"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert check.stdout.strip() == "False"  # torch really was hidden
