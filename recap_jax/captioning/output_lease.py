@@ -8,7 +8,8 @@ launch never refuse each other.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import jax
 import ml_collections
@@ -16,6 +17,9 @@ import numpy as np
 from etils import epath
 
 from recap_jax.data.lease import Lease, LeaseHeldError, new_run_id
+from recap_jax.errors import UserError
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -42,3 +46,24 @@ def hold(config: ml_collections.ConfigDict) -> Iterator[Lease | None]:
     finally:
         if lease is not None:
             lease.release()
+
+
+def process_0_first(fn: Callable[[], T], what: str) -> T:
+    """fn() on process 0, then on the others (e.g. open the output folder: process 0 may clean it
+    for output.overwrite and records the run's identity first). A user error on process 0 stops
+    every process, with its message there and a pointer to it elsewhere."""
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+    result, error = None, None
+    if jax.process_index() == 0:
+        try:
+            result = fn()
+        except UserError as e:
+            error = e
+    ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if error is not None:
+        raise error
+    if not ok:
+        raise UserError(f"{what}: failed on host 0 (see its message)")
+    return fn() if jax.process_index() != 0 else result

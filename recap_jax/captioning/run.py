@@ -1,5 +1,9 @@
 """The caption job: input shards -> decoded, pre-processed images -> greedy captions -> output shards.
 
+Before any weights are loaded, `startup` checks the config, gs:// access and the model's limits;
+the run's `identity` (what changes a caption) is checked against the output folder, and
+`output_lease` makes this the only job writing there.
+
 Follow one image:
 1. `plan_work_units` splits the input into units (a tar, a chunk of files, a record range); this
    host takes its share (`units_for_host`) and skips units already written (resume).
@@ -134,8 +138,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     created = jax.process_index() == 0 and not out_dir.exists()
     try:
         with output_lease.hold(config) as lease:
-            output = OutputDataset(config.output.dir, len(units), fingerprint=run_identity,
-                                   overwrite=config.output.overwrite and jax.process_index() == 0)
+            output = output_lease.process_0_first(lambda: OutputDataset(
+                config.output.dir, len(units), fingerprint=run_identity,
+                overwrite=config.output.overwrite and jax.process_index() == 0), "output.dir")
             return _caption_share(config, units, output, lease)
     except BaseException:
         if created and out_dir.exists() and not list((out_dir / ".units").glob("*.json")):
