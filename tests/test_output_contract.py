@@ -129,6 +129,9 @@ USAGE = [
     ("output is a file", lambda w, o: config(w, w / "broken" / "b0.jpg"), ["output.dir", "is a file"]),
     ("truncated safetensors", lambda w, o: config(w, o, model__checkpoint="", model__hf_dir=str(w / "hf-truncated")),
      ["model.hf_dir", "model.safetensors", "truncated"]),
+    ("mesh.data=3 on one device", lambda w, o: config(w, o, mesh__data=3), ["mesh: axis sizes", "but there are 1 devices"]),
+    ("hf_dir that is no captioner", lambda w, o: config(w, o, model__checkpoint="", model__hf_dir=str(w / "images")),
+     ["model.hf_dir", "cannot be read as a captioner", "config.json"]),
     ("overwrite with a bad failure share", lambda w, o: config(w, o, output__max_failure_share=2.0),
      ["output.max_failure_share=2.0"]),
 ]
@@ -262,3 +265,10 @@ def test_no_pytorch_warning_and_one_line_on_a_usage_error(tmp_path):
     check = subprocess.run([sys.executable, "-c", "import transformers.utils as u; print(u.is_torch_available())"],
                            capture_output=True, text=True, env=env, timeout=300)
     assert check.stdout.strip() == "False"  # torch really was hidden
+
+
+def test_convert_names_a_truncated_safetensors_file(world):
+    from recap_jax.conversion.tensors import CheckpointTensors
+    from recap_jax.errors import ConversionError
+    with pytest.raises(ConversionError, match=r"hf-truncated/model\.safetensors: not a readable safetensors"):
+        CheckpointTensors().add_folder(world / "hf-truncated", [])

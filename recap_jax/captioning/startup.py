@@ -30,6 +30,7 @@ from recap_jax.data import sources
 from recap_jax.errors import ConfigError, ConversionError, UserError
 from recap_jax.models.config import LlavaConfig
 from recap_jax.models.flops import parameter_count
+from recap_jax.parallel import mesh as mesh_lib
 
 # Share of the device memory the weights + decode state may take (XLA needs the rest for
 # activations and temporaries).
@@ -210,8 +211,19 @@ def device_memory_bytes() -> tuple[int, str]:
     return psutil.virtual_memory().available // len(devices), "available host memory per CPU device"
 
 
+def check_mesh(config: ml_collections.ConfigDict) -> None:
+    """The mesh fits this host's devices and the decode batches split over its replicas."""
+    mesh = mesh_lib.make_mesh(dict(config.mesh), jax.local_devices())
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    for field in ("batch_size", "prefill_batch"):
+        if config.decode[field] % batch_shards:
+            raise ConfigError(f"decode.{field}={config.decode[field]} must be a multiple of "
+                              f"mesh.data x mesh.fsdp = {batch_shards}")
+
+
 def check_limits(config: ml_collections.ConfigDict, spec: bundle.CaptionerSpec) -> int:
     """The prompt's and decode state's fit; returns the prompt length in tokens."""
+    check_mesh(config)
     d = config.decode
     prompt_length = len(spec.prompt_encoder().encode(config.prompt))
     if prompt_length > max(d.prompt_buckets):

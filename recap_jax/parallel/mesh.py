@@ -14,6 +14,8 @@ from flax import linen as nn
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from recap_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis -> mesh axis (or None = replicated). The batch is split over data and fsdp.
@@ -42,17 +44,17 @@ def make_mesh(axis_sizes: Mapping[str, int], devices: Sequence[jax.Device] | Non
     devices = list(jax.devices() if devices is None else devices)
     unknown = set(axis_sizes) - set(MESH_AXES)
     if unknown:
-        raise ValueError(f"mesh: unknown axis {sorted(unknown)}; the axes are {MESH_AXES}")
+        raise ConfigError(f"mesh: unknown axis {sorted(unknown)}; the axes are {MESH_AXES}")
     sizes = [int(axis_sizes.get(name, 1)) for name in MESH_AXES]
     if sizes.count(-1) > 1:
-        raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+        raise ConfigError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
     if -1 in sizes:
         known = int(np.prod([s for s in sizes if s != -1]))
         if len(devices) % known:
-            raise ValueError(f"mesh: {len(devices)} devices cannot be split by {dict(zip(MESH_AXES, sizes))}")
+            raise ConfigError(f"mesh: {len(devices)} devices cannot be split by {dict(zip(MESH_AXES, sizes))}")
         sizes[sizes.index(-1)] = len(devices) // known
     if int(np.prod(sizes)) != len(devices):
-        raise ValueError(
+        raise ConfigError(
             f"mesh: axis sizes {dict(zip(MESH_AXES, sizes))} multiply to {int(np.prod(sizes))}, "
             f"but there are {len(devices)} devices")
     try:
