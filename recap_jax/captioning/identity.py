@@ -20,7 +20,8 @@ from etils import epath
 
 from recap_jax.conversion import fingerprint
 from recap_jax.data import identity as identity_lib
-from recap_jax.data import sources
+from recap_jax.data import inputs
+from recap_jax.data.inputs.paths import split_paths
 
 # Decode fields that change how work is scheduled but not which tokens come out.
 SCHEDULING_FIELDS = ("batch_size", "prefill_batch", "prompt_buckets", "steps_per_sync")
@@ -31,7 +32,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def absolute_paths(paths: str) -> str:
     """input.paths with every local entry made absolute: a folder named relatively and absolutely
     is the same input."""
-    return ",".join(identity_lib.absolute(p) for p in sources.split_paths(paths))
+    return ",".join(identity_lib.absolute(p) for p in split_paths(paths))
 
 
 def model_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -47,9 +48,9 @@ def model_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
             "model.template": m.template, "model.dtype": m.dtype}
 
 
-def run_identity(config: ml_collections.ConfigDict, units: Sequence[sources.WorkUnit]) -> dict[str, Any]:
+def run_identity(config: ml_collections.ConfigDict, units: Sequence[inputs.WorkUnit]) -> dict[str, Any]:
     """The identity recorded in, and checked against, output.dir/run_config.json."""
     decode = {f"decode.{k}": v for k, v in config.decode.to_dict().items() if k not in SCHEDULING_FIELDS}
     return {**model_identity(config), "prompt": config.prompt, "input.max_pixels": config.input.max_pixels,
             **decode, "input.format": config.input.format, "input.paths": absolute_paths(config.input.paths),
-            "units": sources.units_fingerprint(units)}
+            "units": inputs.units_fingerprint(units)}

@@ -24,9 +24,12 @@ import numpy as np
 import psutil
 from etils import epath
 
+from recap_jax.captioning import model_loading
+from recap_jax.captioning.prompts import CaptionPrompt
 from recap_jax.conversion import bundle
 from recap_jax.data import identity as identity_lib
-from recap_jax.data import sources
+from recap_jax.data import storage
+from recap_jax.data.inputs.paths import split_paths
 from recap_jax.errors import ConfigError, ConversionError, UserError
 from recap_jax.models.config import LlavaConfig
 from recap_jax.models.flops import parameter_count
@@ -66,7 +69,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def input_roots(paths: str) -> list[epath.Path]:
     """The fixed (wildcard-free) local folder of each input.paths entry."""
     roots = []
-    for pattern in sources.split_paths(paths):
+    for pattern in split_paths(paths):
         if "://" in pattern:
             continue
         parts = identity_lib.absolute(pattern).split("/")
@@ -87,7 +90,7 @@ def remote_paths(config: ml_collections.ConfigDict) -> dict[str, str]:
                          ("model.tokenizer", config.model.tokenizer), ("output.dir", config.output.dir)):
         if value.startswith("gs://"):
             found[field] = value
-    for pattern in sources.split_paths(config.input.paths or ""):
+    for pattern in split_paths(config.input.paths or ""):
         if pattern.startswith("gs://"):
             found.setdefault("input.paths", pattern)
     return found
@@ -114,7 +117,7 @@ def check_remote(config: ml_collections.ConfigDict, timeout_s: float) -> None:
     found = remote_paths(config)
     if not found:
         return
-    sources.require_gcs(next(iter(found)))
+    storage.require_gcs(next(iter(found)))
     # gcsfs logs every retry with a traceback: the one-line error below says it all.
     logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(found), thread_name_prefix="gcs-probe")
@@ -144,7 +147,7 @@ def read_spec(config: ml_collections.ConfigDict) -> bundle.CaptionerSpec:
     field, folder = ("model.checkpoint", m.checkpoint) if m.checkpoint else ("model.hf_dir", m.hf_dir)
     try:
         if m.checkpoint:
-            spec, _ = bundle.read_converted_spec(m.checkpoint, m.tokenizer or m.hf_dir or None)
+            spec, _ = model_loading.read_converted_spec(m.checkpoint, m.tokenizer or m.hf_dir or None)
             if m.template:
                 spec.template = m.template
             return spec
@@ -225,7 +228,8 @@ def check_limits(config: ml_collections.ConfigDict, spec: bundle.CaptionerSpec) 
     """The prompt's and decode state's fit; returns the prompt length in tokens."""
     check_mesh(config)
     d = config.decode
-    prompt_length = len(spec.prompt_encoder().encode(config.prompt))
+    # The prompt without its {org_caption} slot: an alt-text's tokens come on top, per image.
+    prompt_length = len(CaptionPrompt(spec.prompt_encoder(), config.prompt).fixed_ids)
     if prompt_length > max(d.prompt_buckets):
         raise ConfigError(f"prompt: {prompt_length} tokens (with the image's) exceed the largest "
                           f"decode.prompt_buckets entry ({max(d.prompt_buckets)}); shorten the prompt or add "
