@@ -222,7 +222,7 @@ def _write_array_record(path: epath.Path, serialized: Sequence[bytes]) -> int:
 
 
 def _atomic_write(path: epath.Path, data: bytes) -> None:
-    if not _is_local(path):
+    if not is_local(path):
         path.write_bytes(data)  # an object appears whole or not at all
         return
     tmp = _tmp_name(path)
