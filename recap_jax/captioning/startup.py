@@ -54,11 +54,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     out = config.output.dir
     if out and "://" not in out:
         path = epath.Path(identity_lib.absolute(out))
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"output.dir: {out} is a file; give a folder (new or of an earlier run)")
         existing = next(p for p in [path, *path.parents] if p.exists())
+        if existing == path and not path.is_dir():
+            raise ConfigError(f"{out}: output.dir is a file; give a folder (new or of an earlier run)")
+        if not existing.is_dir():
+            raise ConfigError(f"{out}: output.dir cannot be created ({existing} is a file)")
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise ConfigError(f"output.dir: {out} cannot be written ({existing} is not writable); "
+            raise ConfigError(f"{out}: output.dir cannot be written ({existing} is not writable); "
                               "choose a folder you can write")
         for root in input_roots(config.input.paths):
             if path == root or root in path.parents:
