@@ -59,9 +59,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{out}: output.dir is a file; give a folder (new or of an earlier run)")
         if not existing.is_dir():
             raise ConfigError(f"{out}: output.dir cannot be created ({existing} is a file)")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise ConfigError(f"{out}: output.dir cannot be written ({existing} is not writable); "
-                              "choose a folder you can write")
+        probe = existing / f".recap-write-probe-{uuid.uuid4().hex[:8]}"
+        try:  # os.access says yes to root even where the file system says no (/proc, read-only mounts)
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as e:
+            raise ConfigError(f"{out}: output.dir cannot be written ({existing}: {e.strerror or e}); "
+                              "choose a folder you can write") from None
         for root in input_roots(config.input.paths):
             if path == root or root in path.parents:
                 raise ConfigError(f"output.dir: {out} is inside input.paths ({root}): the next run would "
