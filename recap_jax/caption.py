@@ -7,15 +7,23 @@
 Run the same command on every host of a pod; each host captions its own share of the input and
 writes its own output shards. Run it again after a crash or preemption: finished shards are kept
 and the rest is redone. Config fields are documented in recap_jax/captioning/defaults.py.
-Exit status: 0 done, 2 a usage error (one line naming the field or file; --debug for the traceback).
+Exit status: 0 done, 2 a usage error (one line naming the field or file; --debug for the
+traceback), 3 nothing captioned (or more than output.max_failure_share failed), 130 interrupted
+(recap_jax/captioning/outcome.py).
 """
 
 import json
+import os
+import sys
 from collections.abc import Sequence
 
-from ml_collections import config_flags
+# transformers warns on import that PyTorch is missing; the captioner never needs it.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from recap_jax import cli
+from ml_collections import config_flags  # noqa: E402
+
+from recap_jax import cli  # noqa: E402
+from recap_jax.captioning import outcome  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Caption config file (configs/*.py).",
                                           lock_config=True)
@@ -25,14 +33,27 @@ def main(argv: Sequence[str]) -> int:
     config = cli.command_config(argv, _CONFIG.value, "configs/demo.py")
     import jax
 
-    from recap_jax.captioning.run import run
     from recap_jax.parallel.mesh import mesh_axis_sizes
     mesh_axis_sizes(dict(config.mesh), jax.local_device_count())  # before anything is written
-    summary = run(config)
+    return report(config)
+
+
+def report(config) -> int:
+    """Run the job; print its summary and closing line; return the exit status."""
+    from recap_jax.captioning.run import run
+    try:
+        summary = run(config)
+    except KeyboardInterrupt:
+        print("[caption] interrupted; run the same command again to continue", file=sys.stderr)
+        return outcome.INTERRUPTED
     print(json.dumps(summary, indent=1))
-    print(f"[caption] output: {config.output.dir} (read it with "
-          f"tfds.builder_from_directory(...).as_data_source('train'))")
-    return 0
+    print(outcome.closing_line(summary, config))
+    return outcome.exit_status(summary, config)
+
+
+def execute(config) -> int:
+    """`report` inside the commands' error boundary (for callers that hold a config)."""
+    return cli.guarded(lambda: report(config))
 
 
 if __name__ == "__main__":

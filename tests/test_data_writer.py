@@ -87,10 +87,14 @@ def test_bad_record_leaves_nothing_behind(tmp_path):
 def test_run_config_mismatch_is_refused(tmp_path):
     OutputDataset(str(tmp_path / "o"), 4, fingerprint={"input.paths": "a/*.tar", "plan": "abc"})
     OutputDataset(str(tmp_path / "o"), 4, fingerprint={"input.paths": "a/*.tar", "plan": "abc"})  # same: fine
-    with pytest.raises(ConfigError, match=r"output\.dir: .*different run.*changed: num_units"):
+    with pytest.raises(ConfigError, match=r"output\.dir: .*different run.*differ: num_units: 4 -> 5\)"):
         OutputDataset(str(tmp_path / "o"), 5, fingerprint={"input.paths": "a/*.tar", "plan": "abc"})
-    with pytest.raises(ConfigError, match=r"changed: input\.paths, plan"):
+    with pytest.raises(ConfigError, match=r'differ: input\.paths: "a/\*\.tar" -> "b/\*\.tar"; plan: "abc" -> "xyz"'):
         OutputDataset(str(tmp_path / "o"), 4, fingerprint={"input.paths": "b/*.tar", "plan": "xyz"})
+    # overwrite=True starts clean: the old identity and units are gone.
+    (tmp_path / "o" / ".units" / "00000.json").write_text("{}")
+    out = OutputDataset(str(tmp_path / "o"), 4, fingerprint={"input.paths": "b/*.tar", "plan": "xyz"}, overwrite=True)
+    assert out.pending_units() == [0, 1, 2, 3]
     with pytest.raises(ConfigError, match="no work units"):
         OutputDataset(str(tmp_path / "p"), 0)
 

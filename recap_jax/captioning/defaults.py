@@ -43,6 +43,14 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.output = ml_collections.ConfigDict()
     c.output.dir = ""  # the output TFDS ArrayRecord dataset folder (local or gs://)
+    # Delete what an earlier run wrote in output.dir and start anew (a rerun with other settings
+    # is refused otherwise). Drop it again for the reruns that resume this run.
+    c.output.overwrite = False
+    # Exit status 3 when more than this share of this run's samples failed (1.0: only when
+    # none was captioned).
+    c.output.max_failure_share = 1.0
+    c.output.lease_stale_s = 600.0  # a lease without heartbeat for this long may be taken over
+    c.output.lease_heartbeat_s = 60.0
 
     # The instruction every image is captioned with; a `{org_caption}` slot in it is replaced by
     # each sample's original caption (caption-conditioned recaptioning).
@@ -60,4 +68,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed = distributed_config()
 
     c.progress_every_s = 30.0  # seconds between progress lines
+    c.gcs_timeout_s = 20.0  # start-up probe of each gs:// path: fail after this many seconds
     return c

@@ -1,4 +1,9 @@
-"""Progress lines for long runs: images/s, tokens/s, failures and ETA, every `every_s` seconds."""
+"""Progress lines for long runs: images/s, tokens/s, failures and ETA, every `every_s` seconds.
+
+Rates count from the start of captioning (after the model is loaded; compiles included); the
+run summary's `images_per_s` counts from the start of the command, and its `captioning_s` is the
+progress lines' time base.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,10 @@ class Progress:
         self.units += 1
         self.failed += failures
         self.report() if time.time() - self._last >= self.every_s else None
+
+    def elapsed(self) -> float:
+        """Seconds since captioning started (model loading and start-up excluded)."""
+        return time.time() - self.start
 
     def line(self) -> str:
         elapsed = max(time.time() - self.start, 1e-9)

@@ -1,5 +1,9 @@
 """The caption job: input shards -> decoded, pre-processed images -> captions -> output shards.
 
+Before any weights are loaded, `startup` checks the config, gs:// access and the model's limits;
+the run's `identity` (what changes a caption) is checked against the output folder, and
+`output_lease` makes this the only job writing there.
+
 Follow one image:
 1. `plan_work_units` splits the input into units (a tar, a chunk of files, a record range); this
    host takes its share (`units_for_host`) and skips units already written (resume).
@@ -23,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
+from recap_jax.captioning import identity, output_lease, startup
 from recap_jax.captioning.model_loading import load_captioner
 from recap_jax.captioning.progress import Progress
 from recap_jax.captioning.prompts import CaptionPrompt
@@ -46,6 +51,7 @@ from recap_jax.planning.startup import check_fits_on_tpu
 def validate(config: ml_collections.ConfigDict) -> None:
     """Fail at start-up, naming the field, rather than hours into a run."""
     m = config.model
+    startup.check_config(config)
     if bool(m.hf_dir) == bool(m.checkpoint):
         raise ConfigError("model: set exactly one of model.hf_dir and model.checkpoint")
     if m.hf_dir and is_local(m.hf_dir) and not epath.Path(m.hf_dir).exists():
@@ -76,10 +82,29 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Caption this host's share of the input; returns the run summary."""
     validate(config)
     initialize_distributed(config.distributed)
-    units = inputs.plan_from_config(config.input)
-    output = OutputDataset(config.output.dir, len(units), fingerprint={
-        "input.format": config.input.format, "input.paths": config.input.paths,
-        "units": inputs.units_fingerprint(units)})
+    startup.check_remote(config, config.gcs_timeout_s)
+    ensure_demo_checkpoint(config)
+    startup.check_limits(config, startup.read_spec(config))  # before loading any weights
+    input_config = config.input.to_dict()
+    input_config["paths"] = identity.absolute_paths(config.input.paths)
+    units = inputs.plan_from_config(ml_collections.ConfigDict(input_config))
+    run_identity = identity.run_identity(config, units)
+    out_dir = epath.Path(config.output.dir)
+    created = jax.process_index() == 0 and not out_dir.exists()
+    try:
+        with output_lease.hold(config) as lease:
+            output = output_lease.process_0_first(lambda: OutputDataset(
+                config.output.dir, len(units), fingerprint=run_identity,
+                overwrite=config.output.overwrite and jax.process_index() == 0), "output.dir")
+            return _caption_share(config, units, output, lease)
+    except BaseException:
+        if created and out_dir.exists() and not list((out_dir / ".units").glob("*.json")):
+            out_dir.rmtree()  # a run that failed before its first unit leaves no stub folder
+        raise
+
+
+def _caption_share(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit], output: OutputDataset,
+                   lease) -> dict[str, Any]:
     mine = inputs.units_for_host(units, jax.process_index(), jax.process_count())
     todo = [u for u in mine if not output.is_done(u.index)]
     print(f"[caption] host {jax.process_index()}/{jax.process_count()}: {len(mine)} of {len(units)} units, "
@@ -89,37 +114,51 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         output.clean_unit(unit.index)
     start = time.time()
     stats = {"captioned": 0, "failed": 0, "generated_tokens": 0, "prefill_tokens": 0, "input_wait_s": 0.0,
-             "input_wait_first_s": 0.0}
+             "input_wait_first_s": 0.0, "captioning_s": 0.0}
     if todo:
         stats = caption_units(config, todo, output)
     wall = time.time() - start
     summary = {"host": jax.process_index(), "units": len(mine), "units_captioned_now": len(todo),
                **stats, "wall_s": round(wall, 2),
+               # rates over the whole wall time, start-up and compiles included (the progress
+               # lines' rates count from the first image on: captioning_s)
                "images_per_s": round(stats["captioned"] / wall, 3) if wall else 0.0,
                "generated_tokens_per_s": round(stats["generated_tokens"] / wall, 2) if wall else 0.0,
                # share of the wall time the decode loop waited for decoded images (0 = never)
                "input_wait_fraction": round(stats["input_wait_s"] / wall, 4) if wall else 0.0}
-    output.write_host_summary(jax.process_index(), summary)
+    if todo:  # a run that did nothing leaves the last real one's summary in place
+        output.write_host_summary(jax.process_index(), summary)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("recap_jax.caption: all units written")
     if jax.process_index() == 0:
-        summary["finalized"] = output.finalize(summary)
+        summary["finalized"] = output.finalize(summary if todo else None)
+        if summary["finalized"]:
+            summary["records_total"] = sum(c["records"] for c in output.counts().values())
+    if lease is not None and lease.took_over is not None:
+        summary["lease_taken_over_from"] = lease.took_over.describe()
     return summary
+
+
+def ensure_demo_checkpoint(config: ml_collections.ConfigDict) -> None:
+    """The offline demo's tiny random checkpoint, built where model.checkpoint points if asked."""
+    m = config.model
+    if m.checkpoint and m.build_tiny_if_missing and not epath.Path(m.checkpoint).exists():
+        from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
+        build_tiny_checkpoint(m.checkpoint)
 
 
 def load_model(config: ml_collections.ConfigDict, mesh) -> tuple[CaptionerSpec, Any, LlavaModel, Any]:
     """(spec, params placed on `mesh`, model, compute dtype); the tiny demo model is built first
     if the config asks for it."""
     m = config.model
-    if m.checkpoint and m.build_tiny_if_missing and not epath.Path(m.checkpoint).exists():
-        from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
-        build_tiny_checkpoint(m.checkpoint)
+    ensure_demo_checkpoint(config)
     dtype = jnp.dtype(param_dtype(m.dtype))
-    spec, params = load_captioner(
-        checkpoint=m.checkpoint or None, hf_dir=m.hf_dir or None, tokenizer=m.tokenizer or None,
-        template=m.template or None, dtype=m.dtype,
-        shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed))
+    with startup.weights_errors(config):
+        spec, params = load_captioner(
+            checkpoint=m.checkpoint or None, hf_dir=m.hf_dir or None, tokenizer=m.tokenizer or None,
+            template=m.template or None, dtype=m.dtype,
+            shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed))
     return spec, params, LlavaModel(spec.config, dtype=dtype, param_dtype=dtype), dtype
 
 
@@ -173,9 +212,10 @@ def caption_units(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit
         else:  # an empty recaption is no caption: list it rather than write an empty text
             assembler.add_failure(tag.unit_index, tag.position, Failure(
                 tag.sample.key, tag.sample.source, "empty caption (the model stopped at once)"))
-        meter.update(captioned=1, generated_tokens=len(result.tokens) + result.stopped,
-                     prefill_tokens=result.prompt_length)
+        meter.update(captioned=int(bool(record["re_caption"])),
+                     generated_tokens=len(result.tokens) + result.stopped, prefill_tokens=result.prompt_length)
     meter.close()
     return {"captioned": meter.captioned, "failed": meter.failed,
             "generated_tokens": meter.generated_tokens, "prefill_tokens": meter.prefill_tokens,
-            "input_wait_s": round(wait.total_s, 3), "input_wait_first_s": round(wait.first_s, 3)}
+            "input_wait_s": round(wait.total_s, 3), "input_wait_first_s": round(wait.first_s, 3),
+            "captioning_s": round(meter.elapsed(), 2)}

@@ -20,6 +20,7 @@ from flax import linen as nn
 import numpy as np
 import orbax.checkpoint as ocp
 
+from recap_jax.clip import identity as clip_identity
 from recap_jax.clip import data as data_lib
 from recap_jax.clip import evaluate, hf_weights, model as model_lib, train_step
 from recap_jax.errors import ConfigError
@@ -192,6 +193,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     workdir = config.workdir
     check_same_run(workdir, config)  # before anything is written or loaded
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    clip_identity.check_workdir(config)  # before any restore: another model is "another run"
     t = config.train
     mesh = make_mesh(dict(config.mesh))
     tokenizer = data_lib.Tokenizer(config.data.tokenizer)

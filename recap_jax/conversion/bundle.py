@@ -28,6 +28,7 @@ import transformers
 from etils import epath
 from flax import traverse_util
 
+from recap_jax.conversion.fingerprint import DIGEST_KEY, ParamsDigest
 from recap_jax.conversion.llava import LLAVA_HF_RENAMES, converted_leaves  # noqa: F401 (convert.py reads it here)
 from recap_jax.conversion.tensors import CheckpointTensors
 from recap_jax.data.storage import is_local
@@ -69,8 +70,13 @@ def load_tokenizer(folder: epath.PathLike) -> transformers.PreTrainedTokenizerBa
     folder = epath.Path(folder)
     if not (folder / "tokenizer.json").exists() and not (folder / "tokenizer_config.json").exists():
         raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    local = folder if is_local(os.fspath(folder)) else local_copy(folder)
-    return transformers.AutoTokenizer.from_pretrained(str(local), local_files_only=True)
+    if is_local(os.fspath(folder)):
+        return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    local = local_copy(folder)
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(local), local_files_only=True)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 def local_copy(folder: epath.Path) -> epath.Path:
@@ -150,11 +156,13 @@ def save_converted(out_dir: epath.PathLike, spec: CaptionerSpec,
     try:
         tmp.mkdir(parents=True)
         spec.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        digest = ParamsDigest()
+        _save_params_in_groups(tmp / "params", digest.watch(leaves))
         meta = {"llava": spec.config.to_json_dict(), "image": spec.image.to_json_dict(),
                 "template": spec.template, "chat_template": spec.chat_template,
-                "stop_ids": list(spec.stop_ids), "dtype": dtype, "source": source}
+                "stop_ids": list(spec.stop_ids), "dtype": dtype, "source": source,
+                DIGEST_KEY: digest.hexdigest()}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        _save_params_in_groups(tmp / "params", leaves)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

@@ -52,7 +52,12 @@ class CheckpointTensors:
         """Index a folder's tensors under canonical names (longest matching prefix wins)."""
         renames = sorted(renames, key=lambda r: -len(r[0]))
         for path in safetensors_files(folder):
-            with safe_open(str(path), framework="numpy") as f:
+            try:
+                handle = safe_open(str(path), framework="numpy")
+            except Exception as e:  # noqa: BLE001 - safetensors says "incomplete metadata", not which file
+                raise ConversionError(f"{path}: not a readable safetensors file ({e}); "
+                                      "is it truncated? download it again") from None
+            with handle as f:
                 for name in f.keys():
                     canonical = next((new + name[len(old):] for old, new in renames if name.startswith(old)),
                                      None)

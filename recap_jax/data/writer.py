@@ -5,13 +5,16 @@
       failures-00007-of-00100.jsonl              samples that could not be captioned (key, source, reason)
       .units/00007.json                          done marker, written last: record/failure counts, bytes
       .hosts/00000.json                          each host's last run summary (optional)
-      run_config.json                            what this output was made from (checked on resume)
+      run_config.json                            the run's identity: what changes a caption (checked on resume)
+      .lease.json                                which job writes here now (data/lease.py)
       dataset_info.json, features.json           TFDS metadata, written once every unit is done
       summary.json                               totals, failure reasons and throughput
 
-Every file is written under a temporary name (".NAME.tmp-XXXXXXXX") and renamed, and a unit counts
-as done only once its marker exists, so a run killed at any point leaves no half-unit counted;
-started again, it redoes exactly the units without a marker and overwrites what they left.
+Every local file is written under a temporary name (".NAME.tmp-XXXXXXXX") and renamed (on gs://,
+where a rename is a copy and a delete, straight to its name: an object appears only once its
+upload completes), and a unit counts as done only once its marker exists, so a run killed at any
+point leaves no half-unit counted; started again, it redoes exactly the units without a marker
+and overwrites what they left.
 Units are independent, so hosts write their own units with no coordination; `finalize` needs
 only the markers, and may run on any one host once all units are done.
 """
@@ -32,12 +35,20 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 from tensorflow_datasets.proto import tf_example_pb2
 
+from recap_jax.data import identity
 from recap_jax.data.schema import DATASET_NAME, RECORD_FEATURES, SPLIT, with_sha256
 from recap_jax.data.inputs.base import Failure
 from recap_jax.data.storage import is_local, require_gcs
 from recap_jax.errors import ConfigError
 
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+RUN_CONFIG = "run_config.json"
+REMEDY = ("to keep it, run with the settings it was made with; otherwise use a new output.dir, "
+          "or --config.output.overwrite=true to delete it and start anew")
+# What a run writes into its output folder (start_clean removes exactly these).
+OWN_FILES = (f"{DATASET_NAME}-{SPLIT}.array_record-*", f".{DATASET_NAME}-{SPLIT}.array_record-*", "failures-*",
+             ".failures-*", ".units", ".hosts", RUN_CONFIG, "dataset_info.json", "features.json",
+             "summary.json", ".summary.json*", ".dataset_info.json*", ".features.json*", f".{RUN_CONFIG}*")
 TMP_MARK = ".tmp-"
 
 
@@ -50,7 +61,7 @@ class OutputDataset:
     """One output folder (local or gs://) of `num_units` shards; see the module docstring."""
 
     def __init__(self, output_dir: str, num_units: int, features=RECORD_FEATURES,
-                 fingerprint: dict[str, Any] | None = None):
+                 fingerprint: dict[str, Any] | None = None, overwrite: bool = False):
         if num_units < 1:
             raise ConfigError(f"input: no work units (num_units={num_units}); nothing to caption")
         if str(output_dir).startswith("gs://"):
@@ -59,22 +70,17 @@ class OutputDataset:
         self.num_units = num_units
         self.features = features
         self.dir.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            self.start_clean()
         (self.dir / ".units").mkdir(exist_ok=True)
-        # Through JSON so that tuples and lists compare equal.
-        self._check_run_config(json.loads(json.dumps({"num_units": num_units, **(fingerprint or {})})))
+        identity.check_or_record(self.dir / RUN_CONFIG, {"num_units": num_units, **(fingerprint or {})},
+                                 folder_field="output.dir", remedy=REMEDY)
 
-    def _check_run_config(self, config: dict[str, Any]) -> None:
-        path = self.dir / "run_config.json"
-        if path.exists():
-            previous = json.loads(path.read_text())
-            if previous != config:
-                changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
-                raise ConfigError(f"output.dir: {self.dir} holds the output of a different run "
-                                  f"(changed: {', '.join(changed)}; was {previous}, now {config}); "
-                                  "use a new output.dir or the original input")
-        else:
-            # Hosts starting together all write the same content: the rename makes that harmless.
-            _atomic_write(path, json.dumps(config, indent=1).encode())
+    def start_clean(self) -> None:
+        """Remove everything a previous run wrote here (output.overwrite=true), the lease excepted."""
+        for pattern in OWN_FILES:
+            for path in self.dir.glob(pattern):
+                path.rmtree() if path.is_dir() else path.unlink(missing_ok=True)
 
     # --- names ---
 
@@ -133,6 +139,10 @@ class OutputDataset:
         (self.dir / ".hosts").mkdir(exist_ok=True)
         _atomic_write(self.dir / ".hosts" / f"{process_index:05d}.json", json.dumps(summary).encode())
 
+    def _previous_summary(self) -> dict[str, Any]:
+        path = self.dir / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def _host_summaries(self) -> list[dict[str, Any]]:
         folder = self.dir / ".hosts"
         if not folder.exists():
@@ -143,6 +153,7 @@ class OutputDataset:
         """Write the TFDS metadata and summary.json once every unit is done (idempotent).
 
         Returns False, writing nothing, while some unit is not done. Reads only the done markers.
+        `summary`: this run's; None keeps the last one recorded.
         """
         counts = self.counts()
         if len(counts) < self.num_units:
@@ -164,8 +175,10 @@ class OutputDataset:
         totals = {"records": sum(lengths), "failures": sum(c["failures"] for c in counts.values()),
                   "units": self.num_units, "num_bytes": num_bytes,
                   "failure_reasons": dict(reasons.most_common())}
+        if summary is None:  # a run that captioned nothing keeps the summary of the one that did
+            summary = self._previous_summary().get("last_run", {})
         _atomic_write(self.dir / "summary.json", json.dumps(
-            {**totals, "last_run": summary or {}, "hosts": self._host_summaries()}, indent=1).encode())
+            {**totals, "last_run": summary, "hosts": self._host_summaries()}, indent=1).encode())
         return True
 
 
@@ -195,21 +208,25 @@ def _write_array_record(path: epath.Path, serialized: Sequence[bytes]) -> int:
             writer.close()
         return os.path.getsize(local_path)
 
-    tmp = _tmp_name(path)
     if is_local(path):
+        tmp = _tmp_name(path)
         size = write(str(tmp))
-    else:
-        with tempfile.TemporaryDirectory(prefix="recap_shard_") as local_dir:
-            local = os.path.join(local_dir, path.name)
-            size = write(local)
-            # Streamed through the destination's own backend (epath's copy stays within one backend).
-            with open(local, "rb") as src, tmp.open("wb") as dst:
-                shutil.copyfileobj(src, dst, 16 << 20)
-    tmp.replace(path)
+        tmp.replace(path)
+        return size
+    with tempfile.TemporaryDirectory(prefix="recap_shard_") as local_dir:
+        local = os.path.join(local_dir, path.name)
+        size = write(local)
+        # Straight to its name: a GCS object appears only once its upload completes (a rename there
+        # would be a copy and a delete). Streamed through the destination's own backend.
+        with open(local, "rb") as src, path.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 16 << 20)
     return size
 
 
 def _atomic_write(path: epath.Path, data: bytes) -> None:
+    if not is_local(path):
+        path.write_bytes(data)  # an object appears whole or not at all
+        return
     tmp = _tmp_name(path)
     tmp.write_bytes(data)
     tmp.replace(path)
