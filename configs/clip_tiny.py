@@ -44,7 +44,10 @@ def get_config(folders: str = "") -> ml_collections.ConfigDict:
     config.data.folders = folders  # comma-separated captioner output folders (TFDS ArrayRecord)
     config.data.split = "train"  # split to read from each folder
     config.data.tokenizer = ""  # a HF tokenizer folder (CLIP tokenizer); required
-    config.data.re_caption_prob = 0.8  # probability of using re_caption (else org_caption), per example
+    # The paper's p: probability of the ORIGINAL alt-text per example (else the recaption).
+    # 1.0 = alt-text only (baseline), 0.0 = recaptions only, 0.8 = the paper's choice (80% original).
+    config.data.org_caption_prob = 0.8
+    config.data.caption_mix = "sample"  # sample (p above) or concat (original + recaption joined, cut to the text length)
     config.data.re_caption_max_tokens = 32  # recaptions are longer: their own token budget (incl. BOS/EOS)
     config.data.org_caption_max_tokens = 16  # token budget of original alt-text captions
     config.data.crop_scale = (0.8, 1.0)  # random-resized-crop area range (fraction of the image)

@@ -11,6 +11,8 @@ On a multi-host TPU pod run the same command on every host (jax.distributed is i
 automatically when --distributed is set).
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -31,8 +33,13 @@ def main(argv):
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
     from recap_jax.clip import trainer
+    from recap_jax.errors import UserError
 
-    result = trainer.train(_CONFIG.value)
+    try:
+        result = trainer.train(_CONFIG.value)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     result.pop("params", None)
     if jax.process_index() == 0:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
