@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from recap_jax.clip import data as data_lib
-from recap_jax.clip import evaluate, hf_weights, model as model_lib, train_step
+from recap_jax.clip import evaluate, hf_weights, model as model_lib, schedule, stage_init, train_step
 from recap_jax.errors import ConfigError
 from recap_jax.parallel.mesh import make_mesh
 
@@ -160,6 +160,7 @@ def run_evals(config, model, mesh, params, params_shardings, tokenizer) -> dict[
 
 def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) training as configured; returns the last logged metrics."""
+    config = schedule.resolve_sample_schedule(config)  # sample-based recipes -> steps
     validate_config(config)
     workdir = config.workdir
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -193,6 +194,12 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
         state = restored.state
         batch_iter.set_state(restored.data)
         _log(f"resumed from {workdir}/checkpoints step {latest}")
+    elif config.get("init") and config.init.get("checkpoint"):  # a later stage (CLIPA stage 2)
+        state, carried = stage_init.initial_state(config.init, model, tx, mesh, abstract_state, shardings)
+        if jax.process_index() == 0:
+            (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+        _log(f"new stage in {workdir} from {carried['from']} step {carried['step']}: position grid "
+             f"{carried['pos_grid']}, optimizer {carried['optimizer']}")
     else:
         state, _ = train_step.create_train_state(model, tx, mesh, config.seed, init_from=hf_params)
         if jax.process_index() == 0:  # what eval_retrieval rebuilds the model from
