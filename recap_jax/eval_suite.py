@@ -22,23 +22,6 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU pods).")
 
 
-def run(config) -> dict:
-    """Evaluates the configured datasets; returns {"results", "skipped", "notes", "paths"}."""
-    import jax
-
-    from recap_jax.clip import model_loading
-    from recap_jax.clip.suite import run as suite
-
-    encoders = model_loading.build_encoders(config)
-    log = print if jax.process_index() == 0 else (lambda _: None)
-    results, skipped, notes = suite.run_suite(config, encoders, log=lambda line: log(line) or sys.stdout.flush())
-    paths = {}
-    if config.output_dir and jax.process_index() == 0:
-        paths = suite.write_report(config, results, skipped, notes)
-        print(open(paths["markdown"]).read())
-    return {"results": results, "skipped": skipped, "notes": notes, "paths": paths}
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -47,10 +30,11 @@ def main(argv):
     if _DISTRIBUTED.value:
         import jax
         jax.distributed.initialize()
+    from recap_jax.clip.suite import run as suite
     from recap_jax.errors import UserError
 
     try:
-        run(_CONFIG.value)
+        suite.evaluate_model(_CONFIG.value)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

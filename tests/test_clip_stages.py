@@ -2,10 +2,8 @@
 embedding resampling, and stage 2 starting from stage 1 on the tiny CLIP (16 px -> 32 px)."""
 
 import json
-import os
 
 import jax
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -76,21 +74,26 @@ def shapes(tmp_path_factory):
     return write_shapes(tmp_path_factory.mktemp("shapes_stages"), num_train=512)
 
 
-def _stage(shapes, workdir, image_size, steps, init=""):
-    config = tiny_config(shapes, workdir, global_batch_size=16, num_steps=steps, warmup_steps=2,
-                         log_every=1, checkpoint_every=steps, learning_rate=3e-3)
+def _stage(shapes, workdir, image_size, steps, init="", **train):
+    settings = dict(global_batch_size=32, num_steps=steps, warmup_steps=2, log_every=1,
+                    checkpoint_every=steps, learning_rate=5e-4)
+    settings.update(train)
+    config = tiny_config(shapes, workdir, **settings)
     config.model.image_size = image_size
     config.init.checkpoint = init
     config.eval.datasets.heldout.folder = ""
     return config
 
 
+STAGE_1 = dict(steps=80, warmup_steps=10, log_every=10, learning_rate=2e-3)  # leaves the ln(32) plateau by ~60
+
+
 def test_stage_2_starts_from_stage_1_and_its_loss_does_not_jump(shapes, tmp_path):
     s1, s2 = tmp_path / "s1", tmp_path / "s2"
-    trainer.train(_stage(shapes, s1, 16, steps=20))
+    trainer.train(_stage(shapes, s1, 16, **STAGE_1))
     rows1 = [json.loads(line) for line in open(s1 / "metrics.jsonl")]
-    start, end = rows1[0]["loss"], rows1[-1]["loss"]
-    assert end < start  # stage 1 learned something
+    start, end = rows1[0]["loss"], rows1[-1]["loss"]  # means over steps 1-10 and 71-80
+    assert end < start - 0.5 and end < np.log(32) - 0.5  # stage 1 learned (chance is ln 32)
 
     # What stage 2 starts from: stage 1's last params, positions resampled 2x2 -> 4x4.
     config = _stage(shapes, s2, 32, steps=6, init=str(s1))
@@ -100,9 +103,9 @@ def test_stage_2_starts_from_stage_1_and_its_loss_does_not_jump(shapes, tmp_path
     mesh = make_mesh({"data": -1})
     tx = train_step.make_optimizer(config.train)
     abstract, shardings = train_step.abstract_train_state(model, tx, mesh)
-    small_model, _ = trainer.build_model(_stage(shapes, s1, 16, 20).model, tok)
+    small_model, _ = trainer.build_model(_stage(shapes, s1, 16, **STAGE_1).model, tok)
     stage1_params, step = trainer.latest_params(str(s1), small_model, mesh)
-    assert step == 20
+    assert step == 80
     for mode in ("reset", "keep"):
         config.init.optimizer = mode
         state, info = stage_init.initial_state(config.init, model, tx, mesh, abstract, shardings)
@@ -124,14 +127,15 @@ def test_stage_2_starts_from_stage_1_and_its_loss_does_not_jump(shapes, tmp_path
         if mode == "reset":
             assert int(adam.count) == 0 and float(optax.tree.norm(adam.nu)) == 0.0
         else:
-            assert int(adam.count) == 20 and float(optax.tree.norm(adam.nu)) > 0.0
+            assert int(adam.count) == 80 and float(optax.tree.norm(adam.nu)) > 0.0
 
     # The run itself: the loss continues from where stage 1 left off, not from scratch.
     result = trainer.train(_stage(shapes, s2, 32, steps=6, init=str(s1)))
     rows2 = [json.loads(line) for line in open(s2 / "metrics.jsonl")]
     assert result["step"] == 6 and len(rows2) == 6
     print("stage 1 loss", start, "->", end, "| stage 2 first/last", rows2[0]["loss"], rows2[-1]["loss"])
-    assert max(r["loss"] for r in rows2) < start
+    assert max(r["loss"] for r in rows2) < start  # no jump back above where stage 1 started
+    assert rows2[0]["loss"] < start - 0.3  # its first step already benefits from stage 1
     assert json.load(open(s2 / "config.json"))["init"]["checkpoint"] == str(s1)
     # A rerun resumes stage 2 from its own checkpoint (stage 1 is not read again).
     assert trainer.train(_stage(shapes, s2, 32, steps=6, init=str(s1)))["step"] == 6

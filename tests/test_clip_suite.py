@@ -13,9 +13,8 @@ from PIL import Image
 import configs_loader
 import suite_fixtures
 from clip_helpers import write_shapes
-from recap_jax import eval_suite
 from recap_jax.clip import data, evaluate
-from recap_jax.clip.suite import imagenet, report, retrieval_sets, vg_attribute
+from recap_jax.clip.suite import imagenet, report, retrieval_sets, run as suite, vg_attribute
 from recap_jax.errors import ConfigError
 from test_clip_eval import _clip_benchmark_recalls
 
@@ -131,7 +130,7 @@ def test_suite_on_every_fixture_reports_every_column(tiny_hf_clip, tmp_path, cap
     config.imagenet.templates = "simple"  # 1000 prompts; the 80-template ensemble is 80x the text encoding
     config.urban1k.folder = suite_fixtures.urban1k(str(tmp_path / "urban"))
     config.vg_attribute.folder = suite_fixtures.vg_attribute(str(tmp_path / "vg"))
-    out = eval_suite.run(config)
+    out = suite.evaluate_model(config)
     printed = capsys.readouterr().out
 
     assert out["skipped"] == {}
@@ -157,7 +156,7 @@ def test_missing_datasets_are_skipped_with_a_line(tiny_hf_clip, tmp_path, capsys
     config = _suite_config(tiny_hf_clip, tmp_path / "out")
     config.urban1k.folder = suite_fixtures.urban1k(str(tmp_path / "urban"))
     config.imagenet.folder = str(tmp_path / "no_imagenet")
-    out = eval_suite.run(config)
+    out = suite.evaluate_model(config)
     printed = capsys.readouterr().out
     assert set(out["results"]) == {"urban1k"}
     assert set(out["skipped"]) == {"imagenet", "coco", "flickr", "vg_attribute"}

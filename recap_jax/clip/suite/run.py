@@ -81,6 +81,21 @@ def run_suite(config: ml_collections.ConfigDict, encoders: evaluate.Encoders,
     return results, skipped, notes
 
 
-def write_report(config: ml_collections.ConfigDict, results, skipped, notes) -> dict[str, str]:
-    return report.write(config.output_dir, config.name or config.model.checkpoint or config.model.hf_dir,
-                        results, skipped, notes)
+def evaluate_model(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The eval_suite command: the model of `config.model` on every configured dataset; writes the
+    report under `config.output_dir` (process 0). Returns {"results", "skipped", "notes", "paths"}."""
+    import jax
+
+    from recap_jax.clip import model_loading
+
+    encoders = model_loading.build_encoders(config)
+    first = jax.process_index() == 0
+    results, skipped, notes = run_suite(config, encoders, log=lambda line: print(line, flush=True) if first else None)
+    paths = {}
+    if config.output_dir and first:
+        name = (config.name or config.model.checkpoint or config.model.hf_dir
+                or config.model.get("open_clip_dir", ""))
+        paths = report.write(config.output_dir, name, results, skipped, notes)
+        with open(paths["markdown"]) as f:
+            print(f.read(), flush=True)
+    return {"results": results, "skipped": skipped, "notes": notes, "paths": paths}
