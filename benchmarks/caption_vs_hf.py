@@ -101,12 +101,13 @@ def run_hf(folder: str, n: int, batch: int, new_tokens: int, stop_ids: list[int]
 def run_ours(folder: str, n: int, batch: int, new_tokens: int, prefill_batch: int, steps: int,
              stop_ids: list[int]) -> dict:
     import jax
-    from recap_jax.conversion import bundle
-    from recap_jax.decoding.sampler import DecodeSettings, Request, Sampler
+    from recap_jax.captioning import model_loading
+    from recap_jax.decoding.sampler import Request, Sampler
+    from recap_jax.decoding.settings import DecodeSettings
     from recap_jax.models.llava import LlavaModel
     from recap_jax.preprocess.image import preprocess_image
 
-    spec, params = bundle.load_captioner(hf_dir=folder)
+    spec, params = model_loading.load_captioner(hf_dir=folder)
     model = LlavaModel(spec.config)
     prompt_ids = spec.prompt_encoder().encode(PROMPT)
     images = make_images(n)

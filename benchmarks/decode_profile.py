@@ -27,7 +27,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def time_decode_step(model, params, batch: int, bucket: int, new_tokens: int) -> float:
-    from recap_jax.decoding.sampler import DecodeSettings, Sampler
+    from recap_jax.decoding.sampler import Sampler
+    from recap_jax.decoding.settings import DecodeSettings
     settings = DecodeSettings(max_new_tokens=new_tokens, batch_size=batch, prefill_batch=min(8, batch),
                               prompt_buckets=(bucket,), steps_per_sync=8)
     sampler = Sampler(model, params, settings)
@@ -84,12 +85,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "decode_profile.json"))
     args = parser.parse_args()
 
-    from recap_jax.conversion import bundle
+    from recap_jax.captioning import model_loading
     from recap_jax.models.llava import LlavaModel
     if not (pathlib.Path(args.checkpoint) / "config.json").exists():
         import caption_vs_hf
         caption_vs_hf.build_checkpoint(pathlib.Path(args.checkpoint))
-    spec, params = bundle.load_captioner(hf_dir=args.checkpoint)
+    spec, params = model_loading.load_captioner(hf_dir=args.checkpoint)
     model = LlavaModel(spec.config)
     gemm_s = time_step_gemms(spec.config, args.batch)
     rows = []

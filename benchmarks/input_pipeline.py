@@ -130,7 +130,7 @@ def plain_loop(files: list[str]) -> int:
 def ours(fmt: str, paths: str, workers: int, per_shard: int) -> int:
     """The caption job's path: plan units -> prepared_units(make_prepare) -> consume in order."""
     from recap_jax.captioning import defaults, run
-    from recap_jax.data import pipeline, sources
+    from recap_jax.data import inputs as sources, pipeline
     from recap_jax.preprocess.image import ImageSettings
 
     config = defaults.base_config()

@@ -13,6 +13,8 @@ r"""Zero-shot retrieval (and optional classification) evaluation of a CLIP model
 
 import ml_collections
 
+from recap_jax.parallel.distributed import distributed_config
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -26,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.text_length = 0  # tokens per caption incl. BOS/EOS; 0 = the training text length / HF context
     config.batch_size = 64  # images or captions per encoder call (divisible by the batch devices)
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # device mesh axis sizes
+    config.distributed = distributed_config()  # multi-host start-up (recap_jax.parallel.distributed)
     config.output = ""  # optional path of a JSON file with all results
 
     # Named retrieval datasets (TFDS/ArrayRecord folders, one record per image); empty folder = skipped.

@@ -2,47 +2,33 @@ r"""Recap-CLIP on a TPU v4 pod: ViT-L/16 image tower + larger (H: 1024 wide, 24 
 
 The paper's setting: p = 0.8, the probability of the ORIGINAL alt-text (so 20% recaptions), a
 longer text context for recaptions (128 tokens) than for alt-text (77 tokens). The paper's
-CLIPA two-stage recipe with Table 2's model sizes is configs/recap_clip_*.py. Paths go in the config argument:
+CLIPA two-stage recipe with Table 2's model sizes is configs/recap_clip_*.py. Paths go in the
+config argument:
 
     # on every host of the pod (e.g. gcloud compute tpus tpu-vm ssh ... --worker=all --command=...):
-    python -m recap_jax.train_clip --distributed \
-      --config "configs/clip_v4_pod.py:workdir=gs://BUCKET/runs/recap_clip_l16;folders=gs://BUCKET/recap/shard_a,gs://BUCKET/recap/shard_b;tokenizer=/home/USER/clip_tokenizer;eval=gs://BUCKET/eval/coco_karpathy"
+    python -m recap_jax.train_clip \
+      --config "configs/clip_v4_pod.py:workdir=gs://BUCKET/runs/recap_clip_l16,folders=gs://BUCKET/recap/shard_a,gs://BUCKET/recap/shard_b,tokenizer=/home/USER/clip_tokenizer,eval=gs://BUCKET/eval/coco_karpathy"
 
-Argument syntax: `key=value` pairs separated by ';' (folders itself is comma-separated). The
+Argument syntax (recap_jax.cli.parse_config_arg, the same for every config file): `key=value`
+pairs separated by ','; a value may be a comma-separated list (folders). jax.distributed starts
+by itself on a multi-host TPU slice (`distributed.mode=auto`). The
 tokenizer must be a local folder on every host (copy the CLIP tokenizer files there); gs://
 paths need `pip install gcsfs` (etils epath) on the TPU VMs. Any field can still be overridden
 with --config.a.b=value.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
+from recap_jax.cli import parse_config_arg
+from recap_jax.clip.defaults import base_config
 
-def _tiny_config_module():
-    """configs/clip_tiny.py (same fields, each documented there), loaded by path."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_tiny.py")
-    spec = importlib.util.spec_from_file_location("clip_tiny_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _parse(arg: str) -> dict[str, str]:
-    out = {}
-    for part in filter(None, (p.strip() for p in arg.split(";"))):
-        key, sep, value = part.partition("=")
-        if not sep or key not in ("workdir", "folders", "tokenizer", "eval"):
-            raise ValueError(f"clip_v4_pod config argument: expected workdir=|folders=|tokenizer=|eval=, got {part!r}")
-        out[key] = value
-    return out
+_ARGS = dict(workdir="", folders="", tokenizer="", eval="")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    args = _parse(arg)
-    config = _tiny_config_module().get_config(args.get("folders", ""))
-    config.workdir = args.get("workdir", "")
+    args = parse_config_arg(arg, _ARGS, "configs/clip_v4_pod.py")
+    config = base_config(args["folders"])
+    config.workdir = args["workdir"]
 
     # v4-256 = 128 chips on 32 hosts. Parameters/optimizer state are sharded over 4 chips (one
     # host, ICI-local) with `fsdp`; the rest is data parallel.
@@ -59,7 +45,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     m.remat = True  # activation memory of 256 examples/chip would not fit otherwise
 
     d = config.data
-    d.tokenizer = args.get("tokenizer", "")
+    d.tokenizer = args["tokenizer"]
     d.org_caption_prob = 0.8  # the paper's p: 80% original alt-text, 20% recaption
     d.re_caption_max_tokens = 128  # long recaptions
     d.org_caption_max_tokens = 77  # alt-text: CLIP's usual context
@@ -88,7 +74,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     config.eval.every_steps = 2_000
     config.eval.batch_size = 1024
-    config.eval.datasets.heldout.folder = args.get("eval", "")
+    config.eval.datasets.heldout.folder = args["eval"]
     config.eval.datasets.heldout.split = "test"
     config.eval.datasets.heldout.caption_fields = "captions/text"  # COCO Karpathy style (5 per image)
     return config

@@ -11,6 +11,8 @@ r"""The paper's evaluation suite (python -m recap_jax.eval_suite); every dataset
 
 import ml_collections
 
+from recap_jax.parallel.distributed import distributed_config
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -23,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.text_length = 0  # tokens per caption incl. BOS/EOS; 0 = the training text length / HF context
     config.batch_size = 256  # images or captions per encoder call (divisible by the batch devices)
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.distributed = distributed_config()  # multi-host start-up (recap_jax.parallel.distributed)
     config.output_dir = ""  # eval_suite.json + eval_suite.md go here; empty = print only
     config.name = ""  # row label in the table; default: the model path
 

@@ -1,34 +1,23 @@
 r"""Recap-CLIP B/16 as the paper trains it: CLIPA stage 1 (112 px) then stage 2 (224 px).
 
-    # stage 1 (on every host of a pod):
-    python -m recap_jax.train_clip --distributed \
-      --config "configs/recap_clip_b16.py:stage=1;workdir=gs://BUCKET/runs/b16_s1;folders=gs://BUCKET/recap/a,gs://BUCKET/recap/b;tokenizer=/home/USER/clip_tokenizer"
+    # stage 1 (on every host of a pod; jax.distributed starts by itself on a TPU slice):
+    python -m recap_jax.train_clip \
+      --config "configs/recap_clip_b16.py:stage=1,workdir=gs://BUCKET/runs/b16_s1,folders=gs://BUCKET/recap/a,gs://BUCKET/recap/b,tokenizer=/home/USER/clip_tokenizer"
     # stage 2, initialised from stage 1 (position embeddings resampled to the 224 px grid):
-    python -m recap_jax.train_clip --distributed \
-      --config "configs/recap_clip_b16.py:stage=2;workdir=gs://BUCKET/runs/b16_s2;init=gs://BUCKET/runs/b16_s1;folders=...;tokenizer=..."
+    python -m recap_jax.train_clip \
+      --config "configs/recap_clip_b16.py:stage=2,workdir=gs://BUCKET/runs/b16_s2,init=gs://BUCKET/runs/b16_s1,folders=gs://BUCKET/recap/a,tokenizer=/home/USER/clip_tokenizer"
 
-Argument keys (';'-separated): stage=1|2, text=small|base|large|huge (Table 4's text towers;
-default: Table 2's pairing), workdir, folders, tokenizer, init (stage 2), eval. The recipe is in
-recap_jax/clip/clipa.py; any field can still be overridden with --config.a.b=value (sample
-counts: --config.train.num_samples, the batch: --config.train.global_batch_size).
+Config argument (recap_jax.cli.parse_config_arg: key=value pairs separated by ','): stage=1|2,
+text=small|base|large|huge (Table 4's text towers; default: Table 2's pairing), workdir, folders,
+tokenizer, init (stage 2), eval. The recipe is recap_jax/clip/clipa.py; any field can still be
+overridden with --config.a.b=value (e.g. --config.train.global_batch_size: the sample-based
+schedule is kept).
 """
-
-import importlib.util
-import os
 
 import ml_collections
 
-
-def _base_config() -> ml_collections.ConfigDict:
-    """configs/clip_tiny.py's fields (each documented there), loaded by path."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_tiny.py")
-    spec = importlib.util.spec_from_file_location("clip_tiny_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from recap_jax.clip.clipa import recipe_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    from recap_jax.clip import clipa
-
-    return clipa.apply_recipe(_base_config(), "B/16", arg)
+    return recipe_config("B/16", arg, "configs/recap_clip_b16.py")

@@ -12,6 +12,7 @@ The rest of each chip's memory holds the KV cache: ~768 positions x 128 KiB = 96
 import ml_collections
 
 from recap_jax.captioning.defaults import base_config
+from recap_jax.cli import parse_config_arg
 
 # Config arguments (after the colon): where the data and the converted checkpoint live.
 _ARGS = dict(input="gs://YOUR_BUCKET/datacomp-1b/shards", output="gs://YOUR_BUCKET/recap-datacomp-1b",
@@ -19,12 +20,7 @@ _ARGS = dict(input="gs://YOUR_BUCKET/datacomp-1b/shards", output="gs://YOUR_BUCK
 
 
 def get_config(arg: str | None = None):
-    args = dict(_ARGS)
-    for item in filter(None, (arg or "").split(",")):
-        key, _, value = item.partition("=")
-        if key not in args:
-            raise ValueError(f"configs/v4_256.py: unknown config argument {key!r}; known: {sorted(args)}")
-        args[key] = value
+    args = parse_config_arg(arg, _ARGS, "configs/v4_256.py")
     c = base_config()
     c.model.checkpoint = args["checkpoint"]
     c.model.dtype = "bfloat16"

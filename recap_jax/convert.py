@@ -22,6 +22,7 @@ import time
 
 from etils import epath
 
+from recap_jax import cli
 from recap_jax.conversion import bundle, original_llava
 from recap_jax.errors import ConversionError
 from recap_jax.preprocess.text import TEMPLATES
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="named prompt template (e.g. llama3_llava) instead of the checkpoint's chat "
                              "template; the original layout defaults to llama3_llava")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of user errors too (or set {cli.DEBUG_ENV}=1)")
     return parser
 
 
@@ -57,45 +60,45 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def convert(args: argparse.Namespace) -> int:
+    """Runs one conversion; user errors raise (the caller reports them)."""
     start = time.time()
     out = epath.Path(args.out)
     if out.exists() and not args.overwrite:
-        print(f"error: --out {out} exists; pass --overwrite to replace it", file=sys.stderr)
-        return 2
+        raise ConversionError(f"--out {out} exists; pass --overwrite to replace it, or choose another --out")
     if args.template is not None and args.template not in TEMPLATES:
-        print(f"error: --template {args.template!r}: known templates are {sorted(TEMPLATES)}", file=sys.stderr)
-        return 2
-    try:
-        layout = original_llava.detect_layout(args.hf_dir) if args.layout == "auto" else args.layout
-        if layout == "original":
-            spec, tensors = original_llava.read_original(args.hf_dir, args.tokenizer_dir,
-                                                         args.vision_tower_dir, args.template)
-        else:
-            spec = bundle.read_llava_hf_spec(args.hf_dir, args.tokenizer_dir, args.template)
-            tensors = bundle.llava_hf_tensors(args.hf_dir)
-        count = 0
+        raise ConversionError(f"--template {args.template!r}: known templates are {sorted(TEMPLATES)}")
+    layout = original_llava.detect_layout(args.hf_dir) if args.layout == "auto" else args.layout
+    if layout == "original":
+        spec, tensors = original_llava.read_original(args.hf_dir, args.tokenizer_dir,
+                                                     args.vision_tower_dir, args.template)
+    else:
+        spec = bundle.read_llava_hf_spec(args.hf_dir, args.tokenizer_dir, args.template)
+        tensors = bundle.llava_hf_tensors(args.hf_dir)
+    count = 0
 
-        def progress(name: str) -> None:
-            nonlocal count
-            count += 1
-            if count % 50 == 0:
-                print(f"  {count} tensors converted ({time.time() - start:.0f}s)", flush=True)
+    def progress(name: str) -> None:
+        nonlocal count
+        count += 1
+        if count % 50 == 0:
+            print(f"  {count} tensors converted ({time.time() - start:.0f}s)", flush=True)
 
-        leaves = bundle.converted_leaves(spec.config, tensors, bundle.DTYPES[args.dtype], on_tensor=progress)
-        source = {"hf_dir": str(epath.Path(args.hf_dir).resolve()), "layout": layout}
-        if layout == "original":
-            source.update(tokenizer_dir=str(args.tokenizer_dir),
-                          vision_tower_dir=str(args.vision_tower_dir) if args.vision_tower_dir else None)
-        bundle.save_converted(out, spec, leaves, args.dtype, source, overwrite=args.overwrite)
-    except (ConversionError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    leaves = bundle.converted_leaves(spec.config, tensors, bundle.DTYPES[args.dtype], on_tensor=progress)
+    source = {"hf_dir": str(epath.Path(args.hf_dir).resolve()), "layout": layout}
+    if layout == "original":
+        source.update(tokenizer_dir=str(args.tokenizer_dir),
+                      vision_tower_dir=str(args.vision_tower_dir) if args.vision_tower_dir else None)
+    bundle.save_converted(out, spec, leaves, args.dtype, source, overwrite=args.overwrite)
     size = tensors.total_bytes()
     print(f"converted {args.hf_dir} ({layout} layout) -> {out} ({args.dtype}) in {time.time() - start:.1f}s; "
           f"checkpoint {size / 2**30:.2f} GiB, peak RSS {peak_rss_bytes() / 2**30:.2f} GiB")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 converted, 2 a usage error (one line naming the file or tensor)."""
+    args = build_parser().parse_args(argv)
+    return cli.guarded(lambda: convert(args), args.debug or cli.debug_requested([]))
 
 
 if __name__ == "__main__":

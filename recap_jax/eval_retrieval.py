@@ -7,22 +7,25 @@ r"""Zero-shot image<->text retrieval (recall@1/5/10, CLIP_benchmark definitions)
 
 The model is either a train_clip workdir (--config.model.checkpoint) or a Hugging Face CLIPModel
 folder (--config.model.hf_dir). Datasets are TFDS/ArrayRecord folders with one record per image
-and one or more caption fields. See configs/clip_eval.py for every field.
+and one or more caption fields. See configs/clip_eval.py for every field. Exit status: 0 done,
+2 a usage error (one line naming the field or file; --debug for the traceback).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from absl import app, flags, logging
+from absl import logging
 from ml_collections import config_flags
+
+from recap_jax import cli
+from recap_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Evaluation config file, e.g. configs/clip_eval.py; fields are overridden "
     "with --config.a.b=value.", lock_config=True)
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU pods).")
 
 
 def run(config) -> dict[str, Any]:
@@ -53,24 +56,20 @@ def run(config) -> dict[str, Any]:
         print(f"zero-shot [{z.folder}:{z.split}] {metrics['num_images']} images: "
               f"top1 {100 * metrics['top1']:.1f} top5 {100 * metrics['top5']:.1f}", flush=True)
     if not results:
-        raise ValueError("datasets.*.folder / zeroshot.folder: nothing to evaluate; set a folder")
+        raise ConfigError("datasets.*.folder / zeroshot.folder: nothing to evaluate; set a folder")
     if config.output and jax.process_index() == 0:
         with open(config.output, "w") as f:
             json.dump(results, f, indent=2)
     return results
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    if _DISTRIBUTED.value:
-        import jax
-        jax.distributed.initialize()
-    run(_CONFIG.value)
+def main(argv: Sequence[str]) -> int:
+    config = cli.command_config(argv, _CONFIG.value, "configs/clip_eval.py")
+    from recap_jax.parallel.distributed import initialize_distributed
+    initialize_distributed(config.distributed)
+    run(config)
+    return 0
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("config")
-    app.run(main)
+    cli.run_config_command(main, __doc__, __name__)

@@ -8,38 +8,29 @@ r"""The paper's CLIP evaluation suite in one command: ImageNet-1K zero-shot, COC
         --config.imagenet.folder=/data/imagenet --config.urban1k.folder=/data/Urban1k
 
 Datasets whose paths are not set (or not there) are skipped with a line. See configs/eval_suite.py.
+Exit status: 0 done, 2 a usage error (one line naming the field or file; --debug for the traceback).
 """
 
-import sys
+from collections.abc import Sequence
 
-from absl import app, flags, logging
 from ml_collections import config_flags
+
+from recap_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Suite config file, e.g. configs/eval_suite.py; fields are overridden with "
     "--config.a.b=value.", lock_config=True)
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU pods).")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    if _DISTRIBUTED.value:
-        import jax
-        jax.distributed.initialize()
+def main(argv: Sequence[str]) -> int:
+    config = cli.command_config(argv, _CONFIG.value, "configs/eval_suite.py")
+    from recap_jax.parallel.distributed import initialize_distributed
+    initialize_distributed(config.distributed)
     from recap_jax.clip.suite import run as suite
-    from recap_jax.errors import UserError
 
-    try:
-        suite.evaluate_model(_CONFIG.value)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    suite.evaluate_model(config)
+    return 0
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("config")
-    app.run(main)
+    cli.run_config_command(main, __doc__, __name__)

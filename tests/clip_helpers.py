@@ -24,7 +24,7 @@ def tiny_config(paths, workdir, **train_overrides):
     spec = importlib.util.spec_from_file_location("clip_tiny_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config(paths["train"])
+    config = module.get_config("folders=" + paths["train"])
     config.workdir = str(workdir)
     config.data.tokenizer = paths["tokenizer"]
     config.data.num_threads = 2

@@ -6,6 +6,8 @@ import pathlib
 import pytest
 
 from recap_jax.captioning.run import decode_settings, validate
+from recap_jax.captioning.defaults import base_config
+from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.errors import ConfigError
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -35,7 +37,9 @@ def test_v4_256_config_validates_and_fits_a_v4_host():
 @pytest.mark.parametrize("field,value,message", [
     ("model.dtype", "fp8", "model.dtype"), ("decode.max_new_tokens", 0, "max_new_tokens"),
     ("decode.prefill_batch", 99, "prefill_batch"), ("output.dir", "", "output.dir"),
-    ("distributed.mode", "maybe", "distributed.mode"), ("prompt", " ", "prompt")])
+    ("distributed.mode", "maybe", "distributed.mode"), ("prompt", " ", "prompt"),
+    ("decode.sampling", "beam", "decode.sampling"), ("decode.top_p", 1.5, "decode.top_p"),
+    ("decode.temperature", 0.0, "decode.temperature")])
 def test_bad_fields_are_named(field, value, message):
     c = load("demo")
     section, name = field.split(".") if "." in field else (None, field)
@@ -52,3 +56,12 @@ def test_cpu_and_demo_configs_validate(tmp_path):
     c.model.checkpoint = "also-set"
     with pytest.raises(ConfigError, match="exactly one"):
         validate(c)
+
+
+def test_decode_fields_are_the_settings_fields():
+    c = base_config()
+    assert dict(c.decode) == DecodeSettings.config_fields()
+    assert decode_settings(c, (6,)) == DecodeSettings(stop_ids=(6,))
+    c.decode.sampling, c.decode.top_k, c.decode.seed = "top_k", 1, 3
+    settings = decode_settings(c, ())
+    assert (settings.sampling, settings.top_k, settings.seed) == ("top_k", 1, 3)

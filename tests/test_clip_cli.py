@@ -27,14 +27,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_help(module, expected):
     result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
                             cwd=REPO, timeout=120)
-    assert result.returncode in (0, 1), result.stderr  # absl's --help exits with status 1
+    assert result.returncode == 0, result.stderr
     for word in expected:
         assert word in result.stdout
 
 
 def test_pod_config_loads_and_builds_the_big_model():
     config = configs_loader.load(
-        "clip_v4_pod.py", "workdir=gs://b/run;folders=gs://b/a,gs://b/b;tokenizer=/tok;eval=gs://b/coco")
+        "clip_v4_pod.py", "workdir=gs://b/run,folders=gs://b/a,gs://b/b,tokenizer=/tok,eval=gs://b/coco")
     assert config.workdir == "gs://b/run" and config.data.folders == "gs://b/a,gs://b/b"
     assert config.data.org_caption_prob == 0.8 and config.data.re_caption_max_tokens > config.data.org_caption_max_tokens
     cfg = model_lib.config_from_dict(dict(config.model.to_dict(), vocab_size=49408))
@@ -42,7 +42,7 @@ def test_pod_config_loads_and_builds_the_big_model():
     assert trainer.text_length(config.data) <= cfg.text_context
     abstract = jax.eval_shape(lambda: model_lib.init_params(model_lib.CLIP(cfg), jax.random.key(0)))
     assert 600e6 < model_lib.count_params(abstract) < 750e6  # ViT-L/16 (~304M) + 24-layer 1024 text tower
-    with pytest.raises(ValueError, match="clip_v4_pod config argument"):
+    with pytest.raises(ValueError, match="clip_v4_pod.py: unknown config argument 'bucket=gs://x'"):
         configs_loader.load("clip_v4_pod.py", "bucket=gs://x")
     assert configs_loader.load("clip_eval.py").batch_size > 0
 

@@ -73,10 +73,10 @@ def test_params_carry_logical_axes_and_bfloat16_compute():
     model = CLIP(cfg)
     boxed = init_params(model, jax.random.key(0))
     specs = nn.get_partition_spec(boxed)
-    q_spec = specs["text_tower"]["encoder"]["block_0"]["attn"]["query"]["kernel"]
-    assert tuple(q_spec) == ("embed", "heads", "head_dim")
+    q_spec = specs["text_tower"]["layers"]["q_proj"]["kernel"]
+    assert tuple(q_spec) == ("layers", "embed", "heads", "head_dim")
     mesh_axes = nn.logical_to_mesh_axes(tuple(q_spec), LOGICAL_AXIS_RULES)
-    assert tuple(mesh_axes) == ("fsdp", "tensor", None)
+    assert tuple(mesh_axes) == (None, "fsdp", "tensor", None)
     params = nn.unbox(boxed)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     img, txt = jax.jit(model.apply)({"params": params}, jnp.ones((2, 16, 16, 3)),

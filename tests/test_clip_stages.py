@@ -22,7 +22,7 @@ TABLE_2 = {"s16": ((384, 12), (384, 12)), "b16": ((768, 12), (512, 12)),
 @pytest.mark.parametrize("name", sorted(TABLE_2))
 def test_recipe_configs_have_table_2_towers_and_the_clipa_schedule(name):
     stage1 = schedule.resolve_sample_schedule(configs_loader.load(f"recap_clip_{name}.py", "stage=1"))
-    stage2 = schedule.resolve_sample_schedule(configs_loader.load(f"recap_clip_{name}.py", "stage=2;init=/s1"))
+    stage2 = schedule.resolve_sample_schedule(configs_loader.load(f"recap_clip_{name}.py", "stage=2,init=/s1"))
     cfg = model_lib.config_from_dict(dict(stage1.model.to_dict(), vocab_size=49408))
     vision, text = TABLE_2[name]
     assert (cfg.vision.width, cfg.vision.depth) == vision and (cfg.text.width, cfg.text.depth) == text
@@ -37,7 +37,7 @@ def test_recipe_configs_have_table_2_towers_and_the_clipa_schedule(name):
 
 
 def test_text_tower_variants_and_batch_changes_keep_the_recipe():
-    config = configs_loader.load("recap_clip_b16.py", "stage=1;text=huge")
+    config = configs_loader.load("recap_clip_b16.py", "stage=1,text=huge")
     cfg = model_lib.config_from_dict(dict(config.model.to_dict(), vocab_size=49408))
     assert (cfg.vision.width, cfg.text.width, cfg.text.depth) == (768, 1024, 24)  # Table 4: B/16 + huge text
     small = model_lib.config_from_dict(dict(configs_loader.load("recap_clip_b16.py", "text=small").model.to_dict(),

@@ -10,6 +10,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from recap_jax import convert
+from recap_jax.captioning import model_loading
 from recap_jax.conversion import bundle
 from recap_jax.conversion.llava import LLAVA_HF_RENAMES, convert_params
 from recap_jax.conversion.tensors import CheckpointTensors
@@ -90,9 +91,9 @@ def test_transformers5_key_names_convert_identically(tmp_path, hf_dir):
 
 def test_bfloat16_checkpoint_round_trip(tmp_path, hf_dir):
     assert convert.main(["--hf_dir", str(hf_dir), "--out", str(tmp_path / "bf16")]) == 0  # default bf16
-    spec, params = bundle.load_captioner(checkpoint=str(tmp_path / "bf16"), dtype="bfloat16")
+    spec, params = model_loading.load_captioner(checkpoint=str(tmp_path / "bf16"), dtype="bfloat16")
     assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype(ml_dtypes.bfloat16)}
-    _, params32 = bundle.load_captioner(hf_dir=str(hf_dir))
+    _, params32 = model_loading.load_captioner(hf_dir=str(hf_dir))
     for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(params32)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y).astype(ml_dtypes.bfloat16))
     model = LlavaModel(spec.config, dtype=jax.numpy.bfloat16, param_dtype=jax.numpy.bfloat16)

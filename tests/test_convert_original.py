@@ -19,11 +19,13 @@ from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from recap_jax import convert
+from recap_jax.captioning import model_loading
 from recap_jax.conversion import bundle
-from recap_jax.decoding.sampler import DecodeSettings, Request, Sampler
+from recap_jax.decoding.sampler import Request, Sampler
+from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.llava import LlavaModel
 from recap_jax.preprocess.image import CLIP_MEAN, CLIP_STD, preprocess_image
-from recap_jax.testing.tiny import SPECIAL_TOKENS, WORDS
+from recap_jax.captioning.tiny_demo import SPECIAL_TOKENS, WORDS
 from tiny_llava import sample_images, save_tiny_llava
 
 PROMPT = "please generate a detailed caption of this image . please be as descriptive as possible ."
@@ -166,8 +168,8 @@ def converted(request, tmp_path_factory, tokenizer_dir):
 
 def test_same_weights_config_and_image_settings(converted):
     hf_ckpt, orig_ckpt, case = converted
-    hf_spec, hf_params = bundle.load_captioner(checkpoint=str(hf_ckpt))
-    spec, params = bundle.load_captioner(checkpoint=str(orig_ckpt))  # the converted folder alone
+    hf_spec, hf_params = model_loading.load_captioner(checkpoint=str(hf_ckpt))
+    spec, params = model_loading.load_captioner(checkpoint=str(orig_ckpt))  # the converted folder alone
     assert jax.tree.structure(params) == jax.tree.structure(hf_params)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, hf_params)
     # The same model but for where <image> lives: outside the text vocabulary.
@@ -183,8 +185,8 @@ def test_same_weights_config_and_image_settings(converted):
 
 def test_same_prompt_ids_and_greedy_captions(converted):
     hf_ckpt, orig_ckpt, _ = converted
-    hf_spec, hf_params = bundle.load_captioner(checkpoint=str(hf_ckpt))
-    spec, params = bundle.load_captioner(checkpoint=str(orig_ckpt))
+    hf_spec, hf_params = model_loading.load_captioner(checkpoint=str(hf_ckpt))
+    spec, params = model_loading.load_captioner(checkpoint=str(orig_ckpt))
     hf_ids = hf_spec.prompt_encoder().encode(PROMPT)
     ids = spec.prompt_encoder().encode(PROMPT)
     is_image = hf_ids == HF_IMAGE_ID
@@ -226,7 +228,7 @@ def test_the_converted_checkpoint_alone_drives_the_caption_command(converted, tm
     records = read_output(tmp_path / "out")
 
     # The same captions from the llava-hf conversion, decoded in-process.
-    spec, params = bundle.load_captioner(checkpoint=str(hf_ckpt))
+    spec, params = model_loading.load_captioner(checkpoint=str(hf_ckpt))
     prompt_ids = spec.prompt_encoder().encode(base_config().prompt)
     requests = [Request(prompt_ids, preprocess_image(decode_image(next((tmp_path / "images").glob(f"{k}.*g"))
                                                                   .read_bytes()), spec.image), k) for k in keys]
@@ -310,8 +312,8 @@ def test_xtuner_style_llava_hf_checkpoint_converts(tmp_path, small_hf):
 
     assert convert.main(["--hf_dir", str(folder), "--out", str(tmp_path / "ckpt"), "--dtype", "float32",
                          "--template", "llama3_llava"]) == 0
-    spec, params = bundle.load_captioner(checkpoint=str(tmp_path / "ckpt"))
-    reference_spec, reference = bundle.load_captioner(hf_dir=str(small_hf))
+    spec, params = model_loading.load_captioner(checkpoint=str(tmp_path / "ckpt"))
+    reference_spec, reference = model_loading.load_captioner(hf_dir=str(small_hf))
     assert spec.config == reference_spec.config
     assert spec.image.mode == "crop" and spec.image.size == 28  # CLIPImageProcessor: no do_pad
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, reference)

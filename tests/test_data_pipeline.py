@@ -7,7 +7,8 @@ import pytest
 
 from recap_jax.data import pipeline
 from recap_jax.errors import ImageError
-from recap_jax.data.sources import Failure, Sample, WorkUnit
+from recap_jax.data.inputs import Failure, Sample
+from recap_jax.data.inputs.folder import FolderUnit
 
 
 class _Concurrency:
@@ -82,7 +83,7 @@ def test_early_stop_and_input_errors():
 
 
 def test_prepared_units_tags_positions_and_ends_units():
-    units = [WorkUnit(i, "folder", "root") for i in range(3)]
+    units = [FolderUnit(i, "root") for i in range(3)]
     contents = {0: _samples(["a", "bad"]), 1: [], 2: [Failure("x", "s", "no image")] + _samples(["b"])}
     out = list(pipeline.prepared_units(units, _Concurrency(0.01), num_workers=3, prefetch=4,
                                        read=lambda unit: contents[unit.index]))
@@ -97,7 +98,7 @@ def test_every_bad_image_is_decoded_or_failed_once_in_every_format(tmp_path, fmt
     """All awkward images through each input format and the pipeline: each key exactly once,
     decoded, or failed with the expected reason."""
     from bad_images import cases
-    from recap_jax.data import sources
+    from recap_jax.data import inputs
     from recap_jax.data.images import decode_image
     from recap_jax.data.writer import OutputDataset
     from webdataset_helpers import write_tar
@@ -119,7 +120,7 @@ def test_every_bad_image_is_decoded_or_failed_once_in_every_format(tmp_path, fmt
                            for n in names], [])
         assert out.finalize()
         paths = str(tmp_path / "ds")
-    units = sources.plan_work_units(fmt, paths, files_per_unit=7, records_per_unit=7)
+    units = inputs.plan_work_units(fmt, paths, files_per_unit=7, records_per_unit=7)
     outcome = {}
     for entry in pipeline.prepared_units(units, lambda s: decode_image(s.image_bytes).size,
                                          num_workers=2, prefetch=4):

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from recap_jax import convert
-from recap_jax.conversion import bundle
-from recap_jax.decoding.sampler import DecodeSettings, Request, Sampler
+from recap_jax.captioning import model_loading
+from recap_jax.decoding.sampler import Request, Sampler
+from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.llava import LlavaModel
 from recap_jax.preprocess.image import preprocess_image
 from tiny_llava import load_reference, save_tiny_llava, sample_images
@@ -43,7 +44,7 @@ def _hf_batch(processor, images, prompts):
 def test_pixels_match_hf_processor(converted):
     hf_dir, ckpt = converted
     _, processor = load_reference(hf_dir)
-    spec, _ = bundle.read_converted_spec(ckpt)
+    spec, _ = model_loading.read_converted_spec(ckpt)
     for image in sample_images():
         ours = preprocess_image(image, spec.image)
         theirs = processor.image_processor(image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
@@ -54,7 +55,7 @@ def test_pixels_match_hf_processor(converted):
 def test_logits_and_greedy_tokens_match_hf(converted):
     hf_dir, ckpt = converted
     reference, processor = load_reference(hf_dir)
-    spec, params = bundle.load_captioner(checkpoint=str(ckpt))
+    spec, params = model_loading.load_captioner(checkpoint=str(ckpt))
     model = LlavaModel(spec.config)
     images = sample_images()[:2]
     inputs = _hf_batch(processor, images, PROMPTS)

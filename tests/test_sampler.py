@@ -1,11 +1,17 @@
-"""Continuous batching: captions equal HF `generate` one prompt at a time, whatever the slot reuse."""
+"""Continuous batching: greedy captions equal HF `generate` one prompt at a time, whatever the slot
+reuse; sampled captions depend on the image key and seed only, not on the batch or the order."""
 
+import dataclasses
+
+import jax
 import numpy as np
 import pytest
 import torch
 
-from recap_jax.conversion import bundle
-from recap_jax.decoding.sampler import DecodeSettings, Request, Sampler
+from recap_jax.captioning import model_loading
+from recap_jax.decoding.sampler import Request, Sampler
+from recap_jax.decoding.settings import DecodeSettings
+from recap_jax.decoding.token_choice import choose_tokens, greedy, sample_seed
 from recap_jax.models.llava import LlavaModel
 from recap_jax.preprocess.image import preprocess_image
 from tiny_llava import load_reference, sample_images, save_tiny_llava
@@ -19,10 +25,10 @@ MAX_NEW = 20
 def setup(tmp_path_factory):
     hf_dir = save_tiny_llava(tmp_path_factory.mktemp("hf") / "tiny", kv_heads=2, rope_scaling=True, seed=3)
     reference, processor = load_reference(hf_dir)
-    spec, params = bundle.load_captioner(hf_dir=str(hf_dir))
+    spec, params = model_loading.load_captioner(hf_dir=str(hf_dir))
     images = (sample_images(1) + sample_images(2))[:len(PROMPTS)]
     encoder = spec.prompt_encoder()
-    requests = [Request(encoder.encode(p), preprocess_image(im, spec.image), i)
+    requests = [Request(encoder.encode(p), preprocess_image(im, spec.image), i, sample_seed(f"image-{i}"))
                 for i, (p, im) in enumerate(zip(PROMPTS, images))]
 
     def hf_generate(stop_id):
@@ -70,3 +76,75 @@ def test_bucket_errors_name_the_field():
         settings.bucket(17)
     with pytest.raises(ValueError, match="prefill_batch"):
         DecodeSettings(batch_size=2, prefill_batch=3)
+
+
+def _sampler(spec, params, **settings) -> Sampler:
+    defaults = dict(max_new_tokens=MAX_NEW, batch_size=2, prefill_batch=1, prompt_buckets=(32, 64),
+                    steps_per_sync=4, stop_ids=spec.stop_ids)
+    return Sampler(LlavaModel(spec.config), params, DecodeSettings(**{**defaults, **settings}))
+
+
+def _captions(sampler: Sampler, requests) -> dict:
+    return {r.tag: r.tokens.tolist() for r in sampler.generate(iter(requests))}
+
+
+@pytest.fixture(scope="module")
+def greedy_captions(setup):
+    spec, params, requests, _ = setup
+    return _captions(_sampler(spec, params), requests)
+
+
+def test_top_k_1_is_greedy(setup, greedy_captions):
+    spec, params, requests, _ = setup
+    top_1 = _sampler(spec, params, sampling="top_k", top_k=1, temperature=0.7, seed=5)
+    assert _captions(top_1, requests) == greedy_captions
+
+
+def test_sampling_depends_on_key_and_seed_only(setup, greedy_captions):
+    spec, params, requests, _ = setup
+    options = dict(sampling="top_p", top_p=0.95, temperature=1.5, seed=7)
+    small = _sampler(spec, params, **options)
+    sampled = _captions(small, requests)
+    assert sampled != greedy_captions  # it does sample
+    assert _captions(_sampler(spec, params, **{**options, "seed": 8}), requests) != sampled
+    # Another batch shape; the requests in another order and split in two (as after a resume).
+    large = _sampler(spec, params, **options, batch_size=8, prefill_batch=4, steps_per_sync=16)
+    assert _captions(large, requests) == sampled
+    reordered = requests[::-1]
+    assert {**_captions(large, reordered[:2]), **_captions(small, reordered[2:])} == sampled
+    # The same image under another key is another draw.
+    renamed = [dataclasses.replace(r, sample_seed=sample_seed(f"other-{r.tag}")) for r in requests]
+    assert _captions(small, renamed) != sampled
+
+
+def test_token_choice_stays_in_the_candidate_set():
+    logits = jax.random.normal(jax.random.PRNGKey(0), (64, 50)) * 3
+    seeds = np.arange(64, dtype=np.int32)
+    steps = np.zeros(64, np.int32)
+    top3 = np.argsort(-np.asarray(logits), axis=-1)[:, :3]
+    picks = []
+    for step in range(8):
+        token = np.asarray(choose_tokens(DecodeSettings(sampling="top_k", top_k=3), logits, seeds, steps + step))
+        assert all(t in row for t, row in zip(token, top3))
+        picks.append(token)
+    assert len({tuple(p) for p in picks}) > 1  # the step index changes the draw
+    assert not all((p == top3[:, 0]).all() for p in picks)  # not always the argmax
+    # top_p: only tokens inside the nucleus; a greedy row of one-hot logits stays put.
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+    order = np.argsort(-probs, axis=-1)
+    mass_before = np.cumsum(np.take_along_axis(probs, order, -1), -1) - np.take_along_axis(probs, order, -1)
+    token = np.asarray(choose_tokens(DecodeSettings(sampling="top_p", top_p=0.5), logits, seeds, steps))
+    for row in range(64):
+        rank = int(np.where(order[row] == token[row])[0][0])
+        assert mass_before[row, rank] < 0.5
+    tiny_p = choose_tokens(DecodeSettings(sampling="top_p", top_p=1e-6), logits, seeds, steps)
+    np.testing.assert_array_equal(tiny_p, order[:, 0])  # the nucleus is the likeliest token alone
+    np.testing.assert_array_equal(greedy(logits), np.argmax(np.asarray(logits), -1))
+
+
+def test_sampling_settings_are_checked():
+    for bad, field in [(dict(sampling="beam"), "decode.sampling"), (dict(top_k=0), "decode.top_k"),
+                       (dict(top_p=0.0), "decode.top_p"), (dict(temperature=0.0), "decode.temperature")]:
+        with pytest.raises(ValueError, match=field):
+            DecodeSettings(**bad)
+    assert sample_seed("abc") == sample_seed("abc") != sample_seed("abd")

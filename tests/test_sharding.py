@@ -1,4 +1,5 @@
-"""Every mesh shape the config allows produces the same tokens as one device (8 simulated CPUs)."""
+"""Every mesh shape the config allows produces the same tokens as one device (8 simulated CPUs),
+sampled ones included."""
 
 import json
 import os
@@ -21,7 +22,11 @@ def test_mesh_shapes_give_identical_tokens(tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.split("RESULT", 1)[1])
+    # Sampled captions depend on the image keys, not on the device count.
+    sampled_one = results.pop(json.dumps(dict(data=1)) + " sampled")
+    assert results.pop(json.dumps(dict(data=8)) + " sampled") == sampled_one
     single = results.pop(json.dumps(dict(data=1)))
+    assert sampled_one != single["tokens"]
     assert single["num_devices"] == 1
     assert any(len(t) > 0 for t in single["tokens"])
     for axes, result in results.items():

@@ -10,7 +10,7 @@ import torch
 import transformers
 from PIL import Image
 
-from recap_jax.testing.tiny import tiny_llava_hf_config, tiny_tokenizer
+from recap_jax.captioning.tiny_demo import tiny_llava_hf_config, tiny_tokenizer
 
 
 def save_tiny_llava(folder: pathlib.Path, *, pad: bool = True, seed: int = 0, dtype=torch.float32,

@@ -6,6 +6,9 @@ overridden on the command line: `--config.decode.batch_size=64`.
 
 import ml_collections
 
+from recap_jax.data.inputs.tfds import TfdsFields
+from recap_jax.decoding.settings import DecodeSettings
+from recap_jax.parallel.distributed import distributed_config
 from recap_jax.preprocess.text import DEFAULT_PROMPT
 
 
@@ -26,6 +29,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.paths = ""  # a folder, a glob, or a comma-separated list of globs (local or gs://)
     c.input.files_per_unit = 1000  # folder format: images per work unit (= per output shard)
     c.input.records_per_unit = 1000  # tfds format: records per work unit
+    # tfds format: the split of a TFDS dataset folder ("" = "train" if it has one, else its first),
+    # and which record fields hold what (comma-separated names, the first present wins).
+    c.input.split = ""
+    c.input.fields = ml_collections.ConfigDict(TfdsFields().to_config())
     c.input.num_workers = 8  # threads decoding and resizing images while the device computes
     c.input.prefetch = 256  # samples decoded ahead of the device
     c.input.max_pixels = 64_000_000  # larger images are listed as failures (decompression bombs)
@@ -33,27 +40,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.output = ml_collections.ConfigDict()
     c.output.dir = ""  # the output TFDS ArrayRecord dataset folder (local or gs://)
 
-    c.prompt = DEFAULT_PROMPT  # the instruction every image is captioned with
+    # The instruction every image is captioned with; a `{org_caption}` slot in it is replaced by
+    # each sample's original caption (caption-conditioned recaptioning).
+    c.prompt = DEFAULT_PROMPT
 
-    c.decode = ml_collections.ConfigDict()
-    c.decode.max_new_tokens = 128  # caption length cap (the paper: 128)
-    c.decode.batch_size = 16  # captions in flight per host (decode slots)
-    c.decode.prefill_batch = 4  # new prompts prefilled together when slots free up
-    c.decode.prompt_buckets = (64, 128, 256, 512, 640, 768, 1024)  # padded prompt lengths (compiles)
-    c.decode.steps_per_sync = 8  # decode steps per device call between host checks
+    # Caption length, decode slots, prompt buckets and the token choice (greedy, or seeded top-k /
+    # top-p sampling): the fields of `DecodeSettings`, documented in recap_jax/decoding/settings.py.
+    c.decode = ml_collections.ConfigDict(DecodeSettings.config_fields())
 
     c.mesh = ml_collections.ConfigDict()  # each host's own devices; -1 = all remaining
     c.mesh.data = -1  # replicas, each with its share of the decode slots
     c.mesh.fsdp = 1  # parameter sharding (also splits the batch)
     c.mesh.tensor = 1  # tensor parallelism, for chips that cannot hold the weights
 
-    c.distributed = ml_collections.ConfigDict()
-    # "auto": jax.distributed.initialize() when running on a multi-host TPU slice; "off"; or "on"
-    # with the explicit settings below (used by the localhost multi-process tests).
-    c.distributed.mode = "auto"
-    c.distributed.coordinator_address = ""
-    c.distributed.num_processes = 1
-    c.distributed.process_id = 0
+    c.distributed = distributed_config()
 
     c.progress_every_s = 30.0  # seconds between progress lines
     return c

@@ -1,40 +1,45 @@
-"""The caption job: input shards -> decoded, pre-processed images -> greedy captions -> output shards.
+"""The caption job: input shards -> decoded, pre-processed images -> captions -> output shards.
 
 Follow one image:
 1. `plan_work_units` splits the input into units (a tar, a chunk of files, a record range); this
    host takes its share (`units_for_host`) and skips units already written (resume).
-2. `read_unit` yields samples; `prepared_samples` decodes and pre-processes them in worker
-   threads (`_prepare`) while the device computes.
-3. The `Sampler` prefills and decodes them with continuous batching; results come back tagged with
-   their unit and position.
-4. When every sample of a unit is captioned or failed, `OutputDataset.write_unit` writes its
-   ArrayRecord shard and failures list atomically, in input order.
+2. `read_unit` yields samples; `prepared_units` decodes and pre-processes them in worker threads
+   (`units.ImagePreparer`) while the device computes.
+3. `caption_requests` turns each into a decode `Request` (its prompt ids, with the original
+   caption in the prompt's `{org_caption}` slot if it has one) tagged with a `SampleTag`.
+4. The `Sampler` prefills and decodes them with continuous batching.
+5. `UnitAssembler` writes a unit's ArrayRecord shard and failures list atomically, in input
+   order, once every sample of it is captioned or failed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from etils import epath
 
+from recap_jax.captioning.model_loading import load_captioner
 from recap_jax.captioning.progress import Progress
-from recap_jax.conversion import bundle
-from recap_jax.data import images, pipeline, sources
-from recap_jax.data.sources import Failure, Sample
-from recap_jax.errors import ConfigError
+from recap_jax.captioning.prompts import CaptionPrompt
+from recap_jax.captioning.units import (ImagePreparer, InputWait, SampleTag, UnitAssembler,
+                                        caption_record)
+from recap_jax.conversion.bundle import DTYPES, CaptionerSpec, param_dtype
+from recap_jax.data import inputs, pipeline
+from recap_jax.data.inputs import Failure
+from recap_jax.data.storage import is_local
 from recap_jax.data.writer import OutputDataset
-from recap_jax.decoding.sampler import DecodeSettings, Request, Result, Sampler
-from recap_jax.decoding.sharding import decode_state_shardings
+from recap_jax.decoding.sampler import Request, Sampler
+from recap_jax.decoding.settings import DecodeSettings
+from recap_jax.decoding.token_choice import sample_seed
+from recap_jax.errors import ConfigError
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
-from recap_jax.preprocess.image import ImageSettings, preprocess_image
+from recap_jax.parallel.distributed import check_distributed_config, initialize_distributed
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -42,19 +47,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     m = config.model
     if bool(m.hf_dir) == bool(m.checkpoint):
         raise ConfigError("model: set exactly one of model.hf_dir and model.checkpoint")
-    if m.hf_dir and _is_local(m.hf_dir) and not epath.Path(m.hf_dir).exists():
+    if m.hf_dir and is_local(m.hf_dir) and not epath.Path(m.hf_dir).exists():
         raise ConfigError(f"model.hf_dir: {m.hf_dir} does not exist")
-    if (m.checkpoint and _is_local(m.checkpoint) and not m.build_tiny_if_missing
+    if (m.checkpoint and is_local(m.checkpoint) and not m.build_tiny_if_missing
             and not epath.Path(m.checkpoint).exists()):
         raise ConfigError(f"model.checkpoint: {m.checkpoint} does not exist")
-    if m.dtype not in bundle.DTYPES:
-        raise ConfigError(f"model.dtype={m.dtype!r}: expected one of {sorted(bundle.DTYPES)}")
+    if m.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={m.dtype!r}: expected one of {sorted(DTYPES)}")
     if not config.output.dir:
         raise ConfigError("output.dir: required (where the captioned dataset is written)")
     if not config.prompt.strip():
         raise ConfigError("prompt: must not be empty")
-    if config.distributed.mode not in ("auto", "on", "off"):
-        raise ConfigError(f"distributed.mode={config.distributed.mode!r}: expected auto, on or off")
+    check_distributed_config(config.distributed)
     if config.input.num_workers < 1:
         raise ConfigError(f"input.num_workers={config.input.num_workers}: must be >= 1")
     try:
@@ -63,71 +67,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(str(e)) from None
 
 
-def _is_local(path: str) -> bool:
-    """Remote paths (gs://) are checked when opened; local ones at start-up."""
-    return "://" not in path
-
-
 def decode_settings(config: ml_collections.ConfigDict, stop_ids: tuple[int, ...]) -> DecodeSettings:
-    d = config.decode
-    return DecodeSettings(max_new_tokens=d.max_new_tokens, batch_size=d.batch_size,
-                          prefill_batch=d.prefill_batch, prompt_buckets=tuple(d.prompt_buckets),
-                          steps_per_sync=d.steps_per_sync, stop_ids=stop_ids)
-
-
-def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
-    d = config.distributed
-    if d.mode == "on":
-        jax.distributed.initialize(coordinator_address=d.coordinator_address or None,
-                                   num_processes=d.num_processes, process_id=d.process_id,
-                                   local_device_ids=None)
-    elif d.mode == "auto" and _on_multihost_tpu():
-        jax.distributed.initialize()  # TPU pods discover the coordinator themselves
-
-
-def _on_multihost_tpu() -> bool:
-    import os
-    return bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))
-
-
-@dataclasses.dataclass
-class _UnitProgress:
-    unit: sources.WorkUnit
-    records: dict[int, dict] = dataclasses.field(default_factory=dict)
-    failures: list[tuple[int, Failure]] = dataclasses.field(default_factory=list)
-    read: int | None = None  # samples read, once reading the unit has finished
-
-    @property
-    def complete(self) -> bool:
-        return self.read is not None and len(self.records) + len(self.failures) == self.read
-
-
-@dataclasses.dataclass
-class _Prepared:
-    pixels: np.ndarray
-    width: int
-    height: int
-
-
-def make_prepare(config: ml_collections.ConfigDict, image_settings: ImageSettings) -> Callable[[Sample], _Prepared]:
-    """The worker threads' job for one sample: decode (robustly) and pre-process its image."""
-    def prepare(sample: Sample) -> _Prepared:
-        image = images.decode_image(sample.image_bytes, max_pixels=config.input.max_pixels)
-        return _Prepared(preprocess_image(image, image_settings), *images.image_size(image))
-    return prepare
+    return DecodeSettings.from_config(config.decode, stop_ids)
 
 
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Caption this host's share of the input; returns the run summary."""
     validate(config)
-    maybe_initialize_distributed(config)
-    units = sources.plan_work_units(config.input.format, config.input.paths,
-                                    files_per_unit=config.input.files_per_unit,
-                                    records_per_unit=config.input.records_per_unit)
+    initialize_distributed(config.distributed)
+    units = inputs.plan_from_config(config.input)
     output = OutputDataset(config.output.dir, len(units), fingerprint={
         "input.format": config.input.format, "input.paths": config.input.paths,
-        "units": sources.units_fingerprint(units)})
-    mine = sources.units_for_host(units, jax.process_index(), jax.process_count())
+        "units": inputs.units_fingerprint(units)})
+    mine = inputs.units_for_host(units, jax.process_index(), jax.process_count())
     todo = [u for u in mine if not output.is_done(u.index)]
     print(f"[caption] host {jax.process_index()}/{jax.process_count()}: {len(mine)} of {len(units)} units, "
           f"{len(mine) - len(todo)} already done", flush=True)
@@ -155,21 +107,44 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return summary
 
 
-def load_model(config: ml_collections.ConfigDict, mesh):
+def load_model(config: ml_collections.ConfigDict, mesh) -> tuple[CaptionerSpec, Any, LlavaModel, Any]:
+    """(spec, params placed on `mesh`, model, compute dtype); the tiny demo model is built first
+    if the config asks for it."""
     m = config.model
     if m.checkpoint and m.build_tiny_if_missing and not epath.Path(m.checkpoint).exists():
         from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
         build_tiny_checkpoint(m.checkpoint)
-    dtype = jnp.dtype(bundle.DTYPES[m.dtype])
-    spec, params = bundle.load_captioner(
+    dtype = jnp.dtype(param_dtype(m.dtype))
+    spec, params = load_captioner(
         checkpoint=m.checkpoint or None, hf_dir=m.hf_dir or None, tokenizer=m.tokenizer or None,
         template=m.template or None, dtype=m.dtype,
         shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed))
     return spec, params, LlavaModel(spec.config, dtype=dtype, param_dtype=dtype), dtype
 
 
-def caption_units(config: ml_collections.ConfigDict, units: list[sources.WorkUnit],
-                  output: OutputDataset) -> dict[str, int]:
+def caption_requests(entries: Iterable[pipeline.UnitItem | pipeline.UnitEnd], prompt: CaptionPrompt,
+                     settings: DecodeSettings, assembler: UnitAssembler) -> Iterator[Request[SampleTag]]:
+    """Decode requests for the prepared samples; input failures and unit ends go to `assembler`."""
+    for entry in entries:
+        if isinstance(entry, pipeline.UnitEnd):
+            assembler.unit_read(entry.unit.index, entry.count)
+            continue
+        if isinstance(entry.item, Failure):
+            assembler.add_failure(entry.unit.index, entry.position, entry.item)
+            continue
+        sample, prepared = entry.item
+        token_ids = prompt.token_ids(sample.org_caption)
+        if len(token_ids) > settings.max_prompt_length:
+            assembler.add_failure(entry.unit.index, entry.position, Failure(
+                sample.key, sample.source, f"prompt with its org_caption is {len(token_ids)} tokens, over the "
+                f"largest decode.prompt_buckets entry ({settings.max_prompt_length})"))
+            continue
+        yield Request(token_ids, prepared.pixels, SampleTag(entry.unit.index, entry.position, sample, prepared),
+                      sample_seed(sample.key))
+
+
+def caption_units(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit],
+                  output: OutputDataset) -> dict[str, Any]:
     mesh = mesh_lib.make_mesh(dict(config.mesh), jax.local_devices())
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     for field in ("batch_size", "prefill_batch"):
@@ -177,78 +152,28 @@ def caption_units(config: ml_collections.ConfigDict, units: list[sources.WorkUni
             raise ConfigError(f"decode.{field}={config.decode[field]} must be a multiple of "
                               f"mesh.data x mesh.fsdp = {batch_shards}")
     spec, params, model, dtype = load_model(config, mesh)
-    prompt_ids = spec.prompt_encoder().encode(config.prompt)
+    prompt = CaptionPrompt(spec.prompt_encoder(), config.prompt)
     settings = decode_settings(config, spec.stop_ids)
-    settings.bucket(len(prompt_ids))  # fails now if the prompt cannot fit any bucket
-    sampler = Sampler(model, params, settings, cache_dtype=dtype, state_sharding=decode_state_shardings(mesh),
-                      data_sharding=mesh_lib.logical_sharding(mesh, ("batch",)))
+    settings.bucket(len(prompt.fixed_ids))  # fails now if the prompt cannot fit any bucket
+    sampler: Sampler[SampleTag] = Sampler(model, params, settings, cache_dtype=dtype, mesh=mesh)
 
-    prepare = make_prepare(config, spec.image)
-    progress = {u.index: _UnitProgress(u) for u in units}
-    waited = [0.0, 0.0]  # seconds the decode loop waited for prepared images: in all, for the first
     meter = Progress(total_units=len(units), every_s=config.progress_every_s)
-
-    def requests() -> Iterator[Request]:
-        # One stream over all units: worker threads keep decoding across unit boundaries.
-        entries = pipeline.prepared_units(units, prepare, num_workers=config.input.num_workers,
-                                          prefetch=config.input.prefetch)
-        for entry in _timed(entries, waited):
-            if isinstance(entry, pipeline.UnitEnd):
-                progress[entry.unit.index].read = entry.count
-                flush_complete()
-            elif isinstance(entry.item, Failure):
-                progress[entry.unit.index].failures.append((entry.position, entry.item))
-            else:
-                sample, ready = entry.item
-                yield Request(prompt_ids, ready.pixels, (entry.unit.index, entry.position, sample, ready))
-
-    def flush_complete():
-        for index in [i for i, p in progress.items() if p.complete]:
-            p = progress.pop(index)
-            records = [p.records[k] for k in sorted(p.records)]
-            failures = [f for _, f in sorted(p.failures, key=lambda x: x[0])]
-            output.write_unit(index, records, failures)
-            meter.unit_done(len(records), len(failures))
-
-    for result in sampler.generate(requests()):
-        unit_index, position, sample, ready = result.tag
-        record = _record(spec.tokenizer, sample, ready, result)
+    assembler = UnitAssembler(units, output, meter)
+    wait = InputWait()
+    # One stream over all units: worker threads keep decoding across unit boundaries.
+    entries = pipeline.prepared_units(units, ImagePreparer(spec.image, config.input.max_pixels),
+                                      num_workers=config.input.num_workers, prefetch=config.input.prefetch)
+    for result in sampler.generate(caption_requests(wait.timed(entries), prompt, settings, assembler)):
+        tag = result.tag
+        record = caption_record(spec.tokenizer, tag, result)
         if record["re_caption"]:
-            progress[unit_index].records[position] = record
+            assembler.add_record(tag.unit_index, tag.position, record)
         else:  # an empty recaption is no caption: list it rather than write an empty text
-            progress[unit_index].failures.append(
-                (position, Failure(sample.key, sample.source, "empty caption (the model stopped at once)")))
+            assembler.add_failure(tag.unit_index, tag.position, Failure(
+                tag.sample.key, tag.sample.source, "empty caption (the model stopped at once)"))
         meter.update(captioned=1, generated_tokens=len(result.tokens) + result.stopped,
                      prefill_tokens=result.prompt_length)
-        flush_complete()
-    flush_complete()
     meter.close()
     return {"captioned": meter.captioned, "failed": meter.failed,
             "generated_tokens": meter.generated_tokens, "prefill_tokens": meter.prefill_tokens,
-            "input_wait_s": round(waited[0], 3), "input_wait_first_s": round(waited[1], 3)}
-
-
-def _timed(items: Iterator, waited: list[float]) -> Iterator:
-    """`items`, adding to waited[0] the time each next() blocked: time the host loop (and so the
-    device, once its queued work is done) waited for the input pipeline; waited[1]: the first
-    next() alone (the pipeline's start-up, which nothing can hide)."""
-    first = True
-    while True:
-        start = time.perf_counter()
-        try:
-            item = next(items)
-        except StopIteration:
-            waited[0] += time.perf_counter() - start
-            return
-        waited[0] += time.perf_counter() - start
-        if first:
-            waited[1], first = waited[0], False
-        yield item
-
-
-def _record(tokenizer, sample: Sample, ready: _Prepared, result: Result) -> dict[str, Any]:
-    caption = tokenizer.decode(result.tokens, skip_special_tokens=True).strip()
-    return {"key": sample.key, "url": sample.url, "org_caption": sample.org_caption,
-            "re_caption": caption, "image": sample.image_bytes, "width": ready.width,
-            "height": ready.height, "org_caption_length": len(sample.org_caption.split()),
-            "re_caption_length": len(result.tokens)}
+            "input_wait_s": round(wait.total_s, 3), "input_wait_first_s": round(wait.first_s, 3)}

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from recap_jax.cli import parse_config_arg
+from recap_jax.clip.defaults import base_config
 from recap_jax.errors import ConfigError
 
 # Text towers as (model.text, text_overrides): Table 2's widths and depths.
@@ -40,34 +42,24 @@ STAGES: dict[int, dict] = {
             global_batch_size=16_384, base_learning_rate=4e-7),
 }
 TEXT_LENGTH = 128
-ARG_KEYS = ("stage", "text", "workdir", "folders", "tokenizer", "init", "eval")
+ARGS = dict(stage="1", text="", workdir="", folders="", tokenizer="", init="", eval="")
 
 
-def parse_arg(arg: str) -> dict[str, str]:
-    """`key=value` pairs separated by ';' (folders itself is comma-separated)."""
-    out = {}
-    for part in filter(None, (p.strip() for p in (arg or "").split(";"))):
-        key, sep, value = part.partition("=")
-        if not sep or key not in ARG_KEYS:
-            raise ConfigError(f"recap_clip config argument: expected {'|'.join(k + '=' for k in ARG_KEYS)}, "
-                              f"got {part!r}")
-        out[key] = value
-    return out
-
-
-def apply_recipe(config: ml_collections.ConfigDict, model_name: str, arg: str = "") -> ml_collections.ConfigDict:
-    """`config` (the clip_tiny fields) set to the paper's recipe for `model_name` (a MODELS key)."""
-    args = parse_arg(arg)
-    stage = int(args.get("stage", "1"))
-    if stage not in STAGES:
-        raise ConfigError(f"recap_clip config argument: stage={stage} is not 1 or 2")
+def recipe_config(model_name: str, arg: str = "", config_file: str = "configs/recap_clip_*.py") -> ml_collections.ConfigDict:
+    """The CLIP defaults set to the paper's recipe for `model_name` (a MODELS key); `arg` is the
+    config file's argument (recap_jax.cli.parse_config_arg: `stage=2,init=...,folders=a,b`)."""
+    args = parse_config_arg(arg, ARGS, config_file)
+    if args["stage"] not in ("1", "2"):
+        raise ConfigError(f"{config_file}: stage={args['stage']} is not 1 or 2")
+    stage = int(args["stage"])
+    config = base_config(args["folders"])
     vision, default_text, embed_dim, fsdp = MODELS[model_name]
-    text = args.get("text", default_text)
+    text = args["text"] or default_text
     if text not in TEXT_TOWERS:
-        raise ConfigError(f"recap_clip config argument: text={text!r} is not one of {sorted(TEXT_TOWERS)}")
+        raise ConfigError(f"{config_file}: text={text!r} is not one of {sorted(TEXT_TOWERS)}")
     s = STAGES[stage]
 
-    config.workdir = args.get("workdir", "")
+    config.workdir = args["workdir"]
     config.seed = stage - 1  # stage 2 reads the data in a fresh order
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=fsdp, tensor=1))
 
@@ -83,8 +75,7 @@ def apply_recipe(config: ml_collections.ConfigDict, model_name: str, arg: str = 
     m.remat = vision in ("L/16", "H/14")
 
     d = config.data
-    d.folders = args.get("folders", "")
-    d.tokenizer = args.get("tokenizer", "")
+    d.tokenizer = args["tokenizer"]
     d.org_caption_prob = 0.8  # the paper's p (Table 3); 0.6 was best with the large text tower (Table 5)
     d.re_caption_max_tokens = TEXT_LENGTH
     d.org_caption_max_tokens = TEXT_LENGTH
@@ -108,14 +99,14 @@ def apply_recipe(config: ml_collections.ConfigDict, model_name: str, arg: str = 
     t.checkpoint_every = 1_000
     t.keep_checkpoints = 3
 
-    config.init.checkpoint = args.get("init", "") if stage == 2 else ""  # the stage-1 workdir
+    config.init.checkpoint = args["init"] if stage == 2 else ""  # the stage-1 workdir
     config.init.optimizer = "reset"  # CLIPA fine-tunes with a fresh optimizer
     if stage == 2 and not config.init.checkpoint:
-        raise ConfigError("recap_clip config argument: stage=2 needs init=<the stage-1 workdir>")
+        raise ConfigError(f"{config_file}: stage=2 needs init=<the stage-1 workdir>")
 
     config.eval.every_steps = 2_000
     config.eval.batch_size = 1024
-    config.eval.datasets.heldout.folder = args.get("eval", "")
+    config.eval.datasets.heldout.folder = args["eval"]
     config.eval.datasets.heldout.split = "test"
     config.eval.datasets.heldout.caption_fields = "captions/text"
     return config

@@ -15,21 +15,19 @@ index) that is identical on every host: it goes into the checkpoint as JSON.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
 
+from recap_jax.data.images import decode_image
+from recap_jax.data.inputs.paths import split_paths
+from recap_jax.data.tfds_folder import open_tfds_folder
 from recap_jax.errors import ConfigError
-
-# OpenAI CLIP's normalisation (also HF's CLIPImageProcessor default).
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+from recap_jax.preprocess.image import CLIP_MEAN, CLIP_STD
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,10 +72,6 @@ class Tokenizer:
 # ---------------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
-
-
 def to_pixels(image: Image.Image) -> np.ndarray:
     """uint8 [H, W, 3]. Images travel to the device as uint8 (4x less host memory and transfer
     than float32); `normalize_on_device` turns them into CLIP-normalised floats inside jit."""
@@ -90,7 +84,8 @@ def normalize_on_device(images):
 
     if not jnp.issubdtype(images.dtype, jnp.integer):
         return images
-    return (images.astype(jnp.float32) / 255.0 - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
+    mean, std = jnp.asarray(CLIP_MEAN, jnp.float32), jnp.asarray(CLIP_STD, jnp.float32)
+    return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
 def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
@@ -119,26 +114,8 @@ def random_resized_crop(image: Image.Image, size: int, rng: np.random.Generator,
 
 
 # ---------------------------------------------------------------------------------------------
-# Sources
+# Records
 # ---------------------------------------------------------------------------------------------
-
-
-def open_tfds_folder(folder: str, split: str = "train", field: str = "data.folders"):
-    """Random-access source over a TFDS dataset folder (ArrayRecord), e.g. the captioner's output."""
-    try:
-        builder = tfds.builder_from_directory(folder)
-    except Exception as e:  # noqa: BLE001 - re-raised with the config field named
-        raise ValueError(f"{field}: cannot open {folder!r} as a TFDS dataset folder: {e}") from e
-    if split not in builder.info.splits:
-        raise ValueError(f"{field}: {folder} has no split {split!r}; it has {list(builder.info.splits)}")
-    return builder.as_data_source(split)
-
-
-def split_folders(folders: str | Sequence[str]) -> list[str]:
-    """`data.folders` may be one comma-separated string (CLI friendly) or a sequence."""
-    if isinstance(folders, str):
-        folders = folders.split(",")
-    return [f.strip() for f in folders if f and f.strip()]
 
 
 def as_text(value: Any) -> str:
@@ -214,10 +191,10 @@ def train_dataset(folders: str | Sequence[str], tokenizer: Tokenizer, *, image_s
                           "probability of the ORIGINAL caption, the paper's p)")
     if caption_mix not in CAPTION_MIXES:
         raise ConfigError(f"data.caption_mix: {caption_mix!r} is not one of {CAPTION_MIXES}")
-    paths = split_folders(folders)
+    paths = split_paths(folders)  # one comma-separated string (CLI friendly) or a sequence
     if not paths:
         raise ValueError("data.folders: no dataset folder given")
-    sources = [grain.MapDataset.source(open_tfds_folder(p, split)) for p in paths]
+    sources = [grain.MapDataset.source(open_tfds_folder(p, split, field="data.folders")) for p in paths]
     records = sources[0] if len(sources) == 1 else grain.MapDataset.concatenate(sources)
     if len(records) < per_host_batch * process_count:
         raise ValueError(f"data.folders: {len(records)} records are fewer than one global batch "

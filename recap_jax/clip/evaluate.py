@@ -227,7 +227,7 @@ def chance_recall(num_candidates: int, k: int, positives: int = 1) -> float:
 
 
 def make_encoders(model, mesh, params, tokenizer: data_lib.Tokenizer, *, text_length: int,
-                  batch_size: int, params_shardings: Any = None) -> Encoders:
+                  batch_size: int, param_shardings: Any = None) -> Encoders:
     """`Encoders` for a CLIP `model` with `params` on `mesh`.
 
     Every host reads the whole evaluation set; each contributes its contiguous share of every
@@ -239,7 +239,7 @@ def make_encoders(model, mesh, params, tokenizer: data_lib.Tokenizer, *, text_le
     if batch_size % batch_devices:
         raise ValueError(f"eval.batch_size: {batch_size} is not divisible by the {batch_devices} "
                          "devices of the mesh's batch axes")
-    image_fn, text_fn = train_step.make_encoders(model, mesh, params_shardings)
+    image_fn, text_fn = train_step.jit_tower_fns(model, mesh, param_shardings)
     sharding = train_step.batch_sharding(mesh)
 
     def to_global(x):

@@ -1,8 +1,9 @@
 """Load a Hugging Face `CLIPModel` checkpoint folder (config.json + *.safetensors) into our CLIP.
 
-Only safetensors are read (never pickled torch files). The mapping is one-to-one: HF
-`vision_model.encoder.layers.{i}.self_attn.q_proj.weight` [out, in] becomes our
-`image_tower/encoder/block_{i}/attn/query/kernel` [in, heads, head_dim], and so on.
+Only safetensors are read (never pickled torch files), through the converter's machinery
+(`conversion/tensors.py` names, `conversion/rules.py` rules): HF
+`vision_model.encoder.layers.{i}.self_attn.q_proj.weight` [out, in] becomes row i of our
+`image_tower/vit/layers/q_proj/kernel` [layers, in, heads, head_dim], and so on.
 """
 
 from __future__ import annotations
@@ -10,25 +11,35 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from typing import Any
 
+import jax
 import numpy as np
-from safetensors.numpy import load_file
+from flax import linen as nn
 
-from recap_jax.clip.model import CLIPConfig, TowerConfig, _dtype
+from recap_jax.clip.model import CLIP, CLIPConfig, TowerConfig, init_params
+from recap_jax.conversion.rules import (ParamRule, encoder_layer_rules, layer_norm_rules, params_from_plan,
+                                        plan_params, vision_tower_rules)
+from recap_jax.conversion.tensors import CheckpointTensors
+from recap_jax.errors import ConfigError, ConversionError
+from recap_jax.models.layers import dtype_from_name
 
 
 def read_hf_config(hf_dir: str, dtype: str = "float32", remat: bool = False) -> CLIPConfig:
     """Our `CLIPConfig` from a HF CLIP `config.json`."""
-    with open(os.path.join(hf_dir, "config.json")) as f:
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"model.hf_dir: {hf_dir} has no config.json (a HF CLIPModel folder is expected)")
+    with open(path) as f:
         hf = json.load(f)
     if hf.get("model_type") not in ("clip", None):
-        raise ValueError(f"model.hf_dir: {hf_dir} holds a {hf.get('model_type')!r} model, not a CLIP model")
+        raise ConfigError(f"model.hf_dir: {hf_dir} holds a {hf.get('model_type')!r} model, not a CLIP model")
     v, t = hf["vision_config"], hf["text_config"]
     # Defaults below are HF's CLIPVisionConfig / CLIPTextConfig defaults (used when a field is absent).
     act = v.get("hidden_act", "quick_gelu")
     if t.get("hidden_act", "quick_gelu") != act:
-        raise ValueError("model.hf_dir: image and text towers use different activations; not supported")
+        raise ConfigError("model.hf_dir: image and text towers use different activations; not supported")
     act = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}.get(act, act)
     eos = int(t.get("eos_token_id", 49407))
     return CLIPConfig(
@@ -45,73 +56,48 @@ def read_hf_config(hf_dir: str, dtype: str = "float32", remat: bool = False) -> 
         activation=act,
         layer_norm_eps=float(v.get("layer_norm_eps", 1e-5)),
         init_logit_scale=float(hf.get("logit_scale_init_value", math.log(1 / 0.07))),
-        dtype=_dtype(dtype), remat=remat)
+        dtype=dtype_from_name(dtype), remat=remat)
 
 
-def _read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
-    files = sorted(f for f in os.listdir(hf_dir) if f.endswith(".safetensors"))
-    if not files:
-        raise FileNotFoundError(f"model.hf_dir: no *.safetensors file in {hf_dir} "
-                                "(pickled .bin checkpoints are not read; convert them to safetensors)")
-    tensors: dict[str, np.ndarray] = {}
-    for f in files:
-        tensors.update(load_file(os.path.join(hf_dir, f)))
-    # Some checkpoints prefix everything with the class name.
-    return {k.removeprefix("clip."): v for k, v in tensors.items()}
+# HF CLIPModel tensor names -> canonical names (some checkpoints prefix everything with "clip.").
+CLIP_RENAMES = tuple((prefix + old, new) for prefix in ("", "clip.") for old, new in (
+    ("vision_model.", "vision:"), ("text_model.", "text:"), ("visual_projection.", "visual_projection:"),
+    ("text_projection.", "text_projection:"), ("logit_scale", "logit_scale"), ("logit_bias", "logit_bias")))
+
+# Stored tensors our CLIP does not use (buffers, and SigLIP's bias when the config adds none).
+_UNUSED = re.compile(r"(vision|text):embeddings\.position_ids|logit_bias")
 
 
-def _tower_params(w: dict[str, np.ndarray], prefix: str, tower: TowerConfig) -> dict[str, Any]:
-    heads, head_dim = tower.heads, tower.width // tower.heads
-
-    def ln(name):
-        return {"norm": {"scale": w[f"{name}.weight"], "bias": w[f"{name}.bias"]}}
-
-    blocks = {}
-    for i in range(tower.depth):
-        p = f"{prefix}.encoder.layers.{i}"
-        attn = {}
-        for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-            kernel = w[f"{p}.self_attn.{theirs}.weight"].T  # torch Linear stores [out, in]
-            attn[ours] = {"kernel": kernel.reshape(tower.width, heads, head_dim),
-                          "bias": w[f"{p}.self_attn.{theirs}.bias"].reshape(heads, head_dim)}
-        attn["out"] = {"kernel": w[f"{p}.self_attn.out_proj.weight"].T.reshape(heads, head_dim, tower.width),
-                       "bias": w[f"{p}.self_attn.out_proj.bias"]}
-        blocks[f"block_{i}"] = {
-            "ln1": ln(f"{p}.layer_norm1"), "ln2": ln(f"{p}.layer_norm2"), "attn": attn,
-            "mlp": {"fc1": {"kernel": w[f"{p}.mlp.fc1.weight"].T, "bias": w[f"{p}.mlp.fc1.bias"]},
-                    "fc2": {"kernel": w[f"{p}.mlp.fc2.weight"].T, "bias": w[f"{p}.mlp.fc2.bias"]}}}
-    return blocks
+def clip_param_rules() -> list[ParamRule]:
+    """Rules of every `CLIP` parameter from a HF CLIPModel's canonical tensors."""
+    image, text = ("image_tower",), ("text_tower",)
+    return [
+        *vision_tower_rules(image + ("vit",), "vision:"),
+        *layer_norm_rules(image + ("post_layernorm",), "vision:post_layernorm"),
+        ParamRule(image + ("proj", "kernel"), "visual_projection:weight", "linear"),
+        ParamRule(text + ("token_embedding", "embedding"), "text:embeddings.token_embedding.weight", "same"),
+        ParamRule(text + ("position_embedding",), "text:embeddings.position_embedding.weight", "same"),
+        *encoder_layer_rules(text + ("layers",), "text:encoder.layers.{i}."),
+        *layer_norm_rules(text + ("final_layer_norm",), "text:final_layer_norm"),
+        ParamRule(text + ("proj", "kernel"), "text_projection:weight", "linear"),
+        ParamRule(("logit_scale",), "logit_scale", "scalar"),
+    ]
 
 
 def load_hf_params(hf_dir: str, cfg: CLIPConfig) -> dict[str, Any]:
-    """Plain (unboxed) float32 numpy params for `CLIP(cfg)` from a HF CLIPModel folder."""
-    w = {k: np.asarray(v, dtype=np.float32) for k, v in _read_safetensors(hf_dir).items()}
+    """Plain (unboxed) float32 params for `CLIP(cfg)` from a HF CLIPModel folder (safetensors only).
 
-    def ln(name):
-        return {"norm": {"scale": w[f"{name}.weight"], "bias": w[f"{name}.bias"]}}
-
+    Names and shapes are checked before a tensor is read: a checkpoint that does not fit the
+    config raises ConversionError naming the tensor."""
+    tensors = CheckpointTensors().add_folder(hf_dir, CLIP_RENAMES)
+    shapes = nn.unbox(jax.eval_shape(lambda: init_params(CLIP(cfg), jax.random.key(0))))
     try:
-        image = {
-            # torch conv weight [out, in, kh, kw] -> flax [kh, kw, in, out]
-            "patch_embed": {"kernel": w["vision_model.embeddings.patch_embedding.weight"].transpose(2, 3, 1, 0)},
-            "cls_token": w["vision_model.embeddings.class_embedding"],
-            "pos_embed": w["vision_model.embeddings.position_embedding.weight"],
-            "pre_norm": ln("vision_model.pre_layrnorm"),  # sic: HF's spelling
-            "encoder": _tower_params(w, "vision_model", cfg.vision),
-            "post_norm": ln("vision_model.post_layernorm"),
-            "proj": {"kernel": w["visual_projection.weight"].T},
-        }
-        text = {
-            "token_embed": {"embedding": w["text_model.embeddings.token_embedding.weight"]},
-            "pos_embed": w["text_model.embeddings.position_embedding.weight"],
-            "encoder": _tower_params(w, "text_model", cfg.text),
-            "final_norm": ln("text_model.final_layer_norm"),
-            "proj": {"kernel": w["text_projection.weight"].T},
-        }
-        params = {"image_tower": image, "text_tower": text,
-                  "logit_scale": np.asarray(w["logit_scale"], np.float32).reshape(())}
-    except KeyError as e:
-        raise ValueError(f"model.hf_dir: {hf_dir} is missing tensor {e}; is it a CLIPModel checkpoint?") from None
+        plan = plan_params(clip_param_rules(), shapes, tensors, ignore=lambda n: bool(_UNUSED.fullmatch(n)))
+    except ConversionError as e:
+        raise ConversionError(f"model.hf_dir: {hf_dir}: {e}; is it a CLIPModel checkpoint of this size?") from None
+    params = params_from_plan(plan, tensors, np.float32)
     if cfg.use_logit_bias:
-        params["logit_bias"] = np.asarray(w.get("logit_bias", cfg.init_logit_bias), np.float32).reshape(())
+        stored = tensors.info("logit_bias")
+        bias = tensors.read("logit_bias") if stored else cfg.init_logit_bias
+        params["logit_bias"] = np.asarray(bias, np.float32).reshape(())
     return params

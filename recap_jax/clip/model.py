@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+
+from recap_jax.errors import ConfigError
+from recap_jax.models.config import VisionConfig
+from recap_jax.models.layers import ACTIVATIONS, dtype_from_name, logical_init
+from recap_jax.models.vision import VisionTower, encoder_stack, layer_norm
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -79,15 +83,6 @@ class CLIPConfig:
     remat: bool = False  # recompute activations in the backward pass (saves memory)
 
 
-def _dtype(name: str | Any) -> Any:
-    if not isinstance(name, str):
-        return name
-    try:
-        return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
-    except KeyError:
-        raise ValueError(f"model.dtype: unknown dtype {name!r}; use float32 or bfloat16") from None
-
-
 def config_from_dict(model_cfg: Any, vocab_size: int | None = None) -> CLIPConfig:
     """Builds a `CLIPConfig` from the `config.model` ConfigDict of a train/eval config.
 
@@ -98,9 +93,9 @@ def config_from_dict(model_cfg: Any, vocab_size: int | None = None) -> CLIPConfi
     """
     get = lambda k, d=None: model_cfg.get(k, d)  # noqa: E731
     if get("image") not in IMAGE_TOWERS:
-        raise ValueError(f"model.image: {get('image')!r} is not one of {sorted(IMAGE_TOWERS)}")
+        raise ConfigError(f"model.image: {get('image')!r} is not one of {sorted(IMAGE_TOWERS)}")
     if get("text") not in TEXT_TOWERS:
-        raise ValueError(f"model.text: {get('text')!r} is not one of {sorted(TEXT_TOWERS)}")
+        raise ConfigError(f"model.text: {get('text')!r} is not one of {sorted(TEXT_TOWERS)}")
     patch, vision = IMAGE_TOWERS[get("image")]
     text = TEXT_TOWERS[get("text")]
     vision = dataclasses.replace(vision, **dict(get("vision_overrides") or {}))
@@ -114,201 +109,75 @@ def config_from_dict(model_cfg: Any, vocab_size: int | None = None) -> CLIPConfi
         use_logit_bias=bool(get("use_logit_bias", False)),
         init_logit_scale=float(get("init_logit_scale", math.log(1 / 0.07))),
         init_logit_bias=float(get("init_logit_bias", -10.0)),
-        dtype=_dtype(get("dtype", "float32")), remat=bool(get("remat", False)))
-    validate(cfg)
+        dtype=dtype_from_name(get("dtype", "float32")), remat=bool(get("remat", False)))
+    check_clip_config(cfg)
     return cfg
 
 
-def validate(cfg: CLIPConfig) -> None:
+def check_clip_config(cfg: CLIPConfig) -> None:
+    """ConfigError naming the `model.*` field when the sizes do not fit together."""
     if cfg.image_size % cfg.patch_size:
-        raise ValueError(f"model.image_size: {cfg.image_size} is not a multiple of the patch size "
+        raise ConfigError(f"model.image_size: {cfg.image_size} is not a multiple of the patch size "
                          f"{cfg.patch_size}")
     for name, tower in (("vision", cfg.vision), ("text", cfg.text)):
         if tower.width % tower.heads:
-            raise ValueError(f"model.{name}: width {tower.width} is not divisible by heads {tower.heads}")
-    if cfg.activation not in _ACTIVATIONS:
-        raise ValueError(f"model.activation: {cfg.activation!r} is not one of {sorted(_ACTIVATIONS)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Building blocks
-# ---------------------------------------------------------------------------------------------
-
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-}
-
-_dense_init = nn.initializers.normal(stddev=0.02)
-
-
-def _param(module: nn.Module, name: str, init, shape, axes, dtype):
-    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm whose scale/bias carry the logical axis "norm" (replicated)."""
-    eps: float
-    dtype: Any
-    param_dtype: Any
-
-    @nn.compact
-    def __call__(self, x):
-        return nn.LayerNorm(
-            epsilon=self.eps, dtype=self.dtype, param_dtype=self.param_dtype,
-            scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
-            name="norm")(x)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention; q/k/v kernels are (embed, heads, head_dim) for tensor parallelism."""
-    heads: int
-    dtype: Any
-    param_dtype: Any
-
-    @nn.compact
-    def __call__(self, x: jax.Array, causal: bool) -> jax.Array:
-        width = x.shape[-1]
-        head_dim = width // self.heads
-
-        def project(name):
-            return nn.DenseGeneral(
-                (self.heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype, name=name,
-                kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "heads", "head_dim")),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "head_dim")))(x)
-
-        q, k, v = project("query"), project("key"), project("value")  # [batch, length, heads, head_dim]
-        q = q * head_dim**-0.5
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-        if causal:  # token i may only look at tokens <= i
-            length = x.shape[1]
-            mask = jnp.tril(jnp.ones((length, length), dtype=bool))
-            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-        # Softmax in float32 even under bfloat16 compute: it is the numerically fragile part.
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-        return nn.DenseGeneral(
-            width, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype, name="out",
-            kernel_init=nn.with_logical_partitioning(_dense_init, ("heads", "head_dim", "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(out)
-
-
-class MLP(nn.Module):
-    mlp_dim: int
-    activation: str
-    dtype: Any
-    param_dtype: Any
-
-    @nn.compact
-    def __call__(self, x):
-        width = x.shape[-1]
-        h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1",
-                     kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "mlp")),
-                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
-        h = _ACTIVATIONS[self.activation](h)
-        return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2",
-                        kernel_init=nn.with_logical_partitioning(_dense_init, ("mlp", "embed")),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(h)
-
-
-class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
-    tower: TowerConfig
-    causal: bool
-    activation: str
-    eps: float
-    dtype: Any
-    param_dtype: Any
-
-    @nn.compact
-    def __call__(self, x):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = x + Attention(self.tower.heads, name="attn", **kw)(
-            LayerNorm(self.eps, name="ln1", **kw)(x), causal=self.causal)
-        x = x + MLP(self.tower.mlp_dim, self.activation, name="mlp", **kw)(
-            LayerNorm(self.eps, name="ln2", **kw)(x))
-        return x
-
-
-class Encoder(nn.Module):
-    tower: TowerConfig
-    causal: bool
-    activation: str
-    eps: float
-    dtype: Any
-    param_dtype: Any
-    remat: bool = False
-
-    @nn.compact
-    def __call__(self, x):
-        block_cls = nn.remat(Block, static_argnums=()) if self.remat else Block
-        for i in range(self.tower.depth):
-            x = block_cls(self.tower, self.causal, self.activation, self.eps, self.dtype,
-                          self.param_dtype, name=f"block_{i}")(x)
-        return x
+            raise ConfigError(f"model.{name}: width {tower.width} is not divisible by heads {tower.heads}")
+    if cfg.activation not in ACTIVATIONS:
+        raise ConfigError(f"model.activation: {cfg.activation!r} is not one of {sorted(ACTIVATIONS)}")
 
 
 # ---------------------------------------------------------------------------------------------
 # Towers
 # ---------------------------------------------------------------------------------------------
 
+_dense_init = nn.initializers.normal(stddev=0.02)
+
+
+def vision_config(cfg: CLIPConfig) -> VisionConfig:
+    """The shared ViT's config for this CLIP's image tower."""
+    v = cfg.vision
+    return VisionConfig(hidden_size=v.width, intermediate_size=v.mlp_dim, num_layers=v.depth,
+                        num_heads=v.heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
+                        layer_norm_eps=cfg.layer_norm_eps, hidden_act=cfg.activation)
+
 
 class ImageTower(nn.Module):
-    """ViT: patches -> [CLS] + patches + positions -> LN -> blocks -> LN(CLS) -> projection."""
+    """The shared ViT (models/vision.py), then LN(CLS) -> projection."""
     cfg: CLIPConfig
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         """images: [batch, H, W, 3] normalised float -> unnormalised embeddings [batch, embed_dim]."""
         cfg, width = self.cfg, self.cfg.vision.width
-        kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-        p = cfg.patch_size
-        x = nn.Conv(width, (p, p), strides=(p, p), padding="VALID", use_bias=False, name="patch_embed",
-                    kernel_init=nn.with_logical_partitioning(
-                        _dense_init, ("patch_h", "patch_w", "channels", "embed")), **kw)(
-                            images.astype(cfg.dtype))
-        x = x.reshape(x.shape[0], -1, width)  # [batch, patches, width], row-major like HF
         # OpenAI CLIP's init: CLS and positions ~ N(0, 1/width), so that where a patch sits is as
         # visible at the start as what it shows (with 0.02 the position signal starts ~10x weaker).
-        embed_init = nn.initializers.normal(stddev=width**-0.5)
-        cls = _param(self, "cls_token", embed_init, (width,), ("embed",), cfg.param_dtype)
-        x = jnp.concatenate([jnp.broadcast_to(cls.astype(cfg.dtype), (x.shape[0], 1, width)), x], axis=1)
-        pos = _param(self, "pos_embed", embed_init, (x.shape[1], width), ("positions", "embed"),
-                     cfg.param_dtype)
-        x = x + pos.astype(cfg.dtype)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        x = LayerNorm(cfg.layer_norm_eps, name="pre_norm", **kw)(x)
-        x = Encoder(cfg.vision, False, cfg.activation, cfg.layer_norm_eps, remat=cfg.remat,
-                    name="encoder", **kw)(x)
-        pooled = LayerNorm(cfg.layer_norm_eps, name="post_norm", **kw)(x[:, 0])
-        return nn.Dense(cfg.embed_dim, use_bias=False, name="proj", **kw,
-                        kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "proj")))(pooled)
+        x = VisionTower(vision_config(cfg), cfg.vision.depth, cfg.dtype, cfg.param_dtype,
+                        embed_init_std=width**-0.5, remat=cfg.remat, name="vit")(images)
+        pooled = layer_norm(cfg.layer_norm_eps, cfg.param_dtype, "post_layernorm")(x[:, 0]).astype(cfg.dtype)
+        return nn.Dense(cfg.embed_dim, use_bias=False, name="proj", dtype=cfg.dtype,
+                        param_dtype=cfg.param_dtype, kernel_init=logical_init(("embed", "proj"), _dense_init))(pooled)
 
 
 class TextTower(nn.Module):
-    """Causal transformer: tokens + positions -> blocks -> LN -> state at EOS -> projection."""
+    """Causal transformer (the ViT's block, masked): tokens + positions -> blocks -> LN -> state at EOS -> projection."""
     cfg: CLIPConfig
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """tokens: int [batch, length] (BOS ... EOS pad...) -> unnormalised embeddings [batch, embed_dim]."""
-        cfg, width = self.cfg, self.cfg.text.width
+        cfg, tower = self.cfg, self.cfg.text
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         length = tokens.shape[1]
         if length > cfg.text_context:
-            raise ValueError(f"text of {length} tokens is longer than model.text_context={cfg.text_context}")
-        embed = nn.Embed(cfg.vocab_size, width, name="token_embed", **kw,
-                         embedding_init=nn.with_logical_partitioning(_dense_init, ("vocab", "embed")))
-        x = embed(tokens)
-        pos = _param(self, "pos_embed", _dense_init, (cfg.text_context, width), ("positions", "embed"),
-                     cfg.param_dtype)
+            raise ConfigError(f"text of {length} tokens is longer than model.text_context={cfg.text_context}")
+        x = nn.Embed(cfg.vocab_size, tower.width, name="token_embedding", **kw,
+                     embedding_init=logical_init(("vocab", "embed"), _dense_init))(tokens)
+        pos = self.param("position_embedding", logical_init(("positions", "embed"), _dense_init),
+                         (cfg.text_context, tower.width), cfg.param_dtype)
         x = x + pos[:length].astype(cfg.dtype)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        x = Encoder(cfg.text, True, cfg.activation, cfg.layer_norm_eps, remat=cfg.remat,
-                    name="encoder", **kw)(x)
-        x = LayerNorm(cfg.layer_norm_eps, name="final_norm", **kw)(x)
+        x, _ = encoder_stack(tower.depth, tower.heads, tower.mlp_dim, cfg.activation, cfg.layer_norm_eps,
+                             causal=True, remat=cfg.remat, **kw)(x, None)
+        x = layer_norm(cfg.layer_norm_eps, cfg.param_dtype, "final_layer_norm")(x).astype(cfg.dtype)
         # Causal attention means the state at the end-of-text token has seen the whole caption.
         if cfg.pool_text_at_argmax:
             eos_position = jnp.argmax(tokens, axis=-1)
@@ -316,7 +185,7 @@ class TextTower(nn.Module):
             eos_position = jnp.argmax(tokens == cfg.eos_token_id, axis=-1)
         pooled = jnp.take_along_axis(x, eos_position[:, None, None], axis=1)[:, 0]
         return nn.Dense(cfg.embed_dim, use_bias=False, name="proj", **kw,
-                        kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "proj")))(pooled)
+                        kernel_init=logical_init(("embed", "proj"), _dense_init))(pooled)
 
 
 class CLIP(nn.Module):
@@ -330,12 +199,12 @@ class CLIP(nn.Module):
         self.image_tower = ImageTower(self.cfg)
         self.text_tower = TextTower(self.cfg)
         self.logit_scale = self.param(
-            "logit_scale", nn.with_logical_partitioning(
-                nn.initializers.constant(self.cfg.init_logit_scale), ()), (), jnp.float32)
+            "logit_scale", logical_init((), nn.initializers.constant(self.cfg.init_logit_scale)),
+            (), jnp.float32)
         if self.cfg.use_logit_bias:
             self.logit_bias = self.param(
-                "logit_bias", nn.with_logical_partitioning(
-                    nn.initializers.constant(self.cfg.init_logit_bias), ()), (), jnp.float32)
+                "logit_bias", logical_init((), nn.initializers.constant(self.cfg.init_logit_bias)),
+                (), jnp.float32)
 
     def encode_image(self, images: jax.Array, normalize: bool = True) -> jax.Array:
         return _maybe_normalize(self.image_tower(images), normalize)

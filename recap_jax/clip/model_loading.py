@@ -13,7 +13,7 @@ from etils import epath
 from recap_jax.errors import ConfigError
 
 
-def load_model(config) -> tuple[Any, Any, Any, int]:
+def load_clip_for_eval(config) -> tuple[Any, Any, Any, int]:
     """(model, params, tokenizer, text_length) from config.model.checkpoint or config.model.hf_dir."""
     import ml_collections
 
@@ -61,10 +61,10 @@ def build_encoders(config):
     from recap_jax.parallel.mesh import make_mesh
 
     mesh = make_mesh(dict(config.mesh))
-    model, params, tokenizer, text_length = load_model(config)
+    model, params, tokenizer, text_length = load_clip_for_eval(config)
     if text_length > model.cfg.text_context:
         raise ConfigError(f"text_length: {text_length} exceeds the model's {model.cfg.text_context} positions")
-    shardings = train_step.params_shardings(model, mesh)
+    shardings = train_step.clip_param_shardings(model, mesh)
     params = jax.device_put(params, shardings)  # once, placed by logical axes (HF params are numpy)
     return evaluate.make_encoders(model, mesh, params, tokenizer, text_length=text_length,
-                                  batch_size=config.batch_size, params_shardings=shardings)
+                                  batch_size=config.batch_size, param_shardings=shardings)

@@ -32,7 +32,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from recap_jax.clip import loss as loss_lib
 from recap_jax.clip.data import SOURCE_CONCAT, SOURCE_ORG_CAPTION, normalize_on_device
 from recap_jax.clip.model import CLIP, init_params
-from recap_jax.parallel.mesh import LOGICAL_AXIS_RULES
+from recap_jax.errors import ConfigError
+from recap_jax.parallel.mesh import LOGICAL_AXIS_RULES, params_shardings
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -46,15 +47,20 @@ class TrainState(struct.PyTreeNode):
 def learning_rate_schedule(cfg: Any) -> optax.Schedule:
     """Linear warmup from 0 to `learning_rate`, then cosine decay to `learning_rate * end_lr_ratio`."""
     if cfg.warmup_steps >= cfg.num_steps:
-        raise ValueError(f"train.warmup_steps ({cfg.warmup_steps}) must be < train.num_steps ({cfg.num_steps})")
+        raise ConfigError(f"train.warmup_steps ({cfg.warmup_steps}) must be < train.num_steps ({cfg.num_steps})")
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
         decay_steps=cfg.num_steps, end_value=cfg.learning_rate * cfg.end_lr_ratio)
 
 
 def _decay_mask(params):
-    """Weight decay on matrices only (not on biases, LayerNorms, embeddings' scalars, logit_scale)."""
-    return jax.tree.map(lambda x: x.ndim >= 2, params)
+    """Weight decay on matrices only (not on biases, LayerNorms, embeddings' scalars, logit_scale).
+
+    Scanned blocks (under a "layers" key) carry a leading layer axis that does not count."""
+    def is_matrix(path, x):
+        stacked = any(getattr(k, "key", None) == "layers" for k in path)
+        return x.ndim - int(stacked) >= 2
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def make_optimizer(cfg: Any) -> optax.GradientTransformation:
@@ -103,10 +109,9 @@ def abstract_train_state(model: CLIP, tx, mesh: Mesh, seed: int = 0):
                         nn.unbox(abstract), shardings), shardings
 
 
-def params_shardings(model: CLIP, mesh: Mesh) -> Any:
-    """NamedShardings of the model's params, from their logical axis names."""
-    boxed = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, LOGICAL_AXIS_RULES)
+def clip_param_shardings(model: CLIP, mesh: Mesh) -> Any:
+    """NamedShardings of the CLIP model's params, from their logical axis names."""
+    return params_shardings(mesh, jax.eval_shape(lambda: init_params(model, jax.random.key(0))))
 
 
 def _split_micro(x: jax.Array, accum_steps: int) -> jax.Array:
@@ -129,9 +134,9 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, mesh: Mesh, *
     contrastive = loss_lib.sharded_contrastive_loss(loss_kind, mesh, BATCH_AXES)
     use_bias = model.cfg.use_logit_bias
     if loss_kind == "sigmoid" and not use_bias:
-        raise ValueError("train.loss=sigmoid needs model.use_logit_bias=True")
+        raise ConfigError("train.loss=sigmoid needs model.use_logit_bias=True")
     if accum_steps < 1:
-        raise ValueError(f"train.accum_steps must be >= 1, got {accum_steps}")
+        raise ConfigError(f"train.accum_steps must be >= 1, got {accum_steps}")
 
     def embed(params, images, tokens):
         return model.apply({"params": params}, normalize_on_device(images), tokens)
@@ -190,15 +195,15 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, mesh: Mesh, *
                    out_shardings=(state_shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
 
 
-def make_encoders(model: CLIP, mesh: Mesh, params_shardings: Any = None):
+def jit_tower_fns(model: CLIP, mesh: Mesh, param_shardings: Any = None):
     """Jitted (encode_images(params, images), encode_texts(params, tokens)) -> normalised embeddings."""
     batch_spec = batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
     encode_images = jax.jit(
         lambda params, images: model.apply({"params": params}, normalize_on_device(images),
                                            method=CLIP.encode_image),
-        in_shardings=(params_shardings, batch_spec), out_shardings=replicated)
+        in_shardings=(param_shardings, batch_spec), out_shardings=replicated)
     encode_texts = jax.jit(
         lambda params, tokens: model.apply({"params": params}, tokens, method=CLIP.encode_text),
-        in_shardings=(params_shardings, batch_spec), out_shardings=replicated)
+        in_shardings=(param_shardings, batch_spec), out_shardings=replicated)
     return encode_images, encode_texts

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any
@@ -24,7 +23,7 @@ import orbax.checkpoint as ocp
 from recap_jax.clip import data as data_lib
 from recap_jax.clip import evaluate, hf_weights, model as model_lib, schedule, stage_init, train_step
 from recap_jax.errors import ConfigError
-from recap_jax.parallel.mesh import make_mesh
+from recap_jax.parallel.mesh import make_mesh, mesh_axis_sizes
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -37,10 +36,10 @@ def build_model(model_cfg: ml_collections.ConfigDict, tokenizer: data_lib.Tokeni
         cfg = hf_weights.read_hf_config(model_cfg.hf_dir, dtype=model_cfg.get("dtype", "float32"),
                                         remat=model_cfg.get("remat", False))
         if tokenizer.vocab_size > cfg.vocab_size:
-            raise ValueError(f"data.tokenizer: {tokenizer.vocab_size} tokens do not fit the vocabulary "
+            raise ConfigError(f"data.tokenizer: {tokenizer.vocab_size} tokens do not fit the vocabulary "
                              f"({cfg.vocab_size}) of model.hf_dir={model_cfg.hf_dir}")
         if not cfg.pool_text_at_argmax and tokenizer.eos_id != cfg.eos_token_id:
-            raise ValueError(f"data.tokenizer: its EOS id {tokenizer.eos_id} differs from the eos_token_id "
+            raise ConfigError(f"data.tokenizer: its EOS id {tokenizer.eos_id} differs from the eos_token_id "
                              f"{cfg.eos_token_id} of model.hf_dir (text would be pooled at the wrong token)")
         # HF CLIP has no logit bias; a sigmoid-loss fine-tune adds one (initialised from the config).
         cfg = dataclasses.replace(cfg, use_logit_bias=bool(model_cfg.get("use_logit_bias", False)),
@@ -50,7 +49,7 @@ def build_model(model_cfg: ml_collections.ConfigDict, tokenizer: data_lib.Tokeni
     if not merged.get("vocab_size"):  # 0 / absent: exactly the tokenizer's vocabulary
         merged["vocab_size"] = tokenizer.vocab_size
     if merged["vocab_size"] < tokenizer.vocab_size:
-        raise ValueError(f"model.vocab_size: {merged['vocab_size']} is smaller than the tokenizer's "
+        raise ConfigError(f"model.vocab_size: {merged['vocab_size']} is smaller than the tokenizer's "
                          f"{tokenizer.vocab_size} tokens")
     merged["eos_token_id"] = tokenizer.eos_id
     return model_lib.CLIP(model_lib.config_from_dict(merged)), None
@@ -69,20 +68,28 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if "org_caption_prob" not in config.data:
         raise ConfigError("data.org_caption_prob: missing; set the probability of the original caption (0.8)")
     if not config.get("workdir"):
-        raise ValueError("workdir: set --config.workdir (checkpoints and metrics.jsonl go there)")
+        raise ConfigError("workdir: set --config.workdir (checkpoints and metrics.jsonl go there)")
+    mesh_axis_sizes(dict(config.mesh), jax.device_count())
     t = config.train
     batch_devices = jax.device_count() // (config.mesh.get("tensor", 1) or 1)
     if t.global_batch_size % jax.process_count():
-        raise ValueError(f"train.global_batch_size: {t.global_batch_size} is not divisible by the "
+        raise ConfigError(f"train.global_batch_size: {t.global_batch_size} is not divisible by the "
                          f"{jax.process_count()} hosts")
     if t.global_batch_size % (t.accum_steps * max(batch_devices, 1)):
-        raise ValueError(f"train.global_batch_size: {t.global_batch_size} must be divisible by "
+        raise ConfigError(f"train.global_batch_size: {t.global_batch_size} must be divisible by "
                          f"train.accum_steps ({t.accum_steps}) x batch-sharded devices ({batch_devices})")
     if t.loss not in ("softmax", "sigmoid"):
-        raise ValueError(f"train.loss: {t.loss!r} is not 'softmax' or 'sigmoid'")
+        raise ConfigError(f"train.loss: {t.loss!r} is not 'softmax' or 'sigmoid'")
     if not config.model.get("hf_dir") and text_length(config.data) > config.model.text_context:
-        raise ValueError(f"data.re_caption_max_tokens/org_caption_max_tokens ({text_length(config.data)}) "
+        raise ConfigError(f"data.re_caption_max_tokens/org_caption_max_tokens ({text_length(config.data)}) "
                          f"exceed model.text_context ({config.model.text_context})")
+    if not config.model.get("hf_dir"):  # the sizes fit together (vocabulary and EOS come later)
+        model_lib.config_from_dict(dict(config.model.to_dict(), vocab_size=1, eos_token_id=0))
+    if not config.data.get("tokenizer"):
+        raise ConfigError("data.tokenizer: set --config.data.tokenizer to a HF (CLIP) tokenizer folder")
+    if not os.path.isdir(config.data.tokenizer):
+        raise ConfigError(f"data.tokenizer: {config.data.tokenizer} is not a folder (a local HF tokenizer "
+                          "folder is expected)")
 
 
 def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -99,8 +106,8 @@ def latest_params(workdir: str, model: model_lib.CLIP, mesh) -> tuple[Any, int]:
     manager = _checkpoint_manager(workdir, keep=1_000_000)
     step = manager.latest_step()
     if step is None:
-        raise ValueError(f"model.checkpoint: no checkpoint under {workdir}/checkpoints")
-    shardings = train_step.params_shardings(model, mesh)
+        raise ConfigError(f"model.checkpoint: no checkpoint under {workdir}/checkpoints")
+    shardings = train_step.clip_param_shardings(model, mesh)
     shapes = nn.unbox(jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0))))
     target = {"params": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                      shapes, shardings)}
@@ -109,6 +116,33 @@ def latest_params(workdir: str, model: model_lib.CLIP, mesh) -> tuple[Any, int]:
         item=target, restore_args=restore_args, partial_restore=True)))
     manager.close()
     return tree.state["params"], step
+
+
+# Fields whose change makes a workdir's checkpoint another model (compute settings aside).
+_RUN_IDENTITY = ("model", "data.tokenizer")
+_COMPUTE_ONLY = ("dtype", "remat")
+
+
+def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """ConfigError naming the fields that differ from the run whose checkpoints `workdir` holds."""
+    saved_path = epath.Path(workdir) / "config.json"
+    if not saved_path.exists():
+        return
+    saved = json.loads(saved_path.read_text())
+    now = json.loads(config.to_json_best_effort())
+    differ = []
+    for field in _RUN_IDENTITY:
+        a, b = saved, now
+        for key in field.split("."):
+            a, b = (a or {}).get(key), (b or {}).get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differ += [f"{field}.{k}" for k in sorted(set(a) | set(b))
+                       if a.get(k) != b.get(k) and k not in _COMPUTE_ONLY]
+        elif a != b:
+            differ.append(field)
+    if differ:
+        raise ConfigError(f"workdir: {workdir} holds a different run ({', '.join(differ)} differ from its "
+                          "config.json); use a new --config.workdir")
 
 
 class MetricsLog:
@@ -137,7 +171,7 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-def run_evals(config, model, mesh, params, params_shardings, tokenizer) -> dict[str, float]:
+def run_evals(config, model, mesh, params, param_shardings, tokenizer) -> dict[str, float]:
     """In-training retrieval evaluation on every `config.eval.datasets` entry with a folder."""
     results = {}
     datasets = config.eval.get("datasets") or {}
@@ -145,7 +179,7 @@ def run_evals(config, model, mesh, params, params_shardings, tokenizer) -> dict[
     if not active:
         return results
     encoders = evaluate.make_encoders(model, mesh, params, tokenizer, text_length=text_length(config.data),
-                                      batch_size=config.eval.batch_size, params_shardings=params_shardings)
+                                      batch_size=config.eval.batch_size, param_shardings=param_shardings)
     for name, d in active.items():
         fields = d.caption_fields.split(",") if isinstance(d.caption_fields, str) else list(d.caption_fields)
         metrics = evaluate.evaluate_retrieval(
@@ -163,6 +197,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     config = schedule.resolve_sample_schedule(config)  # sample-based recipes -> steps
     validate_config(config)
     workdir = config.workdir
+    check_same_run(workdir, config)  # before anything is written or loaded
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     t = config.train
     mesh = make_mesh(dict(config.mesh))
@@ -189,8 +224,12 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     manager = _checkpoint_manager(workdir, t.keep_checkpoints)
     latest = manager.latest_step()
     if latest is not None:
-        restored = manager.restore(latest, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        try:
+            restored = manager.restore(latest, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        except ValueError as e:  # Orbax: stored shapes differ from this config's model
+            raise ConfigError(f"workdir: {workdir} holds a different run (its checkpoint does not fit this "
+                              f"model: {str(e).splitlines()[0][:160]}); use a new --config.workdir") from None
         state = restored.state
         batch_iter.set_state(restored.data)
         _log(f"resumed from {workdir}/checkpoints step {latest}")

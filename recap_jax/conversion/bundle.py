@@ -1,7 +1,8 @@
 """A captioner bundle: weights + everything needed to turn an image into prompt inputs.
 
-Read from a llava-hf folder (`model.hf_dir`: config.json, safetensors, tokenizer, processor
-config, chat template) or from a converted checkpoint written by `recap_jax.convert`:
+This module reads a llava-hf folder (config.json, safetensors, tokenizer, processor config, chat
+template) and writes the converted checkpoint (`recap_jax.convert`); the caption job loads one
+with `recap_jax.captioning.model_loading`:
 
     CHECKPOINT/
       recap_config.json   model config, image settings, prompt template, stop tokens, dtype
@@ -20,18 +21,16 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 import transformers
 from etils import epath
-from flax import linen as nn
 from flax import traverse_util
 
-from recap_jax.conversion.llava import LLAVA_HF_RENAMES, abstract_params, convert_params, converted_leaves
+from recap_jax.conversion.llava import LLAVA_HF_RENAMES, converted_leaves  # noqa: F401 (convert.py reads it here)
 from recap_jax.conversion.tensors import CheckpointTensors
+from recap_jax.data.storage import is_local
 from recap_jax.errors import ConversionError
 from recap_jax.models.config import LlavaConfig, llava_config_from_hf, read_json
 from recap_jax.preprocess.image import ImageSettings
@@ -59,7 +58,8 @@ class CaptionerSpec:
                              self.template, self.chat_template)
 
 
-def _dtype(name: str):
+def param_dtype(name: str):
+    """The numpy dtype of a `DTYPES` name."""
     if name not in DTYPES:
         raise ValueError(f"dtype {name!r}: expected one of {sorted(DTYPES)}")
     return DTYPES[name]
@@ -69,7 +69,7 @@ def load_tokenizer(folder: epath.PathLike) -> transformers.PreTrainedTokenizerBa
     folder = epath.Path(folder)
     if not (folder / "tokenizer.json").exists() and not (folder / "tokenizer_config.json").exists():
         raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    local = local_copy(folder) if "://" in os.fspath(folder) else folder
+    local = folder if is_local(os.fspath(folder)) else local_copy(folder)
     return transformers.AutoTokenizer.from_pretrained(str(local), local_files_only=True)
 
 
@@ -178,54 +178,3 @@ def _save_params_in_groups(path: epath.Path, leaves: Iterable[tuple[tuple[str, .
     if group:
         ocp.partial.save(path, traverse_util.unflatten_dict(group))
     ocp.partial.finalize(path)
-
-
-def read_converted_spec(checkpoint: epath.PathLike, tokenizer_dir: epath.PathLike | None = None
-                        ) -> tuple[CaptionerSpec, str]:
-    checkpoint = epath.Path(checkpoint)
-    if not (checkpoint / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"{checkpoint}: no {CONFIG_FILE}; convert a checkpoint with "
-                                "`python -m recap_jax.convert` first")
-    meta = read_json(checkpoint / CONFIG_FILE)
-    tokenizer = load_tokenizer(tokenizer_dir or checkpoint / "tokenizer")
-    spec = CaptionerSpec(LlavaConfig.from_json_dict(meta["llava"]), ImageSettings.from_json_dict(meta["image"]),
-                         tokenizer, meta.get("template"), meta.get("chat_template"),
-                         tuple(meta["stop_ids"]))
-    return spec, meta["dtype"]
-
-
-def restore_params(checkpoint: epath.PathLike, config: LlavaConfig, dtype: str,
-                   shardings=None) -> dict:
-    """Orbax params, placed with `shardings` (a tree of NamedSharding) or on the default device."""
-    boxed = abstract_params(config, jnp.dtype(_dtype(dtype)))
-    shapes = nn.unbox(boxed)
-    if shardings is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, shapes)
-    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-    return ocp.load(epath.Path(checkpoint) / "params", target)
-
-
-def load_captioner(*, checkpoint: str | None = None, hf_dir: str | None = None,
-                   tokenizer: str | None = None, template: str | None = None, dtype: str = "float32",
-                   shardings_fn=None) -> tuple[CaptionerSpec, Any]:
-    """(spec, params) from a converted checkpoint or a llava-hf folder.
-
-    `shardings_fn(boxed_abstract_params) -> shardings` places the params on a mesh.
-    """
-    _dtype(dtype)
-    if checkpoint:
-        spec, stored = read_converted_spec(checkpoint, tokenizer or hf_dir)
-        if template:
-            spec.template = template
-        shardings = shardings_fn(abstract_params(spec.config, jnp.dtype(_dtype(dtype)))) if shardings_fn else None
-        params = restore_params(checkpoint, spec.config, dtype, shardings)
-        return spec, params
-    if not hf_dir:
-        raise ValueError("model: set model.checkpoint (a converted checkpoint) or model.hf_dir")
-    spec = read_llava_hf_spec(hf_dir, tokenizer, template)
-    host_params = convert_params(spec.config, llava_hf_tensors(hf_dir), _dtype(dtype))
-    if shardings_fn:
-        shardings = nn.unbox(shardings_fn(abstract_params(spec.config, jnp.dtype(_dtype(dtype)))))
-        return spec, jax.tree.map(jax.device_put, host_params, shardings)
-    return spec, jax.tree.map(jnp.asarray, host_params)

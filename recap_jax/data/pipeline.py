@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
-from recap_jax.data.sources import Failure, Sample, WorkUnit, read_unit
+from recap_jax.data.inputs import Failure, Sample, WorkUnit, read_unit
 from recap_jax.errors import ImageError
 
 T = TypeVar("T")

@@ -30,9 +30,11 @@ from typing import Any
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
+from tensorflow_datasets.proto import tf_example_pb2
 
 from recap_jax.data.schema import DATASET_NAME, RECORD_FEATURES, SPLIT
-from recap_jax.data.sources import Failure
+from recap_jax.data.inputs.base import Failure
+from recap_jax.data.storage import is_local, require_gcs
 from recap_jax.errors import ConfigError
 
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
@@ -52,8 +54,7 @@ class OutputDataset:
         if num_units < 1:
             raise ConfigError(f"input: no work units (num_units={num_units}); nothing to caption")
         if str(output_dir).startswith("gs://"):
-            from recap_jax.data.sources import _require_gcs
-            _require_gcs("output.dir")
+            require_gcs("output.dir")
         self.dir = epath.Path(output_dir)
         self.num_units = num_units
         self.features = features
@@ -105,7 +106,7 @@ class OutputDataset:
         if not 0 <= index < self.num_units:
             raise IndexError(f"unit {index} out of range [0, {self.num_units})")
         # Serialize first: a bad record fails here, before anything of this unit is on disk.
-        serialized = [self.features.serialize_example(record) for record in records]
+        serialized = [canonical_example(self.features.serialize_example(record)) for record in records]
         shard = self.shard_path(index)
         num_bytes = _write_array_record(shard, serialized)
         lines = "".join(json.dumps({"key": f.key, "source": f.source, "reason": f.reason}) + "\n"
@@ -166,8 +167,11 @@ class OutputDataset:
         return True
 
 
-def _is_local(path: epath.Path) -> bool:
-    return "://" not in str(path)
+def canonical_example(serialized: bytes) -> bytes:
+    """The same tf.train.Example with its features in sorted name order. Protobuf writes a map in
+    an order that differs from process to process, so without this the same records give other
+    shard bytes in every run; with it a repeated or resumed run writes identical shards."""
+    return tf_example_pb2.Example.FromString(serialized).SerializeToString(deterministic=True)
 
 
 def _tmp_name(path: epath.Path) -> epath.Path:
@@ -190,7 +194,7 @@ def _write_array_record(path: epath.Path, serialized: Sequence[bytes]) -> int:
         return os.path.getsize(local_path)
 
     tmp = _tmp_name(path)
-    if _is_local(path):
+    if is_local(path):
         size = write(str(tmp))
     else:
         with tempfile.TemporaryDirectory(prefix="recap_shard_") as local_dir:

@@ -1,0 +1,69 @@
+"""Loading a captioner for the caption job: a converted checkpoint (Orbax params + spec) or a
+llava-hf folder converted in memory. Writing checkpoints is `recap_jax.conversion.bundle`'s job."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from etils import epath
+from flax import linen as nn
+import orbax.checkpoint.experimental.v1 as ocp
+
+from recap_jax.conversion.bundle import (CONFIG_FILE, CaptionerSpec, llava_hf_tensors, load_tokenizer,
+                                         param_dtype, read_llava_hf_spec)
+from recap_jax.conversion.llava import abstract_params, convert_params
+from recap_jax.models.config import LlavaConfig, read_json
+from recap_jax.preprocess.image import ImageSettings
+
+
+def read_converted_spec(checkpoint: epath.PathLike, tokenizer_dir: epath.PathLike | None = None
+                        ) -> tuple[CaptionerSpec, str]:
+    """The spec and stored dtype of a converted checkpoint."""
+    checkpoint = epath.Path(checkpoint)
+    if not (checkpoint / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{checkpoint}: no {CONFIG_FILE}; convert a checkpoint with "
+                                "`python -m recap_jax.convert` first")
+    meta = read_json(checkpoint / CONFIG_FILE)
+    tokenizer = load_tokenizer(tokenizer_dir or checkpoint / "tokenizer")
+    spec = CaptionerSpec(LlavaConfig.from_json_dict(meta["llava"]), ImageSettings.from_json_dict(meta["image"]),
+                         tokenizer, meta.get("template"), meta.get("chat_template"),
+                         tuple(meta["stop_ids"]))
+    return spec, meta["dtype"]
+
+
+def restore_params(checkpoint: epath.PathLike, config: LlavaConfig, dtype: str,
+                   shardings=None) -> dict:
+    """Orbax params, placed with `shardings` (a tree of NamedSharding) or on the default device."""
+    shapes = nn.unbox(abstract_params(config, jnp.dtype(param_dtype(dtype))))
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, shapes)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    return ocp.load(epath.Path(checkpoint) / "params", target)
+
+
+def load_captioner(*, checkpoint: str | None = None, hf_dir: str | None = None,
+                   tokenizer: str | None = None, template: str | None = None, dtype: str = "float32",
+                   shardings_fn: Callable[[Any], Any] | None = None) -> tuple[CaptionerSpec, Any]:
+    """(spec, params) from a converted checkpoint or a llava-hf folder.
+
+    `shardings_fn(boxed_abstract_params) -> shardings` places the params on a mesh.
+    """
+    numpy_dtype = param_dtype(dtype)
+    if checkpoint:
+        spec, _ = read_converted_spec(checkpoint, tokenizer or hf_dir)
+        if template:
+            spec.template = template
+        shardings = shardings_fn(abstract_params(spec.config, jnp.dtype(numpy_dtype))) if shardings_fn else None
+        return spec, restore_params(checkpoint, spec.config, dtype, shardings)
+    if not hf_dir:
+        raise ValueError("model: set model.checkpoint (a converted checkpoint) or model.hf_dir")
+    spec = read_llava_hf_spec(hf_dir, tokenizer, template)
+    host_params = convert_params(spec.config, llava_hf_tensors(hf_dir), numpy_dtype)
+    if shardings_fn:
+        shardings = nn.unbox(shardings_fn(abstract_params(spec.config, jnp.dtype(numpy_dtype))))
+        return spec, jax.tree.map(jax.device_put, host_params, shardings)
+    return spec, jax.tree.map(jnp.asarray, host_params)

@@ -1,0 +1,75 @@
+"""Decode settings: defined once, read by the config defaults and by the sampler.
+
+`captioning/defaults.py` builds `config.decode` from `DecodeSettings()`, and the caption job turns
+`config.decode` back into `DecodeSettings` with `from_config`; a field added here is a config field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+SAMPLING_MODES = ("greedy", "top_k", "top_p")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings:
+    max_new_tokens: int = 128  # caption length cap (the paper: 128)
+    batch_size: int = 16  # decode slots kept in flight (captions in flight per host)
+    prefill_batch: int = 4  # prompts prefilled together when slots free up
+    prompt_buckets: tuple[int, ...] = (64, 128, 256, 512, 640, 768, 1024)  # padded prompt lengths (compiles)
+    steps_per_sync: int = 8  # decode steps per device call between host checks
+    # How each next token is chosen: "greedy" (argmax, the paper's run), "top_k" (sample among the
+    # `top_k` likeliest) or "top_p" (sample from the smallest set holding `top_p` of the mass).
+    sampling: str = "greedy"
+    top_k: int = 50  # candidates for sampling="top_k" (1 = greedy)
+    top_p: float = 0.9  # probability mass for sampling="top_p"
+    temperature: float = 1.0  # logits are divided by it before sampling (not used by greedy)
+    # Sampling draws from a key derived from (seed, the sample's key, the token's position): the
+    # same image gets the same caption whatever the batch, the device count or a resume.
+    seed: int = 0
+    stop_ids: tuple[int, ...] = ()  # from the checkpoint, not a config field
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"decode.max_new_tokens={self.max_new_tokens}: must be >= 1")
+        if not 1 <= self.prefill_batch <= self.batch_size:
+            raise ValueError(f"decode.prefill_batch={self.prefill_batch}: must be in 1..decode.batch_size"
+                             f" ({self.batch_size})")
+        if self.steps_per_sync < 1:
+            raise ValueError(f"decode.steps_per_sync={self.steps_per_sync}: must be >= 1")
+        if self.sampling not in SAMPLING_MODES:
+            raise ValueError(f"decode.sampling={self.sampling!r}: expected one of {', '.join(SAMPLING_MODES)}")
+        if self.top_k < 1:
+            raise ValueError(f"decode.top_k={self.top_k}: must be >= 1")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"decode.top_p={self.top_p}: must be in (0, 1]")
+        if self.temperature <= 0.0:
+            raise ValueError(f"decode.temperature={self.temperature}: must be > 0 (use sampling=greedy)")
+
+    def bucket(self, length: int) -> int:
+        for b in sorted(self.prompt_buckets):
+            if length <= b:
+                return b
+        raise ValueError(f"prompt of {length} tokens exceeds the largest decode.prompt_buckets entry "
+                         f"({max(self.prompt_buckets)})")
+
+    @property
+    def cache_length(self) -> int:
+        return max(self.prompt_buckets) + self.max_new_tokens
+
+    @property
+    def max_prompt_length(self) -> int:
+        return max(self.prompt_buckets)
+
+    @classmethod
+    def config_fields(cls) -> dict[str, Any]:
+        """The config fields and their defaults (everything but the checkpoint's stop ids)."""
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.name != "stop_ids"}
+
+    @classmethod
+    def from_config(cls, decode: Mapping[str, Any], stop_ids: tuple[int, ...] = ()) -> DecodeSettings:
+        values = {name: decode[name] for name in cls.config_fields()}
+        values["prompt_buckets"] = tuple(values["prompt_buckets"])
+        return cls(**values, stop_ids=tuple(stop_ids))
