@@ -17,7 +17,6 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from absl import logging
 from ml_collections import config_flags
 
 from recap_jax import cli
