@@ -21,7 +21,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.checkpoint = ""  # a train_clip workdir: its config.json + latest checkpoint are used
     config.model.hf_dir = ""  # or: a HF CLIPModel folder (config.json + *.safetensors)
-    config.model.open_clip_dir = ""  # or an open_clip folder (open_clip_config.json + open_clip_model.safetensors)
     config.model.dtype = "float32"  # compute dtype (bfloat16 on TPU)
 
     config.tokenizer = ""  # HF tokenizer folder; default: the run's data.tokenizer, else model.hf_dir

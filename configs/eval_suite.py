@@ -19,7 +19,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.checkpoint = ""  # a train_clip workdir (its config.json + latest checkpoint)
     config.model.hf_dir = ""  # or a HF CLIPModel folder (config.json + *.safetensors)
-    config.model.open_clip_dir = ""  # or an open_clip folder (open_clip_config.json + open_clip_model.safetensors)
     config.model.dtype = "float32"  # compute dtype (bfloat16 on TPU)
     config.tokenizer = ""  # HF tokenizer folder; default: the run's data.tokenizer, else model.hf_dir
     config.text_length = 0  # tokens per caption incl. BOS/EOS; 0 = the training text length / HF context

@@ -20,19 +20,8 @@ def load_clip_for_eval(config) -> tuple[Any, Any, Any, int]:
     from recap_jax.clip import data as data_lib, hf_weights, model as model_lib, trainer
     from recap_jax.parallel.mesh import make_mesh
 
-    open_clip_dir = config.model.get("open_clip_dir", "")
-    if sum(map(bool, (config.model.checkpoint, config.model.hf_dir, open_clip_dir))) != 1:
-        raise ConfigError("model.checkpoint / model.hf_dir / model.open_clip_dir: set exactly one of them")
-    if open_clip_dir:
-        from recap_jax.clip import open_clip_weights
-
-        if not config.tokenizer:
-            raise ConfigError("tokenizer: an open_clip folder has no tokenizer files; give a HF CLIP "
-                              "tokenizer folder (open_clip pools at its highest token id, CLIP's end of text)")
-        cfg = open_clip_weights.read_config(open_clip_dir, dtype=config.model.dtype)
-        params = open_clip_weights.load_params(open_clip_dir, cfg)
-        return (model_lib.CLIP(cfg), params, data_lib.Tokenizer(config.tokenizer),
-                config.text_length or cfg.text_context)
+    if bool(config.model.checkpoint) == bool(config.model.hf_dir):
+        raise ConfigError("model.checkpoint / model.hf_dir: set exactly one of them")
     if config.model.hf_dir:
         cfg = hf_weights.read_hf_config(config.model.hf_dir, dtype=config.model.dtype)
         tokenizer = data_lib.Tokenizer(config.tokenizer or config.model.hf_dir)

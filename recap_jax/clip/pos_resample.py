@@ -1,6 +1,6 @@
 """Resampling a ViT's learned position embeddings to another patch grid (CLIPA's stage 2).
 
-The image tower's `pos_embed` is [1 + g * g, width]: the CLS position, then a g x g grid in
+The image tower's position table is [1 + g * g, width]: the CLS position, then a g x g grid in
 row-major order. A new image size keeps the CLS row and resizes the grid with
 `jax.image.resize` (bilinear by default, or bicubic as open_clip does); at equal size the
 result equals the input.
@@ -18,7 +18,12 @@ import numpy as np
 from recap_jax.errors import ConfigError
 
 METHODS = {"bilinear": "linear", "bicubic": "cubic"}
-IMAGE_POS_PATH = ("image_tower", "pos_embed")
+POSITION_NAMES = ("position_embedding", "pos_embed")
+
+
+def is_image_position(names: tuple[str, ...]) -> bool:
+    """Whether a parameter path (names) is the image tower's position table."""
+    return bool(names) and names[0] == "image_tower" and names[-1] in POSITION_NAMES
 
 
 def grid_side(num_positions: int) -> int:
@@ -39,7 +44,7 @@ def resample_pos_embed(pos: jax.Array, num_positions: int, method: str = "biline
     return jnp.concatenate([cls.astype(jnp.float32), grid.reshape(new * new, -1)]).astype(pos.dtype)
 
 
-def _path_names(path) -> tuple[str, ...]:
+def path_names(path) -> tuple[str, ...]:
     return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
@@ -47,10 +52,10 @@ def resample_params(params: Any, target_shapes: Any, method: str = "bilinear") -
     """`params` with the image position table resampled to `target_shapes`' grid; every other
     array must already have its target shape (else a ConfigError names it)."""
     def fix(path, value, target):
-        names = _path_names(path)
+        names = path_names(path)
         if tuple(value.shape) == tuple(target.shape):
             return value
-        if names[-2:] == IMAGE_POS_PATH:
+        if is_image_position(names):
             return resample_pos_embed(value, target.shape[0], method)
         raise ConfigError(f"init.checkpoint: {'/'.join(names)} has shape {tuple(value.shape)}, the new "
                           f"model needs {tuple(target.shape)}; only the image size may change between stages")

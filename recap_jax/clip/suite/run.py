@@ -93,8 +93,7 @@ def evaluate_model(config: ml_collections.ConfigDict) -> dict[str, Any]:
     results, skipped, notes = run_suite(config, encoders, log=lambda line: print(line, flush=True) if first else None)
     paths = {}
     if config.output_dir and first:
-        name = (config.name or config.model.checkpoint or config.model.hf_dir
-                or config.model.get("open_clip_dir", ""))
+        name = config.name or config.model.checkpoint or config.model.hf_dir
         paths = report.write(config.output_dir, name, results, skipped, notes)
         with open(paths["markdown"]) as f:
             print(f.read(), flush=True)
