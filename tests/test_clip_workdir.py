@@ -27,13 +27,13 @@ def _config(shapes, workdir, model=None, **data):
 def test_another_model_or_data_is_refused_before_restoring(shapes, tmp_path):
     trainer.train(_config(shapes, tmp_path / "run"))
     recorded = json.loads((tmp_path / "run" / "run_identity.json").read_text())
-    assert recorded["data.folders"] == shapes["train"] and recorded["data.re_caption_prob"] == 0.8
+    assert recorded["data.folders"] == shapes["train"] and recorded["data.org_caption_prob"] == 0.8
     with pytest.raises(ConfigError, match=r"holds a different run \(model\.embed_dim, model\.image_size differ"):
         trainer.train(_config(shapes, tmp_path / "run", model=dict(embed_dim=32, image_size=16)))
     with pytest.raises(DifferentRunError) as error:
-        trainer.train(_config(shapes, tmp_path / "run", re_caption_prob=0.2, split="heldout"))
+        trainer.train(_config(shapes, tmp_path / "run", org_caption_prob=0.2, split="heldout"))
     message = str(error.value)
     assert message.startswith("workdir: ") and "2 field(s) differ" in message
-    assert "data.re_caption_prob: 0.8 -> 0.2" in message and 'data.split: "train" -> "heldout"' in message
+    assert "data.org_caption_prob: 0.8 -> 0.2" in message and 'data.split: "train" -> "heldout"' in message
     # A compute-only change (dtype) is the same run: it resumes (nothing left to train).
     assert trainer.train(_config(shapes, tmp_path / "run", model=dict(dtype="bfloat16")))["step"] == 2

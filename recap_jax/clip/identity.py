@@ -17,7 +17,7 @@ from recap_jax.conversion.fingerprint import folder_fingerprint, hf_dir_fingerpr
 from recap_jax.data import identity as identity_lib
 
 IDENTITY_FILE = "run_identity.json"
-DATA_FIELDS = ("split", "re_caption_prob", "re_caption_max_tokens", "org_caption_max_tokens")
+DATA_FIELDS = ("split", "org_caption_prob", "caption_mix", "re_caption_max_tokens", "org_caption_max_tokens")
 REMEDY = "use a new --config.workdir, or the settings it was started with"
 
 
