@@ -55,7 +55,7 @@ class _Meter:
 
 def test_requests_carry_their_caption_and_long_prompts_fail():
     prompt = CaptionPrompt(encoder(), "{org_caption} . describe the image .")
-    unit = WorkUnit(index=0, format="folder", path="/x")
+    unit = WorkUnit(index=0, path="/x")
     prepared = PreparedImage(np.zeros((2, 2, 3), np.float32), 2, 2)
     samples = [Sample("a", "/x/a.jpg", b"", org_caption="a red dog"),
                Sample("b", "/x/b.jpg", b"", org_caption=" ".join(["blue"] * 80))]

@@ -40,7 +40,7 @@ class ClipScorer:
         import jax
 
         from recap_jax.clip import evaluate, train_step
-        from recap_jax.eval_retrieval import load_clip_for_eval
+        from recap_jax.clip.model_loading import load_clip_for_eval
         from recap_jax.parallel.mesh import make_mesh
 
         if not os.path.isdir(checkpoint):
