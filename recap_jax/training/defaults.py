@@ -1,0 +1,68 @@
+"""The fine-tuning job's config fields, their defaults and their meaning.
+
+Config files in `configs/` (finetune_cpu.py, llava_stage1_v4.py, llava_stage2_v4.py,
+caption_tune_v4.py) start from `base_config()`; any field can be overridden on the command line:
+`--config.train.learning_rate=2e-5`.
+"""
+
+import ml_collections
+
+from recap_jax.preprocess.text import DEFAULT_PROMPT
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.workdir = ""  # checkpoints, metrics.jsonl, failures-*.jsonl, export/ and export_hf/
+
+    c.model = ml_collections.ConfigDict()
+    c.model.checkpoint = ""  # the converted checkpoint (`python -m recap_jax.convert`) to start from
+    c.model.tokenizer = ""  # tokenizer folder overriding the checkpoint's own
+    c.model.template = ""  # a named prompt template (e.g. "llama3_llava"); "" = the checkpoint's
+    c.model.dtype = "float32"  # storage of the frozen params and of the export
+    c.model.build_tiny_if_missing = False  # build the caption demo's tiny random model there (demo)
+    c.model.compute_dtype = "float32"  # activations/matmuls: "bfloat16" on TPU (trainables stay f32)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.format = "llava_json"  # "llava_json" | "webdataset" (img2dataset tars) | "tfds"
+    c.data.path = ""  # the LLaVA JSON/JSONL file, or the shards / TFDS folder (globs, comma-separated)
+    c.data.image_folder = ""  # llava_json: the folder the "image" paths are relative to ("" = the JSON's)
+    c.data.prompt = DEFAULT_PROMPT  # webdataset/tfds: the instruction each caption answers
+    c.data.caption_field = ""  # tfds: the caption field ("" = org_caption, caption, text or txt)
+    c.data.max_length = 2048  # longer conversations (image tokens included) are skipped as failures
+    c.data.length_buckets = (256, 512, 768, 1024, 1536)  # batches pad to the smallest that fits
+    c.data.shuffle = True  # seeded per-epoch shuffle (records for llava_json, shards otherwise)
+    c.data.seed = 0
+    c.data.num_workers = 8  # image decoding threads
+    c.data.max_pixels = 64_000_000  # larger images are failures (decompression bombs)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.trainable = "projector+llm"  # "projector" (LLaVA stage 1) | "projector+llm" | "all"
+    c.train.num_steps = -1  # -1: one epoch of a llava_json file (webdataset/tfds need a number)
+    c.train.global_batch_size = 128  # examples per optimizer step, all hosts and accumulation
+    c.train.grad_accum_steps = 1  # micro-batches per step (each global_batch_size / grad_accum_steps)
+    c.train.learning_rate = 2e-5  # peak, after warm-up
+    c.train.warmup_ratio = 0.03  # linear warm-up over this share of the steps, then cosine to 0
+    c.train.weight_decay = 0.0  # AdamW's decoupled decay on matrices (LLaVA-1.5: 0)
+    c.train.b1 = 0.9
+    c.train.b2 = 0.999
+    c.train.eps = 1e-8
+    c.train.max_grad_norm = 1.0  # global-norm clipping; 0 = off
+    c.train.checkpoint_every = 500  # steps between Orbax checkpoints (the last step is always saved)
+    c.train.keep_checkpoints = 2
+    c.train.log_every = 10  # steps between metrics lines
+
+    c.export = ml_collections.ConfigDict()
+    c.export.converted = True  # <workdir>/export: what `recap_jax.caption` loads
+    c.export.hf = True  # <workdir>/export_hf: a llava-hf LlavaForConditionalGeneration folder
+
+    c.mesh = ml_collections.ConfigDict()  # -1 = all remaining devices
+    c.mesh.data = 1
+    c.mesh.fsdp = -1  # parameters and optimizer state sharded (the 8B LLM does not fit replicated)
+    c.mesh.tensor = 1
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.mode = "auto"  # as the caption job: auto (TPU pods), on, off
+    c.distributed.coordinator_address = ""
+    c.distributed.num_processes = 1
+    c.distributed.process_id = 0
+    return c

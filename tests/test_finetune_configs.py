@@ -1,0 +1,36 @@
+"""The fine-tuning configs load, validate, and carry LLaVA-1.5's published recipe."""
+
+import pytest
+
+from configs_loader import load
+from recap_jax.errors import ConfigError
+from recap_jax.training.trainer import validate
+
+RECIPES = {  # config: (trainable, global batch, learning rate, data format)
+    "llava_stage1_v4.py": ("projector", 256, 1e-3, "llava_json"),
+    "llava_stage2_v4.py": ("projector+llm", 128, 2e-5, "llava_json"),
+    "caption_tune_v4.py": ("projector+llm", 128, 2e-5, "webdataset"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_pod_configs_follow_llava_1_5(name):
+    c = load(name)
+    trainable, batch, lr, format = RECIPES[name]
+    assert (c.train.trainable, c.train.global_batch_size, c.train.learning_rate, c.data.format) == (
+        trainable, batch, lr, format)
+    assert c.train.warmup_ratio == 0.03 and c.train.weight_decay == 0.0
+    assert c.model.compute_dtype == "bfloat16" and c.mesh.fsdp == -1
+    validate(c)  # gs:// paths are checked when opened
+
+
+def test_cpu_config_validates_and_names_bad_fields():
+    c = load("finetune_cpu.py")
+    validate(c)
+    c.train.trainable = "everything"
+    with pytest.raises(ConfigError, match="train.trainable"):
+        validate(c)
+    c = load("finetune_cpu.py")
+    c.train.global_batch_size, c.train.grad_accum_steps = 6, 4
+    with pytest.raises(ConfigError, match="grad_accum_steps"):
+        validate(c)
