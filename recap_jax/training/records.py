@@ -18,7 +18,8 @@ from collections.abc import Iterator
 import numpy as np
 from etils import epath
 
-from recap_jax.data import sources
+from recap_jax.data import inputs as sources
+from recap_jax.data.inputs.tfds import TfdsFields
 from recap_jax.errors import ConfigError
 from recap_jax.training.conversation import ConversationError, caption_turns, llava_turns
 
@@ -85,8 +86,8 @@ class CaptionPairReader:
 
     def __init__(self, format: str, paths: str, prompt: str, caption_field: str,
                  shuffle: bool, seed: int):
-        fields = sources.TfdsFields(caption=(caption_field,)) if caption_field else None
-        self.units = sources.plan_work_units(format, paths, fields=fields)
+        options = {"fields": TfdsFields(caption=(caption_field,))} if caption_field and format == "tfds" else {}
+        self.units = sources.plan_work_units(format, paths, **options)
         self.prompt, self.shuffle, self.seed = prompt, shuffle, seed
 
     def __len__(self) -> int:

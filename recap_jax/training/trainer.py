@@ -25,13 +25,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from recap_jax.captioning.run import maybe_initialize_distributed
 from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
 from recap_jax.conversion import bundle
 from recap_jax.conversion.llava import abstract_params
 from recap_jax.errors import ConfigError
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
+from recap_jax.parallel.distributed import initialize_distributed
 from recap_jax.training import export, step as step_lib
 from recap_jax.training.batches import BatchMaker, FailureLog, Position, prefetch
 from recap_jax.training.conversation import ConversationEncoder
@@ -130,7 +130,7 @@ class _Metrics:
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Fine-tune as `config` says; returns a summary (steps, last loss, export folders)."""
     validate(config)
-    maybe_initialize_distributed(config)
+    initialize_distributed(config.distributed)
     config = _absolute_paths(config)
     workdir = epath.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
