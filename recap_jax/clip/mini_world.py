@@ -183,13 +183,14 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
-def names_main_object(caption: str, scene: Scene) -> bool:
-    """Whether `caption` names the dominant object's colour and shape (pattern words may sit between)."""
+def names_main_object(caption: str, label: str) -> bool:
+    """Whether `caption` says "a large COLOUR [pattern] SHAPE" for the label "COLOUR SHAPE"."""
+    colour, shape = label.split()
     words = caption.lower().replace(",", " ").replace(".", " ").split()
-    for i, word in enumerate(words):
-        if word == scene.colour:
-            rest = [w for w in words[i + 1:i + 3] if w not in PATTERNS]
-            if rest[:1] == [scene.shape]:
+    for i in range(len(words) - 2):
+        if words[i] == "large" and words[i + 1] == colour:
+            rest = [w for w in words[i + 2:i + 4] if w not in PATTERNS]
+            if rest[:1] == [shape]:
                 return True
     return False
 

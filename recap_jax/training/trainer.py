@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
+from recap_jax.captioning import model_loading
 from recap_jax.conversion import bundle
 from recap_jax.conversion.llava import abstract_params
 from recap_jax.errors import ConfigError
@@ -144,12 +145,12 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
     if m.build_tiny_if_missing and not epath.Path(m.checkpoint).exists():
         build_tiny_checkpoint(m.checkpoint)
-    spec, _ = bundle.read_converted_spec(m.checkpoint, m.tokenizer or None)
+    spec, _ = model_loading.read_converted_spec(m.checkpoint, m.tokenizer or None)
     if m.template:
         spec.template = m.template
     model = LlavaModel(spec.config, dtype=COMPUTE_DTYPES[m.compute_dtype])
     shardings = mesh_lib.params_shardings(mesh, abstract_params(spec.config, jnp.dtype(bundle.DTYPES[m.dtype])))
-    params = bundle.restore_params(m.checkpoint, spec.config, m.dtype, shardings)
+    params = model_loading.restore_params(m.checkpoint, spec.config, m.dtype, shardings)
     trainable, frozen = step_lib.split_params(params, t.trainable)
     del params
 
