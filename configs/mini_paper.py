@@ -42,8 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.captioner.num_steps = 600
     c.captioner.batch_size = 32
     c.captioner.learning_rate = 3e-3
-    c.captioner.max_length = 96  # 16 image tokens + chat prompt + description
-    c.captioner.max_new_tokens = 28  # the longest description has 22 words
+    c.captioner.prompt = "describe this image"  # the instruction, in fine-tuning and in the caption job
+    c.captioner.max_length = 48  # 16 image tokens + chat prompt (13) + description (<= 17 words) + end
+    c.captioner.max_new_tokens = 20
+    c.captioner.prompt_bucket = 32  # padded prompt length in the caption job
     c.captioner.decode_batch = 32
 
     c.clip = ml_collections.ConfigDict()  # one tiny CLIP per row, same seed and budget

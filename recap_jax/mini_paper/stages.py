@@ -55,6 +55,7 @@ def finetune_captioner(config: ml_collections.ConfigDict, hq_folder: str, workdi
     f.model.checkpoint = build_base_captioner(config, str(epath.Path(workdir).parent / "base_captioner"))
     f.data.format = "webdataset"
     f.data.path = f"{hq_folder}/*.tar"
+    f.data.prompt = c.prompt
     f.data.max_length = c.max_length
     f.data.length_buckets = (c.max_length,)
     f.data.num_workers = 2
@@ -92,7 +93,8 @@ def recaption(config: ml_collections.ConfigDict, checkpoint: str, tars: str, out
     c.decode.max_new_tokens = config.captioner.max_new_tokens
     c.decode.batch_size = config.captioner.decode_batch
     c.decode.prefill_batch = min(8, config.captioner.decode_batch)
-    c.decode.prompt_buckets = (64,)
+    c.decode.prompt_buckets = (config.captioner.prompt_bucket,)
+    c.prompt = config.captioner.prompt
     c.progress_every_s = 15.0
     c.distributed.mode = "off"
     _log(f"recaption: {tars} -> {out_dir}")
