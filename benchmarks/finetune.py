@@ -2,7 +2,7 @@
 
     python benchmarks/finetune.py [--batch 8] [--steps 5] [--trainable projector+llm]
 
-One random llava-hf checkpoint (~60M parameters by default: 4-layer LLaMA-3-style decoder,
+One random llava-hf checkpoint (~80M parameters by default: 4-layer LLaMA-3-style decoder,
 hidden 768, GQA 12/4 heads, 32k vocabulary; 4-layer ViT at 112 px = 64 image tokens) is converted
 and trained on the same batch (64 image + 64 text tokens per row, loss on the last 32), float32,
 on the CPU, in one process:
@@ -49,10 +49,10 @@ def make_batch(config, rows: int, text_tokens: int, answer: int, seed: int = 0) 
 
 def time_ours(ckpt: str, batch: dict, trainable: str, steps: int) -> float:
     import jax
-    from recap_jax.conversion import bundle
+    from recap_jax.captioning import model_loading
     from recap_jax.models.llava import LlavaModel
     from recap_jax.training import step as step_lib
-    spec, params = bundle.load_captioner(checkpoint=ckpt)
+    spec, params = model_loading.load_captioner(checkpoint=ckpt)
     train, frozen = step_lib.split_params(params, trainable)
     tx = step_lib.make_optimizer(step_lib.OptimizerSettings(learning_rate=1e-5, num_steps=1000))
     state = step_lib.init_state(train, tx)

@@ -53,6 +53,6 @@ def write_llava_json(path: pathlib.Path, images: list[str], captions: list[str],
 
 
 def random_captions(n: int, seed: int = 0) -> list[str]:
-    from recap_jax.testing.tiny import WORDS
+    from recap_jax.captioning.tiny_demo import WORDS
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS[:60], size=int(rng.integers(3, 9)))) for _ in range(n)]

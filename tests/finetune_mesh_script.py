@@ -10,7 +10,7 @@ from flax import linen as nn
 from recap_jax.models.config import llava_config_from_hf
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
-from recap_jax.testing.tiny import tiny_llava_hf_config
+from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
 from recap_jax.training import step as step_lib
 from recap_jax.training.trainer import device_batch
 

@@ -34,3 +34,14 @@ def test_cpu_config_validates_and_names_bad_fields():
     c.train.global_batch_size, c.train.grad_accum_steps = 6, 4
     with pytest.raises(ConfigError, match="grad_accum_steps"):
         validate(c)
+
+
+def test_command_exits_2_naming_the_bad_field():
+    import subprocess
+    import sys
+
+    from caption_helpers import REPO, env
+    result = subprocess.run([sys.executable, "-m", "recap_jax.finetune", "--config=configs/finetune_cpu.py",
+                             "--config.train.trainable=everything"], capture_output=True, text=True,
+                            env=env(), cwd=REPO, timeout=300)
+    assert result.returncode == 2 and "train.trainable" in result.stderr, result.stderr[-2000:]

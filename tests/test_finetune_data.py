@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from finetune_helpers import CAPTIONS, PROMPT, write_images, write_llava_json
-from recap_jax.testing.tiny import tiny_tokenizer
+from recap_jax.captioning.tiny_demo import tiny_tokenizer
 from recap_jax.preprocess.image import ImageSettings
 from recap_jax.preprocess.text import PromptEncoder
 from recap_jax.training.batches import BatchMaker, FailureLog, Position

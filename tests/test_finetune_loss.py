@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from finetune_helpers import CAPTIONS, PROMPT, tiny_checkpoint, write_images, write_llava_json
-from recap_jax.conversion import bundle
+from recap_jax.captioning import model_loading
 from recap_jax.models.llava import LlavaModel
 from recap_jax.training.batches import BatchMaker, FailureLog, Position
 from recap_jax.training.conversation import ConversationEncoder, caption_turns, llava_turns
@@ -21,7 +21,7 @@ from tiny_llava import load_reference
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("loss")
     hf_dir, ckpt = tiny_checkpoint(root)
-    spec, params = bundle.load_captioner(checkpoint=str(ckpt))
+    spec, params = model_loading.load_captioner(checkpoint=str(ckpt))
     return root, hf_dir, spec, params
 
 

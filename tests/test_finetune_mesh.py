@@ -4,9 +4,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from caption_helpers import REPO, env
 
 
+@pytest.mark.slow  # a fresh 8-device process compiling two meshes' steps
 def test_fsdp8_step_equals_one_device():
     result = subprocess.run([sys.executable, str(REPO / "tests" / "finetune_mesh_script.py")],
                             capture_output=True, text=True, env=env(devices=8), cwd=REPO, timeout=900)

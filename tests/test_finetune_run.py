@@ -18,7 +18,7 @@ from flax import traverse_util
 from caption_helpers import REPO, env, read_output, run_caption, text
 from finetune_helpers import CAPTIONS, PROMPT, tiny_checkpoint, write_images, write_llava_json
 from recap_jax import convert
-from recap_jax.conversion import bundle
+from recap_jax.captioning import model_loading
 from recap_jax.training.defaults import base_config
 from recap_jax.training.trainer import run
 
@@ -45,7 +45,7 @@ def _config(ckpt, data, images, workdir, **train):
 
 
 def _flat(checkpoint):
-    _, params = bundle.load_captioner(checkpoint=str(checkpoint))
+    _, params = model_loading.load_captioner(checkpoint=str(checkpoint))
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(params)).items()}
 
 

@@ -13,7 +13,7 @@ from flax import linen as nn
 
 from recap_jax.models.config import LlavaConfig
 from recap_jax.models.llama import KVCache, LlamaDecoder
-from recap_jax.models.layers import logical_init as _init
+from recap_jax.models.layers import logical_init
 from recap_jax.models.vision import VisionTower
 
 Dtype = Any
@@ -29,11 +29,11 @@ class Projector(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                     bias_init=_init(("embed",), nn.initializers.zeros))
-        x = nn.Dense(self.out_features, name="linear_1", kernel_init=_init(("vision_embed", "embed")),
+                     bias_init=logical_init(("embed",), nn.initializers.zeros))
+        x = nn.Dense(self.out_features, name="linear_1", kernel_init=logical_init(("vision_embed", "embed")),
                      **dense)(x)
         x = jax.nn.gelu(x, approximate=False)
-        return nn.Dense(self.out_features, name="linear_2", kernel_init=_init(("mlp", "embed")), **dense)(x)
+        return nn.Dense(self.out_features, name="linear_2", kernel_init=logical_init(("mlp", "embed")), **dense)(x)
 
 
 def merge_image_features(text_embeds: jax.Array, image_features: jax.Array,

@@ -7,6 +7,7 @@ caption_tune_v4.py) start from `base_config()`; any field can be overridden on t
 
 import ml_collections
 
+from recap_jax.parallel.distributed import distributed_config
 from recap_jax.preprocess.text import DEFAULT_PROMPT
 
 
@@ -60,9 +61,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.fsdp = -1  # parameters and optimizer state sharded (the 8B LLM does not fit replicated)
     c.mesh.tensor = 1
 
-    c.distributed = ml_collections.ConfigDict()
-    c.distributed.mode = "auto"  # as the caption job: auto (TPU pods), on, off
-    c.distributed.coordinator_address = ""
-    c.distributed.num_processes = 1
-    c.distributed.process_id = 0
+    c.distributed = distributed_config()  # multi-host start-up, as every command
     return c

@@ -133,12 +133,12 @@ def export_hf(out: epath.PathLike, spec: bundle.CaptionerSpec, params, dtype: st
     out.mkdir(parents=True, exist_ok=True)
     config = hf_config(spec.config, spec.tokenizer)
     config.save_pretrained(str(out))
-    host = traverse_util.unflatten_dict(dict(host_leaves(params, bundle.DTYPES[dtype])))
+    host = traverse_util.unflatten_dict(dict(host_leaves(params, bundle.param_dtype(dtype))))
     tensors = dict(hf_tensors(spec.config, host))
     # The CLIP tower's final norm is never used by LLaVA; an identity keeps the folder complete.
     side = spec.config.vision.hidden_size
-    tensors["model.vision_tower.post_layernorm.weight"] = np.ones(side, bundle.DTYPES[dtype])
-    tensors["model.vision_tower.post_layernorm.bias"] = np.zeros(side, bundle.DTYPES[dtype])
+    tensors["model.vision_tower.post_layernorm.weight"] = np.ones(side, bundle.param_dtype(dtype))
+    tensors["model.vision_tower.post_layernorm.bias"] = np.zeros(side, bundle.param_dtype(dtype))
     _write_safetensors(out, iter(tensors.items()))
     chat_template = spec.chat_template or getattr(spec.tokenizer, "chat_template", None)
     processor = transformers.LlavaProcessor(
@@ -155,5 +155,5 @@ def export_hf(out: epath.PathLike, spec: bundle.CaptionerSpec, params, dtype: st
 def export_converted(out: epath.PathLike, spec: bundle.CaptionerSpec, params, dtype: str,
                      source: dict[str, Any]) -> epath.Path:
     """The converted-checkpoint bundle (recap_config.json, tokenizer, Orbax params)."""
-    leaves = ((path, value) for path, value in host_leaves(params, bundle.DTYPES[dtype]))
+    leaves = ((path, value) for path, value in host_leaves(params, bundle.param_dtype(dtype)))
     return bundle.save_converted(out, spec, leaves, dtype, source, overwrite=True)

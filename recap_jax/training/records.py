@@ -4,7 +4,7 @@ A reader yields `Record`s of one epoch starting at an offset, so the data positi
 checkpoint is just (epoch, offset): rerunning after a crash reads the very same records next.
 - `llava_json`: a JSON list or JSONL file of `{"id", "image", "conversations"}` with images under
   `data.image_folder`; shuffled per epoch with a seeded permutation.
-- `webdataset` / `tfds`: caption pairs read with `recap_jax.data.sources` (img2dataset shards, or
+- `webdataset` / `tfds`: caption pairs read with `recap_jax.data.inputs` (img2dataset shards, or
   a TFDS/ArrayRecord dataset such as the caption job's output), turned into the one-turn
   conversation the captioner is asked at inference; shards are shuffled per epoch.
 """
@@ -18,8 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 from etils import epath
 
-from recap_jax.data import inputs as sources
-from recap_jax.data.inputs.tfds import TfdsFields
+from recap_jax.data import inputs
 from recap_jax.errors import ConfigError
 from recap_jax.training.conversation import ConversationError, caption_turns, llava_turns
 
@@ -86,8 +85,8 @@ class CaptionPairReader:
 
     def __init__(self, format: str, paths: str, prompt: str, caption_field: str,
                  shuffle: bool, seed: int):
-        options = {"fields": TfdsFields(caption=(caption_field,))} if caption_field and format == "tfds" else {}
-        self.units = sources.plan_work_units(format, paths, **options)
+        options = {"fields": {"caption": caption_field}} if caption_field and format == "tfds" else {}
+        self.units = inputs.plan_work_units(format, paths, **options)
         self.prompt, self.shuffle, self.seed = prompt, shuffle, seed
 
     def __len__(self) -> int:
@@ -99,11 +98,11 @@ class CaptionPairReader:
             units = [units[i] for i in np.random.default_rng([self.seed, epoch]).permutation(len(units))]
         position = 0
         for unit in units:
-            for item in sources.read_unit(unit):
+            for item in inputs.read_unit(unit):
                 position += 1
                 if position <= start:
                     continue
-                if isinstance(item, sources.Failure):
+                if isinstance(item, inputs.Failure):
                     yield Record(item.key, item.source, None, error=item.reason)
                 elif not item.org_caption.strip():
                     yield Record(item.key, item.source, None, error="empty caption")

@@ -30,15 +30,15 @@ from recap_jax.captioning import model_loading
 from recap_jax.conversion import bundle
 from recap_jax.conversion.llava import abstract_params
 from recap_jax.errors import ConfigError
+from recap_jax.models.layers import dtype_from_name
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
-from recap_jax.parallel.distributed import initialize_distributed
+from recap_jax.parallel.distributed import check_distributed_config, initialize_distributed
 from recap_jax.training import export, step as step_lib
 from recap_jax.training.batches import BatchMaker, FailureLog, Position, prefetch
 from recap_jax.training.conversation import ConversationEncoder
 from recap_jax.training.records import make_reader
 
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BATCH_AXES = {"tokens": (None, "batch", "length"), "targets": (None, "batch", "length"),
               "weights": (None, "batch", "length"), "pixels": (None, "batch", None, None, None)}
 
@@ -54,14 +54,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"model.checkpoint: {config.model.checkpoint} does not exist")
     if config.model.dtype not in bundle.DTYPES:
         raise ConfigError(f"model.dtype={config.model.dtype!r}: expected one of {sorted(bundle.DTYPES)}")
-    if config.model.compute_dtype not in COMPUTE_DTYPES:
-        raise ConfigError(f"model.compute_dtype={config.model.compute_dtype!r}: "
-                          f"expected one of {sorted(COMPUTE_DTYPES)}")
+    dtype_from_name(config.model.compute_dtype, "model.compute_dtype")
     t = config.train
     if t.trainable not in step_lib.TRAINABLE:
         raise ConfigError(f"train.trainable={t.trainable!r}: expected one of {sorted(step_lib.TRAINABLE)}")
     if t.global_batch_size < 1 or t.grad_accum_steps < 1:
         raise ConfigError("train.global_batch_size and train.grad_accum_steps must be >= 1")
+    check_distributed_config(config.distributed)
     rows = t.global_batch_size // max(jax.process_count(), 1)
     if t.global_batch_size % (t.grad_accum_steps * jax.process_count()):
         raise ConfigError(f"train.global_batch_size={t.global_batch_size} must divide by "
@@ -148,8 +147,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     spec, _ = model_loading.read_converted_spec(m.checkpoint, m.tokenizer or None)
     if m.template:
         spec.template = m.template
-    model = LlavaModel(spec.config, dtype=COMPUTE_DTYPES[m.compute_dtype])
-    shardings = mesh_lib.params_shardings(mesh, abstract_params(spec.config, jnp.dtype(bundle.DTYPES[m.dtype])))
+    model = LlavaModel(spec.config, dtype=dtype_from_name(m.compute_dtype, "model.compute_dtype"))
+    shardings = mesh_lib.params_shardings(mesh, abstract_params(spec.config, jnp.dtype(bundle.param_dtype(m.dtype))))
     params = model_loading.restore_params(m.checkpoint, spec.config, m.dtype, shardings)
     trainable, frozen = step_lib.split_params(params, t.trainable)
     del params
