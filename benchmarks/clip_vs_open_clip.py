@@ -70,7 +70,7 @@ def synthetic_batches(args, n: int = 3) -> list[dict]:
             tokens[row, e] = args.vocab - 1
             tokens[row, e + 1:] = 0
         out.append({"image": images, "tokens": tokens,
-                    "is_re_caption": rng.random(args.batch) < 0.8})
+                    "caption_source": (rng.random(args.batch) < 0.8).astype(np.int8)})
     return out
 
 

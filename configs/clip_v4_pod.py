@@ -1,7 +1,9 @@
 r"""Recap-CLIP on a TPU v4 pod: ViT-L/16 image tower + larger (H: 1024 wide, 24 deep) text tower.
 
-The paper's setting: p = 0.8 recaptions (else the original alt-text), a longer text context for
-recaptions (128 tokens) than for alt-text (77 tokens). Paths go in the config argument:
+The paper's setting: p = 0.8, the probability of the ORIGINAL alt-text (so 20% recaptions), a
+longer text context for recaptions (128 tokens) than for alt-text (77 tokens). The paper's
+CLIPA two-stage recipe with Table 2's model sizes is configs/recap_clip_*.py. Paths go in the
+config argument:
 
     # on every host of the pod (e.g. gcloud compute tpus tpu-vm ssh ... --worker=all --command=...):
     python -m recap_jax.train_clip \
@@ -44,7 +46,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     d = config.data
     d.tokenizer = args["tokenizer"]
-    d.re_caption_prob = 0.8  # the paper's mixing ratio
+    d.org_caption_prob = 0.8  # the paper's p: 80% original alt-text, 20% recaption
     d.re_caption_max_tokens = 128  # long recaptions
     d.org_caption_max_tokens = 77  # alt-text: CLIP's usual context
     d.crop_scale = (0.9, 1.0)  # CLIP-style light augmentation

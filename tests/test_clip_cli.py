@@ -36,7 +36,7 @@ def test_pod_config_loads_and_builds_the_big_model():
     config = configs_loader.load(
         "clip_v4_pod.py", "workdir=gs://b/run,folders=gs://b/a,gs://b/b,tokenizer=/tok,eval=gs://b/coco")
     assert config.workdir == "gs://b/run" and config.data.folders == "gs://b/a,gs://b/b"
-    assert config.data.re_caption_prob == 0.8 and config.data.re_caption_max_tokens > config.data.org_caption_max_tokens
+    assert config.data.org_caption_prob == 0.8 and config.data.re_caption_max_tokens > config.data.org_caption_max_tokens
     cfg = model_lib.config_from_dict(dict(config.model.to_dict(), vocab_size=49408))
     assert (cfg.patch_size, cfg.vision.width, cfg.text.width, cfg.dtype) == (16, 1024, 1024, jnp.bfloat16)
     assert trainer.text_length(config.data) <= cfg.text_context

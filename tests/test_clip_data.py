@@ -44,24 +44,27 @@ def test_batches_have_static_shapes_and_truncated_captions(shapes, tokenizer):
     batch = _dataset(shapes, tokenizer, re_caption_max_tokens=12)[0]
     assert batch["image"].shape == (16, 32, 32, 3) and batch["image"].dtype == np.uint8
     assert batch["tokens"].shape == (16, 12) and batch["tokens"].dtype == np.int32
-    for tokens, is_re in zip(batch["tokens"], batch["is_re_caption"]):
+    is_re_caption = batch["caption_source"] == data.SOURCE_RE_CAPTION
+    for tokens, is_re in zip(batch["tokens"], is_re_caption):
         length = int(np.argmax(tokens == tokenizer.eos_id)) + 1  # BOS ... EOS
         assert tokens[0] == tokenizer.hf.bos_token_id
         # org captions have 3 words (+2 specials = 5 <= 6); recaptions (18 words) are cut at 12
         # tokens with their EOS kept
         assert length == (12 if is_re else 5)
-    assert 0 < batch["is_re_caption"].sum() < 16
+    assert 0 < is_re_caption.sum() < 16
 
 
 def test_caption_mixing_probability(shapes, tokenizer):
-    def fraction(p):
-        ds = _dataset(shapes, tokenizer, re_caption_prob=p, per_host_batch=64)
-        return np.mean([ds[i]["is_re_caption"].mean() for i in range(8)])  # 512 examples
+    def org_fraction(p):
+        ds = _dataset(shapes, tokenizer, org_caption_prob=p, per_host_batch=64)
+        return np.mean([(ds[i]["caption_source"] == data.SOURCE_ORG_CAPTION).mean() for i in range(8)])
 
-    assert fraction(0.0) == 0.0 and fraction(1.0) == 1.0
-    assert abs(fraction(0.8) - 0.8) < 0.06
-    with pytest.raises(ValueError, match="data.re_caption_prob"):
-        _dataset(shapes, tokenizer, re_caption_prob=1.5)
+    assert org_fraction(0.0) == 0.0 and org_fraction(1.0) == 1.0  # 512 examples each
+    assert abs(org_fraction(0.8) - 0.8) < 0.06 and abs(org_fraction(0.2) - 0.2) < 0.06
+    with pytest.raises(ValueError, match="data.org_caption_prob"):
+        _dataset(shapes, tokenizer, org_caption_prob=1.5)
+    with pytest.raises(ValueError, match="data.caption_mix"):
+        _dataset(shapes, tokenizer, caption_mix="interleave")
 
 
 def test_deterministic_order_and_seed_dependence(shapes, tokenizer):
@@ -101,7 +104,7 @@ def test_iterator_state_restores_the_exact_stream(shapes, tokenizer):
 def test_several_folders_are_read_together(shapes, tokenizer, tmp_path):
     extra = synthetic.write_tfds_folder(str(tmp_path / "extra"), synthetic.make_records(32, 32, seed=7))
     ds = data.train_dataset(f"{shapes['train']},{extra}", tokenizer, image_size=32, per_host_batch=48,
-                            seed=0, re_caption_prob=0.0, org_caption_max_tokens=8)
+                            seed=0, org_caption_prob=1.0, org_caption_max_tokens=8)
     # 288 records -> 6 batches per epoch; collect one epoch and count the extra folder's captions
     one_epoch = np.concatenate([ds[i]["tokens"] for i in range(6)])
     assert len(one_epoch) == 288

@@ -49,7 +49,7 @@ def test_tiny_clip_learns_retrieval_on_heldout_shapes(shapes, tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [row["step"] for row in rows if "loss" in row] == [100, 200, 300]
     assert rows[0]["loss"] > rows[2]["loss"]
-    assert abs(rows[2]["re_caption_fraction"] - 0.8) < 0.05
+    assert abs(rows[2]["org_caption_fraction"] - 0.8) < 0.05
 
     # The evaluation command on the saved run reproduces the in-training figures.
     from recap_jax import eval_retrieval

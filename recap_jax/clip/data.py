@@ -7,7 +7,7 @@ Training pipeline, per host (all steps are lazy, random-access `grain.MapDataset
       -> keep this host's elements (index % process_count == process_index) -> batch
 
 Randomness is a pure function of (seed, global element index): whether the example uses
-`re_caption` (probability `re_caption_prob`) or `org_caption`, and its crop. So the order and
+`org_caption` (probability `org_caption_prob`, the paper's p) or `re_caption`, and its crop. So the order and
 the content are the same on every run, and the iterator state is one number (the next batch
 index) that is identical on every host: it goes into the checkpoint as JSON.
 """
@@ -26,6 +26,7 @@ from PIL import Image
 from recap_jax.data.images import decode_image
 from recap_jax.data.inputs.paths import split_paths
 from recap_jax.data.tfds_folder import open_tfds_folder
+from recap_jax.errors import ConfigError
 from recap_jax.preprocess.image import CLIP_MEAN, CLIP_STD
 
 
@@ -126,12 +127,39 @@ def as_text(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+# `caption_source` of each training example (an int8 per example in the batch).
+SOURCE_RE_CAPTION, SOURCE_ORG_CAPTION, SOURCE_CONCAT = 0, 1, 2
+CAPTION_MIXES = ("sample", "concat")
+
+
+def choose_caption(org_caption: str, re_caption: str, *, org_caption_prob: float, caption_mix: str,
+                   draw: float) -> tuple[str, int]:
+    """(text, caption_source) for one example; `draw` is a uniform [0, 1) number.
+
+    "sample" (the paper's p): the original alt-text if draw < org_caption_prob, else the
+    recaption; an empty caption falls back to the other one. "concat": both, original first
+    (so the short alt-text survives truncation of the long recaption).
+    """
+    org, re = org_caption.strip(), re_caption.strip()
+    if caption_mix == "concat":
+        if org and re:
+            return f"{org} {re}", SOURCE_CONCAT
+        return (org, SOURCE_ORG_CAPTION) if org else (re, SOURCE_RE_CAPTION)
+    use_org = draw < org_caption_prob
+    if not org:
+        use_org = False
+    elif not re:
+        use_org = True
+    return (org_caption, SOURCE_ORG_CAPTION) if use_org else (re_caption, SOURCE_RE_CAPTION)
+
+
 @dataclasses.dataclass
 class TrainTransform:
     """Turns (global index, record) into one training example; randomness from (seed, index)."""
     tokenizer: Tokenizer
     image_size: int
-    re_caption_prob: float
+    org_caption_prob: float
+    caption_mix: str
     re_caption_max_tokens: int
     org_caption_max_tokens: int
     crop_scale: tuple[float, float]
@@ -139,28 +167,30 @@ class TrainTransform:
 
     def __call__(self, index: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, index])
-        re_caption, org_caption = as_text(record["re_caption"]), as_text(record["org_caption"])
-        use_re_caption = rng.random() < self.re_caption_prob
-        if not org_caption.strip():  # fall back to whichever caption exists
-            use_re_caption = True
-        elif not re_caption.strip():
-            use_re_caption = False
-        text, max_tokens = ((re_caption, self.re_caption_max_tokens) if use_re_caption
-                            else (org_caption, self.org_caption_max_tokens))
+        text, source = choose_caption(as_text(record["org_caption"]), as_text(record["re_caption"]),
+                                      org_caption_prob=self.org_caption_prob,
+                                      caption_mix=self.caption_mix, draw=rng.random())
         pad_to = max(self.re_caption_max_tokens, self.org_caption_max_tokens)
+        # Each kind has its own token budget; a concatenation gets the whole text length.
+        max_tokens = {SOURCE_RE_CAPTION: self.re_caption_max_tokens,
+                      SOURCE_ORG_CAPTION: self.org_caption_max_tokens}.get(source, pad_to)
         image = random_resized_crop(decode_image(record["image"]), self.image_size, rng, self.crop_scale)
         return {"image": image, "tokens": self.tokenizer([text], max_tokens, pad_to)[0],
-                "is_re_caption": np.bool_(use_re_caption)}
+                "caption_source": np.int8(source)}
 
 
 def train_dataset(folders: str | Sequence[str], tokenizer: Tokenizer, *, image_size: int,
-                  per_host_batch: int, seed: int, re_caption_prob: float = 0.8,
-                  re_caption_max_tokens: int = 128, org_caption_max_tokens: int = 77,
-                  crop_scale: tuple[float, float] = (0.9, 1.0), process_index: int = 0,
-                  process_count: int = 1, split: str = "train") -> grain.MapDataset:
+                  per_host_batch: int, seed: int, org_caption_prob: float = 0.8,
+                  caption_mix: str = "sample", re_caption_max_tokens: int = 128,
+                  org_caption_max_tokens: int = 77, crop_scale: tuple[float, float] = (0.9, 1.0),
+                  process_index: int = 0, process_count: int = 1,
+                  split: str = "train") -> grain.MapDataset:
     """An infinite MapDataset of batches for this host: element b is this host's share of step b."""
-    if not 0.0 <= re_caption_prob <= 1.0:
-        raise ValueError(f"data.re_caption_prob: {re_caption_prob} is not in [0, 1]")
+    if not 0.0 <= org_caption_prob <= 1.0:
+        raise ConfigError(f"data.org_caption_prob: {org_caption_prob} is not in [0, 1] (it is the "
+                          "probability of the ORIGINAL caption, the paper's p)")
+    if caption_mix not in CAPTION_MIXES:
+        raise ConfigError(f"data.caption_mix: {caption_mix!r} is not one of {CAPTION_MIXES}")
     paths = split_paths(folders)  # one comma-separated string (CLI friendly) or a sequence
     if not paths:
         raise ValueError("data.folders: no dataset folder given")
@@ -169,7 +199,7 @@ def train_dataset(folders: str | Sequence[str], tokenizer: Tokenizer, *, image_s
     if len(records) < per_host_batch * process_count:
         raise ValueError(f"data.folders: {len(records)} records are fewer than one global batch "
                          f"({per_host_batch * process_count})")
-    transform = TrainTransform(tokenizer, image_size, re_caption_prob, re_caption_max_tokens,
+    transform = TrainTransform(tokenizer, image_size, org_caption_prob, caption_mix, re_caption_max_tokens,
                                org_caption_max_tokens, tuple(crop_scale), seed)
     stream = records.shuffle(seed=seed).repeat(None)  # a new permutation every epoch
     examples = stream.map_with_index(transform)  # index = global position in the stream

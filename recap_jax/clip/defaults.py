@@ -41,7 +41,10 @@ def base_config(folders: str = "") -> ml_collections.ConfigDict:
     config.data.folders = folders  # comma-separated captioner output folders (TFDS ArrayRecord)
     config.data.split = "train"  # split to read from each folder
     config.data.tokenizer = ""  # a HF tokenizer folder (CLIP tokenizer); required
-    config.data.re_caption_prob = 0.8  # probability of using re_caption (else org_caption), per example
+    # The paper's p: probability of the ORIGINAL alt-text per example (else the recaption).
+    # 1.0 = alt-text only (baseline), 0.0 = recaptions only, 0.8 = the paper's choice (80% original).
+    config.data.org_caption_prob = 0.8
+    config.data.caption_mix = "sample"  # sample (p above) or concat (original + recaption joined, cut to the text length)
     config.data.re_caption_max_tokens = 32  # recaptions are longer: their own token budget (incl. BOS/EOS)
     config.data.org_caption_max_tokens = 16  # token budget of original alt-text captions
     config.data.crop_scale = (0.8, 1.0)  # random-resized-crop area range (fraction of the image)
@@ -52,6 +55,12 @@ def base_config(folders: str = "") -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict()
     config.train.global_batch_size = 64  # examples per step over all hosts and devices
     config.train.num_steps = 2000  # total optimizer steps (the cosine schedule spans them)
+    # Or in samples (CLIPA's recipe; kept when the batch changes): >0 sets num_steps / warmup_steps
+    # for the global batch, and base_learning_rate sets learning_rate = base x batch / lr_reference_batch.
+    config.train.num_samples = 0
+    config.train.warmup_samples = 0
+    config.train.base_learning_rate = 0.0
+    config.train.lr_reference_batch = 256
     config.train.accum_steps = 1  # micro-batches per step (exact full-batch contrastive gradient)
     config.train.loss = "softmax"  # softmax (CLIP) or sigmoid (SigLIP; needs model.use_logit_bias)
     config.train.learning_rate = 1e-3  # peak AdamW learning rate
@@ -67,6 +76,13 @@ def base_config(folders: str = "") -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 200  # steps between Orbax checkpoints (also saved at the end)
     config.train.keep_checkpoints = 2  # how many recent checkpoints to keep
     config.train.stop_after_steps = 0  # >0: leave after this many steps of THIS run (time-sliced jobs)
+
+    # Start from the checkpoint of an earlier stage (CLIPA stage 2): its latest params, the image
+    # position embeddings resampled to this image size. Ignored once this workdir has a checkpoint.
+    config.init = ml_collections.ConfigDict()
+    config.init.checkpoint = ""  # the earlier stage's workdir; empty = a fresh initialisation
+    config.init.optimizer = "reset"  # reset, or keep (Adam moments carried over; the schedule restarts)
+    config.init.pos_interpolation = "bilinear"  # bilinear or bicubic
 
     config.eval = ml_collections.ConfigDict()
     config.eval.every_steps = 0  # 0 = only at the end of training (if any dataset has a folder)

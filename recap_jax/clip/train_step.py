@@ -30,7 +30,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from recap_jax.clip import loss as loss_lib
-from recap_jax.clip.data import normalize_on_device
+from recap_jax.clip.data import SOURCE_CONCAT, SOURCE_ORG_CAPTION, normalize_on_device
 from recap_jax.clip.model import CLIP, init_params
 from recap_jax.errors import ConfigError
 from recap_jax.parallel.mesh import LOGICAL_AXIS_RULES, params_shardings
@@ -179,9 +179,11 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, mesh: Mesh, *
         # Clamp the temperature as CLIP does (scale <= 100) so the logits cannot blow up.
         params = dict(params, logit_scale=jnp.minimum(params["logit_scale"], math.log(logit_scale_max)))
         metrics = {"loss": loss, "logit_scale": jnp.exp(params["logit_scale"]),
-                   "grad_norm": optax.tree.norm(grads),
-                   "re_caption_fraction": jnp.mean(batch["is_re_caption"].astype(jnp.float32))
-                   if "is_re_caption" in batch else jnp.float32(0)}
+                   "grad_norm": optax.tree.norm(grads)}
+        if "caption_source" in batch:  # what the step trained on (the realised mixing ratio)
+            source = batch["caption_source"]
+            metrics["org_caption_fraction"] = jnp.mean((source == SOURCE_ORG_CAPTION).astype(jnp.float32))
+            metrics["concat_fraction"] = jnp.mean((source == SOURCE_CONCAT).astype(jnp.float32))
         if learning_rate_fn is not None:
             metrics["learning_rate"] = learning_rate_fn(state.step)
         if use_bias:

@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from recap_jax.clip import data as data_lib
-from recap_jax.clip import evaluate, hf_weights, model as model_lib, train_step
+from recap_jax.clip import evaluate, hf_weights, model as model_lib, schedule, stage_init, train_step
 from recap_jax.errors import ConfigError
 from recap_jax.parallel.mesh import make_mesh, mesh_axis_sizes
 
@@ -61,6 +61,12 @@ def text_length(data_cfg) -> int:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
+    if "re_caption_prob" in config.data:
+        raise ConfigError("data.re_caption_prob was replaced by data.org_caption_prob = p, the probability "
+                          "of the ORIGINAL caption as in the paper (p = 0.8: 80% alt-text, 20% recaption); "
+                          "remove re_caption_prob and set data.org_caption_prob")
+    if "org_caption_prob" not in config.data:
+        raise ConfigError("data.org_caption_prob: missing; set the probability of the original caption (0.8)")
     if not config.get("workdir"):
         raise ConfigError("workdir: set --config.workdir (checkpoints and metrics.jsonl go there)")
     mesh_axis_sizes(dict(config.mesh), jax.device_count())
@@ -188,6 +194,7 @@ def run_evals(config, model, mesh, params, param_shardings, tokenizer) -> dict[s
 
 def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) training as configured; returns the last logged metrics."""
+    config = schedule.resolve_sample_schedule(config)  # sample-based recipes -> steps
     validate_config(config)
     workdir = config.workdir
     check_same_run(workdir, config)  # before anything is written or loaded
@@ -206,7 +213,7 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     batches = data_lib.train_dataset(
         config.data.folders, tokenizer, image_size=model.cfg.image_size,
         per_host_batch=t.global_batch_size // jax.process_count(), seed=config.seed,
-        re_caption_prob=config.data.re_caption_prob,
+        org_caption_prob=config.data.org_caption_prob, caption_mix=config.data.get("caption_mix", "sample"),
         re_caption_max_tokens=config.data.re_caption_max_tokens,
         org_caption_max_tokens=config.data.org_caption_max_tokens,
         crop_scale=tuple(config.data.crop_scale), process_index=jax.process_index(),
@@ -226,6 +233,12 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
         state = restored.state
         batch_iter.set_state(restored.data)
         _log(f"resumed from {workdir}/checkpoints step {latest}")
+    elif config.get("init") and config.init.get("checkpoint"):  # a later stage (CLIPA stage 2)
+        state, carried = stage_init.initial_state(config.init, model, tx, mesh, abstract_state, shardings)
+        if jax.process_index() == 0:
+            (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+        _log(f"new stage in {workdir} from {carried['from']} step {carried['step']}: position grid "
+             f"{carried['pos_grid']}, optimizer {carried['optimizer']}")
     else:
         state, _ = train_step.create_train_state(model, tx, mesh, config.seed, init_from=hf_params)
         if jax.process_index() == 0:  # what eval_retrieval rebuilds the model from
@@ -265,7 +278,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
         log.write(step, averaged)
         last = averaged
         _log(f"step {step}/{t.num_steps} loss {averaged['loss']:.4f} scale {averaged['logit_scale']:.1f} "
-             f"lr {averaged.get('learning_rate', 0):.2e} | {steps_per_s:.2f} steps/s "
+             f"lr {averaged.get('learning_rate', 0):.2e} org {averaged.get('org_caption_fraction', float('nan')):.3f} "
+             f"| {steps_per_s:.2f} steps/s "
              f"{averaged['samples_per_second']:.0f} samples/s ETA {_eta((t.num_steps - step) / max(steps_per_s, 1e-9))}")
         interval_start, interval_steps = time.time(), 0
 

@@ -1,0 +1,36 @@
+r"""The paper's CLIP evaluation suite in one command: ImageNet-1K zero-shot, COCO and Flickr30K
+(Karpathy test) retrieval, Urban-1K long-caption retrieval and VG-Attribution; writes
+<output_dir>/eval_suite.json and a Markdown table with the paper's Table 3 / 6 columns.
+
+    python -m recap_jax.eval_suite --config configs/eval_suite.py \
+        --config.model.checkpoint=/runs/recap_clip_b16_s2 --config.output_dir=/tmp/suite \
+        --config.coco.annotations=/data/karpathy/dataset_coco.json --config.coco.images=/data/coco \
+        --config.imagenet.folder=/data/imagenet --config.urban1k.folder=/data/Urban1k
+
+Datasets whose paths are not set (or not there) are skipped with a line. See configs/eval_suite.py.
+Exit status: 0 done, 2 a usage error (one line naming the field or file; --debug for the traceback).
+"""
+
+from collections.abc import Sequence
+
+from ml_collections import config_flags
+
+from recap_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Suite config file, e.g. configs/eval_suite.py; fields are overridden with "
+    "--config.a.b=value.", lock_config=True)
+
+
+def main(argv: Sequence[str]) -> int:
+    config = cli.command_config(argv, _CONFIG.value, "configs/eval_suite.py")
+    from recap_jax.parallel.distributed import initialize_distributed
+    initialize_distributed(config.distributed)
+    from recap_jax.clip.suite import run as suite
+
+    suite.evaluate_model(config)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run_config_command(main, __doc__, __name__)
