@@ -71,15 +71,13 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
           f"{100 * held_out['main_object_named']:.1f}% of {held_out['num_images']}", flush=True)
 
     t = time.time()
-    folders = {row_name(p): web_out for p in config.clip.ps}
-    probs = {row_name(p): p for p in config.clip.ps}
-    if config.clip.concat:
-        folders["concat"] = stages.write_concat(web_out, os.path.join(root, "concat_web"))
-        probs["concat"] = 0.0
     rows, raw = {}, {}
-    for name, folder in folders.items():
+    mixes = [(row_name(p), p, "sample") for p in config.clip.ps]
+    if config.clip.concat:
+        mixes.append(("concat", 0.0, "concat"))  # p is unused by concat
+    for name, p, mix in mixes:
         workdir = os.path.join(root, "clip", f"p{name}")
-        stages.train_clip_row(config, folder, paths["clip_tokenizer"], workdir, probs[name])
+        stages.train_clip_row(config, web_out, paths["clip_tokenizer"], workdir, p, mix)
         raw[name] = stages.evaluate_clip(workdir, paths)
         rows[name] = report.row_numbers(raw[name])
     timings["clip_s"] = time.time() - t

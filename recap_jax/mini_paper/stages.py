@@ -115,7 +115,7 @@ def read_captions(out_dir: str) -> dict[str, dict[str, str]]:
 
 
 def clip_config(config: ml_collections.ConfigDict, folders: str, tokenizer: str, workdir: str,
-                org_caption_prob: float) -> ml_collections.ConfigDict:
+                org_caption_prob: float, caption_mix: str = "sample") -> ml_collections.ConfigDict:
     """The Recap-CLIP training config of one row: same seed, model and budget for every p."""
     from recap_jax.clip.defaults import base_config
 
@@ -124,10 +124,8 @@ def clip_config(config: ml_collections.ConfigDict, folders: str, tokenizer: str,
     c.workdir = workdir
     c.seed = config.seed
     c.data.tokenizer = tokenizer
-    if "org_caption_prob" in c.data:
-        c.data.org_caption_prob = org_caption_prob
-    else:  # the trainer's older field: the probability of the recaption
-        c.data.re_caption_prob = 1.0 - org_caption_prob
+    c.data.org_caption_prob = org_caption_prob
+    c.data.caption_mix = caption_mix
     c.data.re_caption_max_tokens = k.text_context
     c.data.org_caption_max_tokens = 16
     c.data.num_threads = 2
@@ -146,15 +144,16 @@ def clip_config(config: ml_collections.ConfigDict, folders: str, tokenizer: str,
 
 
 def train_clip_row(config: ml_collections.ConfigDict, folders: str, tokenizer: str, workdir: str,
-                   org_caption_prob: float) -> None:
+                   org_caption_prob: float, caption_mix: str = "sample") -> None:
     from recap_jax.clip.trainer import train
 
     done = epath.Path(workdir, "done.json")
     if done.exists():
         _log(f"clip: complete at {workdir}")
         return
-    _log(f"clip: p = {org_caption_prob} ({config.clip.num_steps} steps) -> {workdir}")
-    metrics = train(clip_config(config, folders, tokenizer, workdir, org_caption_prob))
+    row = "concat" if caption_mix == "concat" else f"p = {org_caption_prob}"
+    _log(f"clip: {row} ({config.clip.num_steps} steps) -> {workdir}")
+    metrics = train(clip_config(config, folders, tokenizer, workdir, org_caption_prob, caption_mix))
     done.write_text(json.dumps(metrics, default=lambda v: np.asarray(v).tolist()))
 
 
@@ -181,21 +180,3 @@ def evaluate_clip(workdir: str, paths: dict[str, str]) -> dict[str, Any]:
         cached.write_text(json.dumps({"true": true["main"], "alt": alt["main"], "zeroshot": true["zeroshot"]}))
     return json.loads(cached.read_text())
 
-
-def write_concat(web_out: str, folder: str) -> str:
-    """The concat row's data: each record's re_caption becomes "original + recaption" (read at p = 0)."""
-    from recap_jax.clip.synthetic import write_captioner_output
-
-    if epath.Path(folder, "dataset_info.json").exists():
-        return folder
-    import tensorflow_datasets as tfds
-
-    source = tfds.builder_from_directory(web_out).as_data_source("train")
-    records = []
-    for i in range(len(source)):
-        r = dict(source[i])
-        text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
-        joined = f"{text(r['org_caption'])} {text(r['re_caption'])}"
-        r.update(re_caption=joined, re_caption_length=len(joined.split()))
-        records.append(r)
-    return write_captioner_output(folder, records)
