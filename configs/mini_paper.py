@@ -60,5 +60,5 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.quick = ml_collections.ConfigDict(dict(
         world__num_web=512, world__num_hq=1024, world__num_eval=100, world__per_shard=256,
-        captioner__num_steps=250, clip__num_steps=60, clip__batch_size=32))
+        captioner__num_steps=600, clip__num_steps=60, clip__batch_size=32))
     return c
