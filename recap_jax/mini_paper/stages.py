@@ -32,7 +32,7 @@ def build_base_captioner(config: ml_collections.ConfigDict, folder: str) -> str:
     from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
 
     c = config.captioner
-    if not epath.Path(folder, "converted.json").exists() and not epath.Path(folder).exists():
+    if not epath.Path(folder).exists():  # written to a temporary folder, then renamed: complete if there
         build_tiny_checkpoint(folder, seed=config.seed, image_size=c.image_size,
                               extra_words=tuple(world.vocabulary()), text_layers=c.text_layers,
                               hidden=c.hidden, heads=c.heads, kv_heads=c.kv_heads,
