@@ -32,6 +32,16 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def noise_note(rows: dict[str, dict[str, float]], num_images: int, num_classes: int) -> str:
+    """Chance levels and the binomial standard error of an R@1 near p = 1.0's, for reading the table."""
+    base = rows.get("1.0") or next(iter(rows.values()))
+    m = base["retrieval mean R@1"] / 100
+    se = 100 * (m * (1 - m) / max(num_images, 1)) ** 0.5
+    return (f"Chance: R@1 = {100 / num_images:.1f}% with the true descriptions (alt-text-style queries are shared by "
+            f"several images), zero-shot top-1 = {100 / num_classes:.1f}%. Binomial standard error of one R@1 "
+            f"near p = 1.0's mean: {se:.1f} points; differences below ~2 standard errors are noise.")
+
+
 def findings(rows: dict[str, dict[str, float]]) -> list[str]:
     """The paper's findings (Table 3 / Section 5), each with what the miniature measured."""
     base = rows.get("1.0")

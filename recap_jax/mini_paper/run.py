@@ -91,7 +91,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         rows[name] = report.row_numbers(raw[name])
     timings["clip_s"] = time.time() - t
 
-    results = {"rows": rows, "raw": raw, "captioner_held_out": held_out, "caption_statistics": statistics,
+    num_images = next(iter(raw.values()))["true"]["num_images"]
+    results = {"rows": rows, "raw": raw, "noise": report.noise_note(rows, num_images, len(world_files.class_names())), "captioner_held_out": held_out, "caption_statistics": statistics,
                "findings": report.findings(rows), "timings_s": timings | {"total_s": time.time() - start},
                "config": config.to_dict()}
     write_outputs(root, results)
@@ -110,7 +111,7 @@ def write_outputs(root: str, results: dict[str, Any]) -> None:
             "", f"Captioner on {h['num_images']} held-out scenes: main object's colour and shape named in "
             f"{100 * h['main_object_named']:.1f}% (colour {100 * h['colour_named']:.1f}%, shape "
             f"{100 * h['shape_named']:.1f}%), full description exact in {100 * h['exact_description']:.1f}%.",
-            "", "Findings (measured, not tuned):", ""] + [f"- {f}" for f in results["findings"]]
+            "", results["noise"], "", "Findings (measured, not tuned):", ""] + [f"- {f}" for f in results["findings"]]
     with open(os.path.join(root, "table.md"), "w") as f:
         f.write("\n".join(text) + "\n")
     with open(os.path.join(root, "results.json"), "w") as f:
