@@ -44,9 +44,12 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
 
 
-def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    """A word-level tokenizer (~200 ids): special tokens first, `<image>` = 7, `<|eot_id|>` = 6."""
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + sorted(set(WORDS)))}
+def tiny_tokenizer(extra_words: tuple[str, ...] = ()) -> transformers.PreTrainedTokenizerFast:
+    """A word-level tokenizer (~200 ids): special tokens first, `<image>` = 7, `<|eot_id|>` = 6.
+
+    `extra_words` extend the vocabulary (the miniature world's captions use a few more words).
+    """
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + sorted(set(WORDS) | set(extra_words)))}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = transformers.PreTrainedTokenizerFast(
@@ -83,9 +86,12 @@ def tiny_llava_hf_config(*, vocab_size: int = 256, image_token_id: int = 7, imag
             "projector_hidden_act": "gelu", "tie_word_embeddings": tie_word_embeddings}
 
 
-def build_tiny_checkpoint(out_dir: str, seed: int = 0, image_size: int = 56) -> epath.Path:
-    config = llava_config_from_hf(tiny_llava_hf_config(image_size=image_size, patch_size=14, text_layers=2))
-    tokenizer = tiny_tokenizer()
+def build_tiny_checkpoint(out_dir: str, seed: int = 0, image_size: int = 56, extra_words: tuple[str, ...] = (),
+                          **config_overrides: Any) -> epath.Path:
+    """A random tiny captioner; `config_overrides` go to `tiny_llava_hf_config` (sizes)."""
+    overrides = dict(patch_size=14, text_layers=2) | config_overrides
+    config = llava_config_from_hf(tiny_llava_hf_config(image_size=image_size, **overrides))
+    tokenizer = tiny_tokenizer(extra_words)
     side = config.vision.image_size
     tokens = np.zeros((1, config.num_image_tokens + 1), np.int32)
     params = nn.unbox(LlavaModel(config).init(jax.random.PRNGKey(seed), tokens,

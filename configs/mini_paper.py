@@ -1,0 +1,64 @@
+r"""The paper in miniature on 2 CPU cores (recap_jax.reproduce; docs/mini_paper.md).
+
+    python -m recap_jax.reproduce --config configs/mini_paper.py [--quick]
+
+Sizes: the default run is the one reported in docs/mini_paper.md; `--quick` applies the
+`quick` overrides below (field `section__name` replaces `section.name`) and writes to
+<workdir>_quick.
+"""
+
+import os
+
+import ml_collections
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.workdir = os.path.join(_REPO, "out", "mini_paper")  # every stage writes under it
+    c.seed = 0  # world, captioner and every CLIP row share it
+
+    c.world = ml_collections.ConfigDict()
+    c.world.num_web = 4000  # the noisy "web" set that gets recaptioned and trains the CLIPs
+    c.world.num_hq = 2000  # the high-quality description set the captioner is fine-tuned on
+    c.world.num_eval = 300  # held-out scenes (new colour x shape x background of the main object)
+    c.world.image_size = 56
+    c.world.per_shard = 500  # samples per webdataset tar
+    # Web alt-text noise (recap_jax.clip.mini_world.AltTextRates)
+    c.world.unrelated = 0.10  # unrelated text
+    c.world.wrong_colour = 0.20  # wrong colour of the mentioned object
+    c.world.no_colour = 0.15  # colour left out
+    c.world.other_object = 0.30  # a small object mentioned instead of the main one
+
+    c.captioner = ml_collections.ConfigDict()  # a tiny LLaVA-LLaMA-3, fine-tuned whole (random start)
+    c.captioner.image_size = 56
+    c.captioner.vision_layers = 3
+    c.captioner.vision_hidden = 64
+    c.captioner.text_layers = 2
+    c.captioner.hidden = 96
+    c.captioner.heads = 6
+    c.captioner.kv_heads = 2
+    c.captioner.num_steps = 600
+    c.captioner.batch_size = 32
+    c.captioner.learning_rate = 3e-3
+    c.captioner.prompt = "describe this image"  # the instruction, in fine-tuning and in the caption job
+    c.captioner.max_length = 48  # 16 image tokens + chat prompt (13) + description (<= 17 words) + end
+    c.captioner.max_new_tokens = 20
+    c.captioner.prompt_bucket = 32  # padded prompt length in the caption job
+    c.captioner.decode_batch = 32
+
+    c.clip = ml_collections.ConfigDict()  # one tiny CLIP per row, same seed and budget
+    c.clip.ps = (1.0, 0.8, 0.5, 0.2, 0.0)  # p = probability of the ORIGINAL alt-text
+    c.clip.concat = True  # also the "concat" row (both captions joined)
+    c.clip.num_steps = 600
+    c.clip.batch_size = 64
+    c.clip.learning_rate = 1e-3
+    c.clip.image_size = 32
+    c.clip.text_context = 32
+    c.clip.embed_dim = 64
+
+    c.quick = ml_collections.ConfigDict(dict(
+        world__num_web=512, world__num_hq=1024, world__num_eval=100, world__per_shard=256,
+        captioner__num_steps=600, clip__num_steps=60, clip__batch_size=32))
+    return c

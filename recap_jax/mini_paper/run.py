@@ -1,0 +1,121 @@
+"""The miniature paper end to end: world -> captioner -> recaptions -> Recap-CLIPs -> report."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from recap_jax.clip import mini_world as world
+from recap_jax.errors import ConfigError
+from recap_jax.mini_paper import report, stages, world_files
+
+
+def row_name(p: float) -> str:
+    return f"{p:.1f}"
+
+
+def apply_quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The `--quick` size (tests, CI): every field under `config.quick` replaces its namesake."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    for path, value in config.quick.items():
+        section, field = path.split("__")
+        config[section][field] = value
+    config.workdir = config.workdir.rstrip("/") + "_quick"
+    return config
+
+
+def caption_accuracy(captions: dict[str, dict[str, str]], truth: dict[str, dict]) -> dict[str, float]:
+    """Shares of held-out images whose recaption names the main object's colour and shape (together
+    and each alone: "a large COLOUR ..." / the shape within the two words after it)."""
+    n = max(len(captions), 1)
+    both = colour = shape = exact = 0
+    for key, row in captions.items():
+        text, (c, s) = row["re_caption"], truth[key]["label"].split()
+        words = text.lower().split()
+        at = [i for i in range(len(words) - 1) if words[i] == "large"]
+        both += world.names_main_object(text, truth[key]["label"])
+        colour += any(words[i + 1] == c for i in at)
+        shape += any(s in words[i + 1:i + 4] for i in at)
+        exact += text.strip() == truth[key]["description"]
+    return {"main_object_named": both / n, "colour_named": colour / n, "shape_named": shape / n,
+            "exact_description": exact / n, "num_images": len(captions)}
+
+
+def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Runs (or continues) every stage; returns all numbers (also in `workdir/results.json`)."""
+    if not config.workdir:
+        raise ConfigError("workdir: set --config.workdir (every stage writes under it)")
+    if not config.clip.ps:
+        raise ConfigError("clip.ps: give at least one p (probability of the original caption)")
+    start = time.time()
+    root = os.path.abspath(config.workdir)
+    w = config.world
+    rates = world.AltTextRates(unrelated=w.unrelated, wrong_colour=w.wrong_colour, no_colour=w.no_colour,
+                               other_object=w.other_object)
+    paths = world_files.write_world(os.path.join(root, "world"), num_web=w.num_web, num_hq=w.num_hq,
+                                    num_eval=w.num_eval, image_size=w.image_size, seed=config.seed,
+                                    per_shard=w.per_shard, rates=rates)
+    timings = {"world_s": time.time() - start}
+
+    t = time.time()
+    captioner = stages.finetune_captioner(config, paths["hq"], os.path.join(root, "captioner"))
+    timings["captioner_s"] = time.time() - t
+    t = time.time()
+    web_out, eval_out = os.path.join(root, "recaptioned_web"), os.path.join(root, "recaptioned_eval")
+    stages.recaption(config, captioner, paths["eval"], eval_out)
+    stages.recaption(config, captioner, paths["web"], web_out)
+    timings["recaption_s"] = time.time() - t
+
+    eval_truth = world_files.read_truth(paths["eval"])
+    held_out = caption_accuracy(stages.read_captions(eval_out), eval_truth)
+    web = stages.read_captions(web_out)
+    statistics = world.caption_statistics([r["org_caption"] for r in web.values()],
+                                          [r["re_caption"] for r in web.values()])
+    print(f"[reproduce] captioner on held-out scenes: main object named in "
+          f"{100 * held_out['main_object_named']:.1f}% of {held_out['num_images']}", flush=True)
+
+    t = time.time()
+    rows, raw = {}, {}
+    mixes = [(row_name(p), p, "sample") for p in config.clip.ps]
+    if config.clip.concat:
+        mixes.append(("concat", 0.0, "concat"))  # p is unused by concat
+    for name, p, mix in mixes:
+        workdir = os.path.join(root, "clip", f"p{name}")
+        stages.train_clip_row(config, web_out, paths["clip_tokenizer"], workdir, p, mix)
+        raw[name] = stages.evaluate_clip(workdir, paths)
+        rows[name] = report.row_numbers(raw[name])
+    timings["clip_s"] = time.time() - t
+
+    num_images = next(iter(raw.values()))["true"]["num_images"]
+    results = {"rows": rows, "raw": raw, "noise": report.noise_note(rows, num_images, len(world_files.class_names())), "captioner_held_out": held_out, "caption_statistics": statistics,
+               "findings": report.findings(rows), "timings_s": timings | {"total_s": time.time() - start},
+               "config": config.to_dict()}
+    write_outputs(root, results)
+    return results
+
+
+def write_outputs(root: str, results: dict[str, Any]) -> None:
+    """results.json, table.md and plot.png under `root`."""
+    s, h = results["caption_statistics"], results["captioner_held_out"]
+    text = ["# Recap-CLIP in miniature (rows = p, the probability of the original alt-text)", "",
+            "Held-out scenes (unseen colour x shape x background of the main object); R@1 and top-1 in %.", "",
+            report.markdown_table(results["rows"]), "",
+            "| caption statistics (web set) | original alt-text | recaption |", "|---|---:|---:|",
+            f"| mean words | {s['org_mean_words']:.2f} | {s['re_mean_words']:.2f} |",
+            f"| share of the joint vocabulary | {100 * s['org_vocab_share']:.1f}% | {100 * s['re_vocab_share']:.1f}% |",
+            "", f"Captioner on {h['num_images']} held-out scenes: main object's colour and shape named in "
+            f"{100 * h['main_object_named']:.1f}% (colour {100 * h['colour_named']:.1f}%, shape "
+            f"{100 * h['shape_named']:.1f}%), full description exact in {100 * h['exact_description']:.1f}%.",
+            "", results["noise"], "", "Findings (measured, not tuned):", ""] + [f"- {f}" for f in results["findings"]]
+    with open(os.path.join(root, "table.md"), "w") as f:
+        f.write("\n".join(text) + "\n")
+    with open(os.path.join(root, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=lambda v: np.asarray(v).tolist())
+    report.plot(results["rows"], os.path.join(root, "plot.png"))
+    print("\n".join(text), flush=True)
+    print(f"[reproduce] wrote {root}/table.md, plot.png, results.json", flush=True)
