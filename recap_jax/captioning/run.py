@@ -185,12 +185,7 @@ def caption_requests(entries: Iterable[pipeline.UnitItem | pipeline.UnitEnd], pr
 
 def caption_units(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit],
                   output: OutputDataset) -> dict[str, Any]:
-    mesh = mesh_lib.make_mesh(dict(config.mesh), jax.local_devices())
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    for field in ("batch_size", "prefill_batch"):
-        if config.decode[field] % batch_shards:
-            raise ConfigError(f"decode.{field}={config.decode[field]} must be a multiple of "
-                              f"mesh.data x mesh.fsdp = {batch_shards}")
+    mesh = startup.check_mesh(config)
     check_fits_on_tpu(config, mesh)  # before reading any weights
     spec, params, model, dtype = load_model(config, mesh)
     prompt = CaptionPrompt(spec.prompt_encoder(), config.prompt)

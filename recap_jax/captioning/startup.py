@@ -13,7 +13,6 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import os
 import struct
 import uuid
 from typing import Any
@@ -23,6 +22,7 @@ import ml_collections
 import numpy as np
 import psutil
 from etils import epath
+from jax.sharding import Mesh
 
 from recap_jax.captioning import model_loading
 from recap_jax.captioning.prompts import CaptionPrompt
@@ -220,14 +220,15 @@ def device_memory_bytes() -> tuple[int, str]:
     return psutil.virtual_memory().available // len(devices), "available host memory per CPU device"
 
 
-def check_mesh(config: ml_collections.ConfigDict) -> None:
-    """The mesh fits this host's devices and the decode batches split over its replicas."""
+def check_mesh(config: ml_collections.ConfigDict) -> Mesh:
+    """This host's mesh; it fits the devices and the decode batches split over its replicas."""
     mesh = mesh_lib.make_mesh(dict(config.mesh), jax.local_devices())
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     for field in ("batch_size", "prefill_batch"):
         if config.decode[field] % batch_shards:
             raise ConfigError(f"decode.{field}={config.decode[field]} must be a multiple of "
                               f"mesh.data x mesh.fsdp = {batch_shards}")
+    return mesh
 
 
 def check_limits(config: ml_collections.ConfigDict, spec: bundle.CaptionerSpec) -> int:
