@@ -31,11 +31,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Caption config file (
 
 def main(argv: Sequence[str]) -> int:
     config = cli.command_config(argv, _CONFIG.value, "configs/demo.py")
-    import jax
-
-    from recap_jax.parallel.mesh import mesh_axis_sizes
-    mesh_axis_sizes(dict(config.mesh), jax.local_device_count())  # before anything is written
-    return report(config)
+    return report(config)  # the mesh is checked after jax.distributed starts, before anything is written
 
 
 def report(config) -> int:
