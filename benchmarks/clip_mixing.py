@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "clip_mixing.json"))
     args = parser.parse_args()
 
-    from recap_jax import eval_retrieval
+    from recap_jax.clip.evaluate import evaluate_config
     from recap_jax.clip import trainer
 
     rows = []
@@ -65,7 +65,7 @@ def main() -> None:
             ev.model.checkpoint = workdir
             ev.datasets.main.folder, ev.datasets.main.split = os.path.join(args.data, "heldout"), "train"
             ev.datasets.main.caption_fields = kind
-            row[kind] = eval_retrieval.run(ev)["main"]
+            row[kind] = evaluate_config(ev)["main"]
         rows.append(row)
         with open(args.out, "w") as f:  # after every run, so a cut-short measurement keeps its rows
             json.dump({"steps": args.steps, "rows": rows}, f, indent=1)

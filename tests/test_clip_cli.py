@@ -102,13 +102,13 @@ def test_train_from_and_evaluate_a_hf_clip(tmp_path_factory, tmp_path):
         trainer.build_model(config.model, tokenizer)
 
     # The evaluation command takes the HF folder directly.
-    from recap_jax import eval_retrieval
+    from recap_jax.clip.evaluate import evaluate_config
     eval_config = configs_loader.load("clip_eval.py")
     eval_config.model.hf_dir = hf_dir
     eval_config.tokenizer = shapes["tokenizer"]
     eval_config.datasets.main.folder = shapes["heldout"]
     eval_config.datasets.main.split = "train"
-    metrics = eval_retrieval.run(eval_config)["main"]
+    metrics = evaluate_config(eval_config)["main"]
     assert metrics["num_images"] == 96 and 0 <= metrics["text_to_image/R@10"] <= 1
 
 

@@ -52,7 +52,7 @@ def test_tiny_clip_learns_retrieval_on_heldout_shapes(shapes, tmp_path):
     assert abs(rows[2]["org_caption_fraction"] - 0.8) < 0.05
 
     # The evaluation command on the saved run reproduces the in-training figures.
-    from recap_jax import eval_retrieval
+    from recap_jax.clip.evaluate import evaluate_config
     import configs_loader
     eval_config = configs_loader.load("clip_eval.py")
     eval_config.model.checkpoint = str(tmp_path / "run")
@@ -66,7 +66,7 @@ def test_tiny_clip_learns_retrieval_on_heldout_shapes(shapes, tmp_path):
         max_images=0))
     eval_config.zeroshot.folder = shapes["colours"]
     eval_config.zeroshot.templates = "{} circle left|{} square right|{} triangle top|{} circle bottom"
-    results = eval_retrieval.run(eval_config)
+    results = evaluate_config(eval_config)
     again = results["main"]
     assert results["coco_style"]["num_texts"] == 192
     assert results["coco_style"]["text_to_image/R@5"] > 3 * chance_r5
