@@ -82,6 +82,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Caption this host's share of the input; returns the run summary."""
     validate(config)
     initialize_distributed(config.distributed)
+    startup.check_mesh(config)  # the first device query, after jax.distributed starts
     startup.check_remote(config, config.gcs_timeout_s)
     ensure_demo_checkpoint(config)
     startup.check_limits(config, startup.read_spec(config))  # before loading any weights
