@@ -12,29 +12,19 @@ known length: set train.num_steps to pairs / 128 for one epoch.
 """
 
 from recap_jax.preprocess.text import DEFAULT_PROMPT
-from recap_jax.training.defaults import base_config
+from recap_jax.training.defaults import tpu_pod_config
 
 
 def get_config():
-    c = base_config()
+    c = tpu_pod_config()
     c.workdir = "gs://YOUR_BUCKET/runs/llava-llama3-caption-tune"
     c.model.checkpoint = "gs://YOUR_BUCKET/runs/llava-llama3-stage2/export"
-    c.model.dtype = "bfloat16"
-    c.model.compute_dtype = "bfloat16"
     c.data.format = "webdataset"
     c.data.path = "gs://YOUR_BUCKET/hq-captions/*.tar"
     c.data.prompt = DEFAULT_PROMPT
-    c.data.max_length = 2048
-    c.data.num_workers = 32
     c.train.trainable = "projector+llm"
     c.train.num_steps = 1000  # 128K pairs / 128; set from your data
     c.train.global_batch_size = 128
     c.train.grad_accum_steps = 4
     c.train.learning_rate = 2e-5
-    c.train.warmup_ratio = 0.03
-    c.train.weight_decay = 0.0
-    c.train.checkpoint_every = 200
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    c.distributed.mode = "auto"
     return c

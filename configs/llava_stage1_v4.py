@@ -10,30 +10,20 @@ batch 256, learning rate 1e-3, 1 epoch, 3% warm-up then cosine, no weight decay;
 and the LLM stay frozen. Run it on every worker of the slice (tpu/launch.sh does).
 """
 
-from recap_jax.training.defaults import base_config
+from recap_jax.training.defaults import tpu_pod_config
 
 
 def get_config():
-    c = base_config()
+    c = tpu_pod_config()
     c.workdir = "gs://YOUR_BUCKET/runs/llava-llama3-stage1"
     # A converted checkpoint of CLIP ViT-L/14-336 + LLaMA-3-8B-Instruct with a fresh projector.
     c.model.checkpoint = "gs://YOUR_BUCKET/checkpoints/llava-llama3-8b-init"
-    c.model.dtype = "bfloat16"
-    c.model.compute_dtype = "bfloat16"
     c.data.format = "llava_json"
     c.data.path = "gs://YOUR_BUCKET/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json"
     c.data.image_folder = "gs://YOUR_BUCKET/LLaVA-Pretrain/images"
-    c.data.max_length = 2048
-    c.data.num_workers = 32
     c.train.trainable = "projector"
     c.train.num_steps = -1  # one epoch: 558K / 256 = 2,180 steps
     c.train.global_batch_size = 256
     c.train.grad_accum_steps = 1
     c.train.learning_rate = 1e-3
-    c.train.warmup_ratio = 0.03
-    c.train.weight_decay = 0.0
-    c.train.checkpoint_every = 200
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    c.distributed.mode = "auto"
     return c

@@ -11,29 +11,19 @@ The 8B LLM with f32 master weights and AdamW state (~96 GB) is sharded over all 
 micro-batches of 32 conversations of up to 2048 tokens keep activations within a v4 chip.
 """
 
-from recap_jax.training.defaults import base_config
+from recap_jax.training.defaults import tpu_pod_config
 
 
 def get_config():
-    c = base_config()
+    c = tpu_pod_config()
     c.workdir = "gs://YOUR_BUCKET/runs/llava-llama3-stage2"
     c.model.checkpoint = "gs://YOUR_BUCKET/runs/llava-llama3-stage1/export"
-    c.model.dtype = "bfloat16"
-    c.model.compute_dtype = "bfloat16"
     c.data.format = "llava_json"
     c.data.path = "gs://YOUR_BUCKET/LLaVA-Instruct/llava_v1_5_mix665k.json"
     c.data.image_folder = "gs://YOUR_BUCKET/LLaVA-Instruct/images"
-    c.data.max_length = 2048
-    c.data.num_workers = 32
     c.train.trainable = "projector+llm"
     c.train.num_steps = -1  # one epoch: 665K / 128 = 5,197 steps
     c.train.global_batch_size = 128
     c.train.grad_accum_steps = 4
     c.train.learning_rate = 2e-5
-    c.train.warmup_ratio = 0.03
-    c.train.weight_decay = 0.0
-    c.train.checkpoint_every = 200
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    c.distributed.mode = "auto"
     return c

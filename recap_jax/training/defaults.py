@@ -63,3 +63,20 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.distributed = distributed_config()  # multi-host start-up, as every command
     return c
+
+
+def tpu_pod_config() -> ml_collections.ConfigDict:
+    """`base_config` with what every LLaVA-1.5 step on a TPU slice shares: bf16 weights and
+    compute, 2048-token conversations, 3% warm-up then cosine, no weight decay, fsdp over every chip."""
+    c = base_config()
+    c.model.dtype = "bfloat16"
+    c.model.compute_dtype = "bfloat16"
+    c.data.max_length = 2048
+    c.data.num_workers = 32
+    c.train.warmup_ratio = 0.03
+    c.train.weight_decay = 0.0
+    c.train.checkpoint_every = 200
+    c.mesh.data = 1
+    c.mesh.fsdp = -1
+    c.distributed.mode = "auto"
+    return c
