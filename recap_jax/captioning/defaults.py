@@ -46,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Delete what an earlier run wrote in output.dir and start anew (a rerun with other settings
     # is refused otherwise). Drop it again for the reruns that resume this run.
     c.output.overwrite = False
+    # false: a captions-only output (key, url, sha256, captions, sizes; no image bytes), for runs
+    # where copying the images again is not wanted. The CLIP trainer joins it back with this run's
+    # input shards by key, checking sha256 (train_clip's data.image_paths; docs/data.md).
+    c.output.store_images = True
     # Exit status 3 when more than this share of this run's samples failed (1.0: only when
     # none was captioned).
     c.output.max_failure_share = 1.0

@@ -53,4 +53,6 @@ def run_identity(config: ml_collections.ConfigDict, units: Sequence[inputs.WorkU
     decode = {f"decode.{k}": v for k, v in config.decode.to_dict().items() if k not in SCHEDULING_FIELDS}
     return {**model_identity(config), "prompt": config.prompt, "input.max_pixels": config.input.max_pixels,
             **decode, "input.format": config.input.format, "input.paths": absolute_paths(config.input.paths),
-            "units": inputs.units_fingerprint(units)}
+            "units": inputs.units_fingerprint(units),
+            # Recorded only when false, so outputs written before the field existed still resume.
+            **({} if config.output.store_images else {"output.store_images": False})}

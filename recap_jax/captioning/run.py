@@ -37,6 +37,7 @@ from recap_jax.conversion.bundle import DTYPES, CaptionerSpec, param_dtype
 from recap_jax.data import inputs, pipeline
 from recap_jax.data.inputs import Failure
 from recap_jax.data.storage import is_local
+from recap_jax.data.schema import record_features
 from recap_jax.data.writer import OutputDataset
 from recap_jax.decoding.sampler import Request, Sampler
 from recap_jax.decoding.settings import DecodeSettings
@@ -95,7 +96,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     try:
         with output_lease.hold(config) as lease:
             output = output_lease.process_0_first(lambda: OutputDataset(
-                config.output.dir, len(units), fingerprint=run_identity,
+                config.output.dir, len(units), features=record_features(config.output.store_images),
+                fingerprint=run_identity,
                 overwrite=config.output.overwrite and jax.process_index() == 0), "output.dir")
             return _caption_share(config, units, output, lease)
     except BaseException:

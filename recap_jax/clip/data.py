@@ -185,11 +185,14 @@ def train_dataset(folders: str | Sequence[str], tokenizer: Tokenizer, *, image_s
                   org_caption_max_tokens: int = 77, crop_scale: tuple[float, float] = (0.9, 1.0),
                   process_index: int = 0, process_count: int = 1, split: str = "train",
                   format: str = "tfds", captions_map: str = "", captions_parquet: str | Sequence[str] = "",
-                  report_dir: str | None = None) -> grain.MapDataset:
+                  report_dir: str | None = None, image_paths: str = "",
+                  image_format: str = "") -> grain.MapDataset:
     """An infinite MapDataset of batches for this host: element b is this host's share of step b.
 
     `format="webdataset"`: `folders` names img2dataset tars whose captions `captions_map` locates
     (recap_jax.data.captions_map); samples left out are listed in report_dir/missing_captions.jsonl.
+    A captions-only output folder (`output.store_images=false`) gets its images from the caption
+    job's input (`image_paths`/`image_format`, default: as its run_config.json records them).
     """
     if not 0.0 <= org_caption_prob <= 1.0:
         raise ConfigError(f"data.org_caption_prob: {org_caption_prob} is not in [0, 1] (it is the "
@@ -205,7 +208,7 @@ def train_dataset(folders: str | Sequence[str], tokenizer: Tokenizer, *, image_s
         sources = [grain.MapDataset.source(open_webdataset_records(paths, captions_map,
                                                                    split_paths(captions_parquet), report))]
     elif format == "tfds":
-        sources = [grain.MapDataset.source(open_tfds_folder(p, split, field="data.folders")) for p in paths]
+        sources = [grain.MapDataset.source(output_records(p, split, image_paths, image_format)) for p in paths]
     else:
         raise ValueError(f"data.format: {format!r} is not tfds (our output folders) or webdataset (img2dataset tars)")
     records = sources[0] if len(sources) == 1 else grain.MapDataset.concatenate(sources)
@@ -218,6 +221,17 @@ def train_dataset(folders: str | Sequence[str], tokenizer: Tokenizer, *, image_s
     examples = stream.map_with_index(transform)  # index = global position in the stream
     mine = examples[process_index::process_count]
     return mine.batch(per_host_batch, drop_remainder=True)
+
+
+def output_records(folder: str, split: str, image_paths: str = "", image_format: str = "") -> Any:
+    """A caption output folder as a random-access source of records with images; a captions-only
+    folder is joined with the caption job's input images (recap_jax.release.image_join)."""
+    from recap_jax.release.image_join import JoinedRecords, has_images
+
+    source = open_tfds_folder(folder, split, field="data.folders")
+    if has_images(source):
+        return source
+    return JoinedRecords(source, folder, image_paths, image_format)
 
 
 class CheckpointableIterator:

@@ -43,6 +43,11 @@ def base_config(folders: str = "") -> ml_collections.ConfigDict:
     config.data.format = "tfds"  # tfds: captioner output folders; webdataset: img2dataset tars (folders = tars)
     config.data.captions_map = ""  # webdataset: where each caption is, e.g. org_caption=txt,re_caption=json:re_caption
     config.data.captions_parquet = ""  # webdataset + parquet:COLUMN sources: released Parquet file(s), joined by key
+    # Captions-only folders (the caption job's output.store_images=false): the input shards their
+    # images are read from, joined by key and checked by sha256. "" = the caption job's input.paths
+    # and input.format, as its run_config.json records them.
+    config.data.image_paths = ""
+    config.data.image_format = ""  # webdataset or folder ("" = as recorded)
     config.data.tokenizer = ""  # a HF tokenizer folder (CLIP tokenizer); required
     # The paper's p: probability of the ORIGINAL alt-text per example (else the recaption).
     # 1.0 = alt-text only (baseline), 0.0 = recaptions only, 0.8 = the paper's choice (80% original).

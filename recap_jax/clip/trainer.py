@@ -220,7 +220,8 @@ def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
         org_caption_max_tokens=config.data.org_caption_max_tokens,
         crop_scale=tuple(config.data.crop_scale), process_index=jax.process_index(),
         process_count=jax.process_count(), split=config.data.split, format=config.data.format,
-        captions_map=config.data.captions_map, captions_parquet=config.data.captions_parquet, report_dir=workdir)
+        captions_map=config.data.captions_map, captions_parquet=config.data.captions_parquet, report_dir=workdir,
+        image_paths=config.data.get("image_paths", ""), image_format=config.data.get("image_format", ""))
     batch_iter = data_lib.CheckpointableIterator(batches, config.data.num_threads, config.data.prefetch,
                                                  config.data.num_workers)
 

@@ -28,6 +28,16 @@ RECORD_FEATURES = tfds.features.FeaturesDict({
     "sha256": tfds.features.Text(),  # hex digest of `image` (the released dataset's dedup key)
 })
 
+# `output.store_images=false`: the same records without the image bytes (their sha256 stays, so a
+# reader joining the images back from the caption job's input can check each one).
+CAPTIONS_ONLY_FEATURES = tfds.features.FeaturesDict(
+    {name: feature for name, feature in RECORD_FEATURES.items() if name != "image"})
+
+
+def record_features(store_images: bool) -> tfds.features.FeaturesDict:
+    """The output schema: with the image bytes, or captions only (`output.store_images`)."""
+    return RECORD_FEATURES if store_images else CAPTIONS_ONLY_FEATURES
+
 
 def image_sha256(data: bytes) -> str:
     """Hex SHA-256 of the encoded image bytes, as in the released dataset's `sha256` column."""

@@ -114,6 +114,8 @@ class OutputDataset:
         # Serialize first: a bad record fails here, before anything of this unit is on disk.
         if "sha256" in self.features:
             records = [with_sha256(record) for record in records]
+        if "image" not in self.features:  # captions only: the bytes were needed for sha256 alone
+            records = [{k: v for k, v in record.items() if k != "image"} for record in records]
         serialized = [canonical_example(self.features.serialize_example(record)) for record in records]
         shard = self.shard_path(index)
         num_bytes = _write_array_record(shard, serialized)

@@ -14,8 +14,10 @@ import os
 import posixpath
 import tarfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from etils import epath
 
 from recap_jax.data.inputs.webdataset import WEBDATASET_IMAGE_EXTS
 from recap_jax.errors import ConfigError
@@ -36,18 +38,21 @@ def _split_member(name: str) -> tuple[str, str]:
     return key, ext.lower()
 
 
-def _index_tar(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """[(key, {ext: (offset, size)})] in member order (uncompressed tars only: they are seekable)."""
+def index_tar(path: str, split_member: Callable[[str], tuple[str, str]] = _split_member,
+              field: str = "data.folders") -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """[(key, {ext: (offset, size)})] in member order (uncompressed tars only: they are seekable).
+
+    `split_member`: member name -> (key, extension); `field` names the config field in errors."""
     groups: dict[str, dict[str, tuple[int, int]]] = {}
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with epath.Path(path).open("rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
             for member in tar:
-                key, ext = _split_member(member.name)
+                key, ext = split_member(member.name)
                 if member.isfile() and key and not key.startswith("."):
                     groups.setdefault(key, {})[ext] = (member.offset_data, member.size)
     except tarfile.ReadError as e:
-        raise ConfigError(f"{path}: not an uncompressed tar ({e}); the CLIP trainer reads img2dataset's "
-                          "plain .tar shards") from None
+        raise ConfigError(f"{field}: {path} is not an uncompressed tar ({e}); the CLIP trainer reads "
+                          "img2dataset's plain .tar shards") from None
     return list(groups.items())
 
 
@@ -78,7 +83,7 @@ class WebdatasetRecords:
         self._entries: list[_Entry] = []
         self._local = threading.local()
         for t, path in enumerate(self.tars):
-            for key, members in _index_tar(path):
+            for key, members in index_tar(path):
                 self._add(t, path, key, members)
         if not self._entries:
             raise ConfigError(f"data.captions_map: no sample of {len(self.tars)} tar(s) has every mapped caption "

@@ -80,7 +80,7 @@ class WebdatasetInput(InputFormat):
                 storage.backoff(attempt)
 
 
-def _split_member(name: str) -> tuple[str, str]:
+def split_member(name: str) -> tuple[str, str]:
     """"dir/000123.jpg" -> ("dir/000123", "jpg"): webdataset keys end at the first dot of the basename."""
     directory, base = posixpath.split(name)
     key, _, ext = base.partition(".")
@@ -162,7 +162,7 @@ def _read_tar_once(unit: TarUnit, retry_io: bool) -> Iterator[Sample | Failure]:
     try:
         with _open_binary(unit.path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
-                key, ext = _split_member(member.name)
+                key, ext = split_member(member.name)
                 if not member.isfile() or not key or posixpath.basename(key).startswith("."):
                     continue  # folders, links, hidden files (e.g. macOS "._x")
                 groups.last_key = key
