@@ -98,3 +98,33 @@ def trainer_params(config):
     from recap_jax.clip import trainer
 
     return trainer.train(config)["params"]
+
+
+def test_export_and_analyze_read_a_captions_only_output(outputs, tmp_path):
+    import pyarrow.parquet as pq
+
+    from recap_jax.analysis.run import AnalyzeSettings, analyze
+    from recap_jax.release.parquet_export import export_parquet
+    from recap_jax.release.rows import open_rows
+
+    root, full_dir, captions_dir = outputs
+    for name, folder in (("full", full_dir), ("only", captions_dir)):
+        export_parquet(str(folder), str(tmp_path / f"pq_{name}"), progress=False)
+    full, only = (pq.read_table(tmp_path / f"pq_{n}" / "train-00000.parquet") for n in ("full", "only"))
+    assert only.num_rows == full.num_rows > 0 and only.equals(full)
+    stats = {n: analyze(str(d), AnalyzeSettings(out=str(tmp_path / f"a_{n}"), progress=False))
+             for n, d in (("full", full_dir), ("only", captions_dir))}
+    same = [k for k, v in stats["full"].items() if str(full_dir) not in json.dumps(v, default=str)]
+    assert "num_rows" in same and {k: stats["only"][k] for k in same} == {k: stats["full"][k] for k in same}
+    # CLIP scores need images: joined from the caption job's input, or an error naming why
+    joined = [r.image for r in open_rows(str(captions_dir), images=True)]
+    assert joined == [r.image for r in open_rows(str(full_dir))] and all(joined)
+    moved = tmp_path / "moved"
+    import shutil
+    shutil.copytree(captions_dir, moved)
+    config = json.loads((moved / "run_config.json").read_text())
+    config.pop("input.paths")
+    (moved / "run_config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"--clip \(a captions-only output"):
+        analyze(str(moved), AnalyzeSettings(out=str(tmp_path / "a_moved"), clip=str(tmp_path / "any"),
+                                            progress=False))

@@ -81,7 +81,10 @@ def _shard_name(settings: AnalyzeSettings) -> str:
 def analyze_shard(path: str, settings: AnalyzeSettings) -> str:
     """Analyses this shard's rows; returns the shard file written under OUT/shards."""
     out = settings.out or default_out(path)
-    rows = open_rows(path, settings.shard_index, settings.num_shards)
+    # CLIP scores need the images: a captions-only output gets them from the caption job's input.
+    rows = open_rows(path, settings.shard_index, settings.num_shards, images=bool(settings.clip),
+                     images_field="--clip (a captions-only output, output.store_images=false: its images "
+                                  "are read from the caption job's input.paths)")
     os.makedirs(os.path.join(out, "shards"), exist_ok=True)
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     scorer = writer = None

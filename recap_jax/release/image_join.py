@@ -25,24 +25,24 @@ from recap_jax.errors import ConfigError, UserError
 from recap_jax.release.webdataset_records import index_tar
 
 JOINABLE_FORMATS = ("webdataset", "folder")
-FIELD = "data.image_paths"
+FIELD = "data.image_paths"  # the CLIP trainer's field; other callers name their own
 
 
 class ImageMismatchError(UserError):
     """An input image's bytes are not the ones the caption job hashed (the input changed since)."""
 
 
-def recorded_input(output_dir: str) -> tuple[str, str]:
+def recorded_input(output_dir: str, field: str = FIELD) -> tuple[str, str]:
     """(input.format, input.paths) the caption job recorded in OUTPUT_DIR/run_config.json."""
     path = epath.Path(output_dir) / RUN_CONFIG
     recorded = json.loads(path.read_text()) if path.exists() else {}
     if not recorded.get("input.paths"):
-        raise ConfigError(f"{FIELD}: {output_dir} holds no images and its {RUN_CONFIG} names no input; "
-                          "give the caption job's input shards")
+        raise ConfigError(f"{field}: {output_dir} holds no images (output.store_images=false) and its "
+                          f"{RUN_CONFIG} names no input; give the caption job's input shards")
     return recorded.get("input.format", ""), recorded["input.paths"]
 
 
-def image_locations(paths: str | Sequence[str], format: str) -> dict[str, tuple[str, int, int]]:
+def image_locations(paths: str | Sequence[str], format: str, field: str = FIELD) -> dict[str, tuple[str, int, int]]:
     """key -> (file, offset, size) of every image in the caption job's input (size -1: whole file)."""
     if format not in JOINABLE_FORMATS:
         raise ConfigError(f"data.image_format={format!r}: images can be joined from {JOINABLE_FORMATS} input "
@@ -50,13 +50,13 @@ def image_locations(paths: str | Sequence[str], format: str) -> dict[str, tuple[
     try:
         units = inputs.plan_work_units(format, paths)
     except ConfigError as e:
-        raise ConfigError(f"{FIELD}: {e}") from None
+        raise ConfigError(f"{field}: {e}") from None
     out: dict[str, tuple[str, int, int]] = {}
     for unit in units:
         if format == "folder":
             out.update((key, (name, 0, -1)) for key, name in zip(unit.keys, unit.files))
             continue
-        for key, members in index_tar(unit.path, split_member, field=FIELD):
+        for key, members in index_tar(unit.path, split_member, field=field):
             ext = next((e for e in WEBDATASET_IMAGE_EXTS if e in members), None)
             if ext is not None:
                 out.setdefault(key, (unit.path, *members[ext]))
@@ -79,16 +79,19 @@ def _text(value: Any) -> str:
 class JoinedRecords:
     """`len()` and `[i]`: the captions-only records of `source` with `image` read from the input."""
 
-    def __init__(self, source: Any, output_dir: str, image_paths: str = "", image_format: str = ""):
-        recorded_format, recorded_paths = ("", "") if image_paths and image_format else recorded_input(output_dir)
+    def __init__(self, source: Any, output_dir: str, image_paths: str = "", image_format: str = "",
+                 field: str = FIELD):
+        recorded_format, recorded_paths = (("", "") if image_paths and image_format
+                                           else recorded_input(output_dir, field))
+        self.field = field
         self.format = image_format or recorded_format
         paths = split_paths(image_paths or recorded_paths)
         self._source = source
-        self._locations = image_locations(paths, self.format)
+        self._locations = image_locations(paths, self.format, field)
         self._keys = [_text(source[i]["key"]) for i in range(len(source))]
         absent = [k for k in self._keys if k not in self._locations]
         if absent:
-            raise ConfigError(f"{FIELD}: {len(absent)} of {len(self._keys)} records of {output_dir} have no image in "
+            raise ConfigError(f"{field}: {len(absent)} of {len(self._keys)} records of {output_dir} have no image in "
                               f"{', '.join(paths)} (first: {absent[:3]}); name the input the caption job read")
 
     def __len__(self) -> int:
@@ -98,7 +101,7 @@ class JoinedRecords:
         record = dict(self._source[index])
         data = read_image(self._locations[self._keys[index]])
         if image_sha256(data) != _text(record["sha256"]):
-            raise ImageMismatchError(f"{FIELD}: the image of key {self._keys[index]!r} differs from the one "
+            raise ImageMismatchError(f"{self.field}: the image of key {self._keys[index]!r} differs from the one "
                                      "captioned (sha256 mismatch); the input changed since the caption job")
         record["image"] = data
         return record

@@ -49,14 +49,24 @@ def _share(total: int, shard_index: int, num_shards: int) -> range:
 
 
 class OutputRows:
-    """Rows of a caption-job output folder (random access: any host reads any share)."""
+    """Rows of a caption-job output folder (random access: any host reads any share).
 
-    def __init__(self, folder: str, shard_index: int = 0, num_shards: int = 1):
+    A captions-only output (`output.store_images=false`) gives rows without images, or with
+    `images=True` rows whose images are joined from the caption job's input (image_join).
+    """
+
+    def __init__(self, folder: str, shard_index: int = 0, num_shards: int = 1, images: bool = False,
+                 images_field: str = "OUTPUT_DIR"):
         from recap_jax.data.tfds_folder import open_tfds_folder
+        from recap_jax.release.image_join import JoinedRecords, has_images
+
         self._source = open_tfds_folder(folder, "train", field="OUTPUT_DIR")
+        self.has_images = has_images(self._source)
+        if images and not self.has_images:
+            self._source = JoinedRecords(self._source, folder, field=images_field)
+            self.has_images = True
         self.folder = folder
         self.indices = _share(len(self._source), shard_index, num_shards)
-        self.has_images = True
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -65,7 +75,7 @@ class OutputRows:
         for start in range(0, len(self.indices), BATCH):
             batch = self._source.__getitems__(list(self.indices[start:start + BATCH]))
             for r in batch:
-                image = bytes(r["image"])
+                image = bytes(r["image"]) if "image" in r else None
                 yield Row(key=_text(r["key"]), url=_text(r["url"]), org_caption=_text(r["org_caption"]),
                           re_caption=_text(r["re_caption"]),
                           sha256=_text(r["sha256"]) if "sha256" in r else None,
@@ -109,8 +119,10 @@ class ParquetRows:
                           org_clip_score=r.get("org_clip_score") if "org_clip_score" in names else None)
 
 
-def open_rows(path: str, shard_index: int = 0, num_shards: int = 1) -> OutputRows | ParquetRows:
-    """Our output folder or released Parquet (file or folder), by what is there."""
+def open_rows(path: str, shard_index: int = 0, num_shards: int = 1, images: bool = False,
+              images_field: str = "OUTPUT_DIR") -> OutputRows | ParquetRows:
+    """Our output folder or released Parquet (file or folder), by what is there. `images`: rows of
+    a captions-only output get their images from the caption job's input (errors name `images_field`)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ConfigError(f"{path}: does not exist (give a caption output folder or a Parquet file/folder)")
@@ -120,4 +132,4 @@ def open_rows(path: str, shard_index: int = 0, num_shards: int = 1) -> OutputRow
     if not os.path.exists(os.path.join(path, "dataset_info.json")):
         raise ConfigError(f"{path}: neither a finished caption output folder (no dataset_info.json: "
                           "is the caption job done?) nor Parquet")
-    return OutputRows(path, shard_index, num_shards)
+    return OutputRows(path, shard_index, num_shards, images, images_field)
