@@ -67,3 +67,18 @@ def test_position_resumes_at_the_same_records_across_epochs(tmp_path):
         np.testing.assert_array_equal(got.arrays["tokens"], expected.arrays["tokens"])
         np.testing.assert_array_equal(got.arrays["pixels"], expected.arrays["pixels"])
     assert not np.array_equal(reader.order(0), reader.order(1))  # reshuffled per epoch
+
+
+def test_data_errors_name_the_finetune_fields(tmp_path):
+    import pytest
+
+    from recap_jax.errors import ConfigError
+
+    for format, path in (("webdataset", tmp_path / "none-*.tar"), ("tfds", tmp_path / "no_dataset")):
+        with pytest.raises(ConfigError) as error:
+            make_reader(format, str(path), "", PROMPT, "", shuffle=False, seed=0)
+        assert "data.path" in str(error.value) and "input." not in str(error.value), str(error.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="data.path") as error:
+        make_reader("webdataset", str(tmp_path / "empty"), "", PROMPT, "", shuffle=False, seed=0)
+    assert "input." not in str(error.value)

@@ -86,7 +86,10 @@ class CaptionPairReader:
     def __init__(self, format: str, paths: str, prompt: str, caption_field: str,
                  shuffle: bool, seed: int):
         options = {"fields": {"caption": caption_field}} if caption_field and format == "tfds" else {}
-        self.units = inputs.plan_work_units(format, paths, **options)
+        try:
+            self.units = inputs.plan_work_units(format, paths, **options)
+        except ConfigError as e:  # the shared input formats name the caption job's fields
+            raise ConfigError(finetune_fields(str(e))) from None
         self.prompt, self.shuffle, self.seed = prompt, shuffle, seed
 
     def __len__(self) -> int:
@@ -96,6 +99,12 @@ class CaptionPairReader:
         units = list(self.units)
         if self.shuffle:
             units = [units[i] for i in np.random.default_rng([self.seed, epoch]).permutation(len(units))]
+        try:
+            yield from self._records(units, start)
+        except ConfigError as e:
+            raise ConfigError(finetune_fields(str(e))) from None
+
+    def _records(self, units: list, start: int) -> Iterator[Record]:
         position = 0
         for unit in units:
             for item in inputs.read_unit(unit):
@@ -109,6 +118,17 @@ class CaptionPairReader:
                 else:
                     yield Record(item.key, item.source, caption_turns(self.prompt, item.org_caption.strip()),
                                  item.image_bytes)
+
+
+# The caption job's input.* fields that the finetune config calls otherwise.
+FINETUNE_FIELDS = {"input.paths": "data.path", "input.format": "data.format", "input.fields": "data.caption_field"}
+
+
+def finetune_fields(message: str) -> str:
+    """An input-format error message with the finetune config's field names."""
+    for caption_field, field in FINETUNE_FIELDS.items():
+        message = message.replace(caption_field, field)
+    return message
 
 
 def make_reader(format: str, path: str, image_folder: str, prompt: str, caption_field: str,
