@@ -73,11 +73,13 @@ def abstract_params(config: LlavaConfig, dtype=jnp.float32):
     return boxed["params"]
 
 
-def _plan(config: LlavaConfig, tensors: CheckpointTensors) -> list[PlannedParam]:
-    """Every param's rule and shape; raises ConversionError on any mismatch."""
+def _plan(config: LlavaConfig, tensors: CheckpointTensors, fresh: tuple[str, ...] = ()) -> list[PlannedParam]:
+    """Every param's rule and shape; raises ConversionError on any mismatch. Params under the
+    top-level names in `fresh` are not read (the caller initialises them)."""
     vision_used = config.num_vision_layers_used
     rules = [r for r in param_rules(config)
-             if not (r.path[:2] == ("vision_tower", "layers") and vision_used == 0)]  # layer 0: embeddings only
+             if not (r.path[:2] == ("vision_tower", "layers") and vision_used == 0)  # layer 0: embeddings only
+             and r.path[0] not in fresh]
 
     def ignore(name: str) -> bool:
         if any(p.fullmatch(name) for p in _UNUSED):
@@ -104,9 +106,10 @@ def converted_leaves(config: LlavaConfig, tensors: CheckpointTensors, dtype=np.f
 
 
 def convert_params(config: LlavaConfig, tensors: CheckpointTensors, dtype=np.float32,
-                   on_tensor: Callable[[str], None] | None = None) -> dict:
-    """Read, transform and stack all tensors into a params dict of CPU arrays of `dtype`."""
-    return params_from_plan(_plan(config, tensors), tensors, dtype, on_tensor)
+                   on_tensor: Callable[[str], None] | None = None, fresh: tuple[str, ...] = ()) -> dict:
+    """Read, transform and stack all tensors into a params dict of CPU arrays of `dtype`
+    (without the params under `fresh`, which the caller initialises)."""
+    return params_from_plan(_plan(config, tensors, fresh), tensors, dtype, on_tensor)
 
 
 # Renames for llava-hf checkpoints, transformers 5.x and 4.x spellings.

@@ -17,6 +17,14 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.checkpoint = ""  # the converted checkpoint (`python -m recap_jax.convert`) to start from
+    # Or LLaVA-1.5 stage 1 from separate parts (instead of model.checkpoint): a HF CLIP vision tower
+    # folder (CLIPVisionModel/CLIPModel save_pretrained) + a HF LLaMA folder with its tokenizer; the
+    # projector is new, initialised as LLaVA's (nn.Linear default, seeded by model.projector_seed),
+    # `<image>` is added to the tokenizer and model.template names the conversation template
+    # ("" = llama3_llava). See docs/finetune.md.
+    c.model.vision_dir = ""
+    c.model.llm_dir = ""
+    c.model.projector_seed = 0
     c.model.tokenizer = ""  # tokenizer folder overriding the checkpoint's own
     c.model.template = ""  # a named prompt template (e.g. "llama3_llava"); "" = the checkpoint's
     c.model.dtype = "float32"  # storage of the frozen params and of the export

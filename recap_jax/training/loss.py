@@ -17,6 +17,9 @@ from recap_jax.models.llava import LlavaModel
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """logits [B, L, V] (any float), targets [B, L] -> -log p(target) [B, L] in float32."""
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    # An image token id may lie outside the vocabulary (the original layout's `<image>` = vocab
+    # size); such targets have weight 0, but an out-of-range gather would give NaN, and NaN x 0 = NaN.
+    targets = jnp.where(targets < logits.shape[-1], targets, 0)
     return -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
 
 

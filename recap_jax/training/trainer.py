@@ -47,9 +47,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Fail at start-up, naming the field."""
     if not config.workdir:
         raise ConfigError("workdir: required (checkpoints, failures and the export go there)")
-    if not config.model.checkpoint:
-        raise ConfigError("model.checkpoint: required (a `python -m recap_jax.convert` output folder)")
-    if ("://" not in config.model.checkpoint and not config.model.build_tiny_if_missing
+    m = config.model
+    if bool(m.get("vision_dir")) != bool(m.get("llm_dir")):
+        raise ConfigError("model.vision_dir and model.llm_dir: give both (stage 1 from parts) or neither")
+    if m.get("vision_dir") and m.checkpoint:
+        raise ConfigError("model.checkpoint: give it or model.vision_dir + model.llm_dir, not both")
+    if m.get("vision_dir"):
+        for field in ("vision_dir", "llm_dir"):
+            if "://" not in m[field] and not epath.Path(m[field]).is_dir():
+                raise ConfigError(f"model.{field}: {m[field]} is not a folder")
+    elif not config.model.checkpoint:
+        raise ConfigError("model.checkpoint: required (a `python -m recap_jax.convert` output folder), "
+                          "or model.vision_dir + model.llm_dir for stage 1 from parts")
+    elif ("://" not in config.model.checkpoint and not config.model.build_tiny_if_missing
             and not epath.Path(config.model.checkpoint).exists()):
         raise ConfigError(f"model.checkpoint: {config.model.checkpoint} does not exist")
     if config.model.dtype not in bundle.DTYPES:
@@ -76,7 +86,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def _absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Local paths made absolute (Orbax refuses relative ones)."""
     config = ml_collections.ConfigDict(config.to_dict())
-    for holder, field in ((config, "workdir"), (config.model, "checkpoint")):
+    for holder, field in ((config, "workdir"), (config.model, "checkpoint"), (config.model, "vision_dir"),
+                          (config.model, "llm_dir")):
         value = getattr(holder, field)
         if value and "://" not in value:
             setattr(holder, field, os.path.abspath(value))
@@ -127,6 +138,24 @@ class _Metrics:
         _log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
 
 
+def _start_params(config: ml_collections.ConfigDict, mesh) -> tuple[bundle.CaptionerSpec, dict]:
+    """(spec, params placed on the mesh) of the converted checkpoint, or of the stage-1 parts."""
+    m = config.model
+    if m.get("vision_dir"):
+        from recap_jax.conversion import parts
+
+        spec, tensors = parts.read_parts(m.vision_dir, m.llm_dir, m.template or "llama3_llava")
+    else:
+        spec, _ = model_loading.read_converted_spec(m.checkpoint, m.tokenizer or None)
+        if m.template:
+            spec.template = m.template
+    shardings = mesh_lib.params_shardings(mesh, abstract_params(spec.config, jnp.dtype(bundle.param_dtype(m.dtype))))
+    if m.get("vision_dir"):
+        host = parts.params_from_parts(spec, tensors, bundle.param_dtype(m.dtype), m.projector_seed)
+        return spec, jax.device_put(host, shardings)
+    return spec, model_loading.restore_params(m.checkpoint, spec.config, m.dtype, shardings)
+
+
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Fine-tune as `config` says; returns a summary (steps, last loss, export folders)."""
     validate(config)
@@ -144,12 +173,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
     if m.build_tiny_if_missing and not epath.Path(m.checkpoint).exists():
         build_tiny_checkpoint(m.checkpoint)
-    spec, _ = model_loading.read_converted_spec(m.checkpoint, m.tokenizer or None)
-    if m.template:
-        spec.template = m.template
+    spec, params = _start_params(config, mesh)
     model = LlavaModel(spec.config, dtype=dtype_from_name(m.compute_dtype, "model.compute_dtype"))
-    shardings = mesh_lib.params_shardings(mesh, abstract_params(spec.config, jnp.dtype(bundle.param_dtype(m.dtype))))
-    params = model_loading.restore_params(m.checkpoint, spec.config, m.dtype, shardings)
     trainable, frozen = step_lib.split_params(params, t.trainable)
     del params
 
@@ -222,7 +247,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     summary: dict[str, Any] = {"steps": step, "num_steps": num_steps, "workdir": str(workdir),
                                "failures": failures.count, **{k: v for k, v in last.items() if k != "step"}}
     params = step_lib.merge_params(state["trainable"], frozen)
-    source = {"finetuned_from": str(m.checkpoint), "step": step, "trainable": t.trainable}
+    origin = str(m.checkpoint) if m.checkpoint else {"vision_dir": m.vision_dir, "llm_dir": m.llm_dir,
+                                                         "projector_seed": m.projector_seed}
+    source = {"finetuned_from": origin, "step": step, "trainable": t.trainable}
     if config.export.converted:
         summary["export"] = str(export.export_converted(workdir / "export", spec, params, m.dtype, source))
     if config.export.hf:
