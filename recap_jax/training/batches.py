@@ -34,9 +34,11 @@ from recap_jax.training.records import Record
 
 @dataclasses.dataclass(frozen=True)
 class Position:
-    """Where the next batch starts: records [0, offset) of epoch `epoch` are consumed."""
+    """Where the next batch starts: records [0, offset) of epoch `epoch` are consumed, then
+    `skip` batches of the length group that starts there (length-grouped batching)."""
     epoch: int = 0
     offset: int = 0
+    skip: int = 0
 
 
 @dataclasses.dataclass
@@ -94,7 +96,8 @@ class BatchMaker:
     def __init__(self, reader, encoder: ConversationEncoder, image: ImageSettings, *,
                  global_batch_size: int, max_length: int, length_buckets: tuple[int, ...],
                  failures: FailureLog, process_index: int = 0, process_count: int = 1,
-                 num_workers: int = 4, max_pixels: int = 64_000_000):
+                 num_workers: int = 4, max_pixels: int = 64_000_000, group_batches: int = 1,
+                 seed: int = 0):
         if global_batch_size % process_count:
             raise ConfigError(f"train.global_batch_size={global_batch_size} must divide among "
                               f"{process_count} hosts")
@@ -105,6 +108,9 @@ class BatchMaker:
         rows = global_batch_size // process_count
         self.rows = slice(process_index * rows, (process_index + 1) * rows)
         self.log_text_failures = process_index == 0
+        if group_batches < 1:
+            raise ConfigError(f"data.length_group_batches={group_batches}: must be >= 1 (1 = off)")
+        self.group_batches, self.seed = group_batches, seed
         self.pool = concurrent.futures.ThreadPoolExecutor(num_workers)
 
     def _encoded(self, start: Position) -> Iterator[tuple[Position, Record, Encoded]]:
@@ -133,12 +139,32 @@ class BatchMaker:
             epoch, offset = epoch + 1, 0
 
     def batches(self, start: Position) -> Iterator[Batch]:
+        """Batches from `start` on. With `group_batches` > 1, each run of group_batches x batch
+        usable records is sorted by length and cut into batches, taken in a seeded random order
+        (LLaVA's group_by_modality_length does this with its mega-batches): similar lengths share
+        a batch, so less padding. A group is a pure function of where it starts, so a resumed run
+        rebuilds it and skips the batches already trained on."""
+        group_start, skip = Position(start.epoch, start.offset), start.skip
         pending: list[tuple[Record, Encoded]] = []
-        for position, record, encoded in self._encoded(start):
+        for position, record, encoded in self._encoded(group_start):
             pending.append((record, encoded))
-            if len(pending) == self.batch:
-                yield self._assemble(pending, position)
-                pending = []
+            if len(pending) < self.batch * self.group_batches:
+                continue
+            groups = self._length_groups(pending, group_start)
+            for k in range(skip, len(groups)):
+                last = k == len(groups) - 1
+                after = position if last else Position(group_start.epoch, group_start.offset, k + 1)
+                yield self._assemble(groups[k], after)
+            group_start, skip, pending = position, 0, []
+
+    def _length_groups(self, rows: list[tuple[Record, Encoded]], where: Position
+                       ) -> list[list[tuple[Record, Encoded]]]:
+        if self.group_batches == 1:
+            return [rows]  # records in reader order, as without grouping
+        ordered = sorted(rows, key=lambda row: len(row[1].token_ids))  # stable: ties keep reader order
+        groups = [ordered[i:i + self.batch] for i in range(0, len(ordered), self.batch)]
+        order = np.random.default_rng([self.seed, where.epoch, where.offset]).permutation(len(groups))
+        return [groups[i] for i in order]
 
     def _pixels(self, record: Record) -> np.ndarray | None:
         try:

@@ -13,6 +13,7 @@ Follow one step:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -199,7 +200,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         restored = manager.restore(latest, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
         state, position = restored.state, Position(**restored.data)
-        _log(f"resumed at step {latest} (epoch {position.epoch}, record {position.offset})")
+        _log(f"resumed at step {latest} (epoch {position.epoch}, record {position.offset}, "
+             f"batch {position.skip} of its length group)")
     else:
         count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
         _log(f"new run: {count(state['trainable']):,} trainable of "
@@ -211,7 +213,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                        global_batch_size=t.global_batch_size, max_length=config.data.max_length,
                        length_buckets=tuple(config.data.length_buckets), failures=failures,
                        process_index=jax.process_index(), process_count=jax.process_count(),
-                       num_workers=config.data.num_workers, max_pixels=config.data.max_pixels)
+                       num_workers=config.data.num_workers, max_pixels=config.data.max_pixels,
+                       group_batches=config.data.get("length_group_batches", 1), seed=config.data.seed)
     train_step = jax.jit(step_lib.make_train_step(model, optimizer), donate_argnums=(0,),
                          out_shardings=(state_shardings, mesh_lib.replicated(mesh)))
     metrics_log = _Metrics(workdir)
@@ -237,8 +240,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         if step % t.checkpoint_every == 0 or step == num_steps:
             manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave({"epoch": batch.next_position.epoch,
-                                        "offset": batch.next_position.offset})))
+                data=ocp.args.JsonSave(dataclasses.asdict(batch.next_position))))
         if step >= num_steps:
             break
     manager.wait_until_finished()
