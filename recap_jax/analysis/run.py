@@ -20,10 +20,12 @@ import json
 import os
 from typing import Any
 
+from etils import epath
 from tqdm import tqdm
 
 from recap_jax.analysis import health, plots, report
 from recap_jax.analysis.stats import Accumulator, BottomK, key_priority
+from recap_jax.data.storage import is_local, staged_folder
 from recap_jax.errors import ConfigError
 from recap_jax.release.rows import OutputRows, Row, open_rows
 
@@ -48,9 +50,9 @@ class AnalyzeSettings:
 
 
 def default_out(path: str) -> str:
-    path = os.path.normpath(path)
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "dataset_info.json")):
-        return os.path.join(path, "analysis")
+    path = os.path.normpath(path) if is_local(path) else path.rstrip("/")
+    if (epath.Path(path) / "dataset_info.json").exists():
+        return f"{path}/analysis"
     return path.removesuffix(".parquet") + "_analysis"
 
 
@@ -183,7 +185,13 @@ def _token_lengths(tokenizer, chunk: list[Row]) -> list[tuple[int | None, int | 
 
 
 def merge(out: str, settings: AnalyzeSettings) -> dict[str, Any]:
-    """Merges every shard under OUT/shards into analysis.json, the plots and report.html."""
+    """Merges every shard under OUT/shards into analysis.json, the plots and report.html (a gs://
+    OUT is read into a local folder, merged there and written back)."""
+    with staged_folder(out, download=True) as local:
+        return _merge_local(local, dataclasses.replace(settings, out=local))
+
+
+def _merge_local(out: str, settings: AnalyzeSettings) -> dict[str, Any]:
     files = sorted(glob.glob(os.path.join(out, "shards", "*.json")))
     if not files:
         raise ConfigError(f"--merge: no shard files under {out}/shards; run the shards first")
@@ -222,10 +230,11 @@ def merge(out: str, settings: AnalyzeSettings) -> dict[str, Any]:
 
 def analyze(path: str, settings: AnalyzeSettings) -> dict[str, Any] | None:
     """Runs this shard; merges too when the run is not sharded. Returns the summary when merged."""
-    if settings.num_shards == 1:  # a previous sharded run's files would not merge with this one
-        for f in glob.glob(os.path.join(settings.out or default_out(path), "shards", "*.json")):
-            os.remove(f)
-    analyze_shard(path, settings)
-    if settings.num_shards == 1:
-        return merge(settings.out or default_out(path), settings)
-    return None
+    out = settings.out or default_out(path)
+    with staged_folder(out) as local:  # a gs:// OUT: written locally, uploaded at the end
+        local_settings = dataclasses.replace(settings, out=local)
+        if settings.num_shards == 1:  # a previous sharded run's files would not merge with this one
+            for f in glob.glob(os.path.join(local, "shards", "*.json")):
+                os.remove(f)
+        analyze_shard(path, local_settings)
+        return _merge_local(local, local_settings) if settings.num_shards == 1 else None

@@ -5,10 +5,15 @@ Shared by the input formats, the output writer and the commands' start-up checks
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
+
+from etils import epath
 
 from recap_jax.errors import ConfigError
 
@@ -60,3 +65,44 @@ def retrying(read: Callable[[], T], what: str) -> T:
             log.warning("%s: %s; retrying", what, e)
             backoff(attempt)
     raise AssertionError("unreachable")
+
+
+def copy_tree(src: epath.Path, dst: epath.Path) -> None:
+    """Every file under `src` to the same relative path under `dst` (either may be gs://)."""
+    for f in src.iterdir():
+        if f.is_dir():
+            copy_tree(f, dst / f.name)
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        with f.open("rb") as source, (dst / f.name).open("wb") as target:
+            shutil.copyfileobj(source, target, 16 << 20)
+
+
+@contextlib.contextmanager
+def staged_folder(dest: str, download: bool = False) -> Iterator[str]:
+    """A local folder standing in for `dest`: `dest` itself when local; for gs:// a temporary
+    folder (holding dest's files first when `download`) whose files are uploaded to dest when the
+    block succeeds. For writers that need local files (matplotlib, pyarrow's ParquetWriter)."""
+    if is_local(dest):
+        yield dest
+        return
+    require_gcs(str(dest))
+    remote = epath.Path(dest)
+    with tempfile.TemporaryDirectory(prefix="recap_staged_") as local:
+        if download and remote.exists():
+            copy_tree(remote, epath.Path(local))
+        yield local
+        copy_tree(epath.Path(local), remote)
+
+
+@contextlib.contextmanager
+def local_file(path: str) -> Iterator[str]:
+    """A local path with the file's bytes: `path` itself, or a temporary copy of a gs:// object."""
+    if is_local(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="recap_file_") as local:
+        copy = epath.Path(local) / epath.Path(path).name
+        with epath.Path(path).open("rb") as source, copy.open("wb") as target:
+            shutil.copyfileobj(source, target, 16 << 20)
+        yield str(copy)

@@ -13,7 +13,6 @@ one job: the jobs' files together are the deduplicated dataset.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from collections.abc import Iterator
@@ -21,12 +20,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from etils import epath
 from tqdm import tqdm
+
+from recap_jax.data.storage import staged_folder
 
 from recap_jax.data.schema import image_sha256
 from recap_jax.errors import ConfigError
 from recap_jax.release import schema
-from recap_jax.release.rows import OutputRows, Row
+from recap_jax.release.rows import OutputRows, Row, parquet_file
 
 SCORES_GLOB = "clip_scores*.parquet"
 DUPLICATES_LISTED = 1000
@@ -34,12 +36,13 @@ DUPLICATES_LISTED = 1000
 
 def default_scores(output_dir: str) -> list[str]:
     """Score files `analyze --clip` left in OUTPUT_DIR/analysis, in row order."""
-    return sorted(glob.glob(os.path.join(output_dir, "analysis", SCORES_GLOB)))
+    folder = epath.Path(output_dir) / "analysis"
+    return sorted(str(f) for f in folder.glob(SCORES_GLOB)) if folder.exists() else []
 
 
 def _scores(files: list[str]) -> Iterator[dict[str, Any]]:
     for f in files:
-        for batch in pq.ParquetFile(f).iter_batches(columns=["key", "re_clip_score", "org_clip_score"]):
+        for batch in parquet_file(f).iter_batches(columns=["key", "re_clip_score", "org_clip_score"]):
             yield from batch.to_pylist()
 
 
@@ -110,15 +113,24 @@ def export_parquet(output_dir: str, dest: str, *, scores: list[str] | None = Non
         raise ConfigError(f"--shard_index={shard_index}: must be in [0, --num_shards={num_shards})")
     rows = OutputRows(output_dir)
     prefix = "train" if num_shards == 1 else f"train-{shard_index:05d}-of-{num_shards:05d}"
-    os.makedirs(dest, exist_ok=True)
-    old = glob.glob(os.path.join(dest, f"{prefix}-*.parquet"))
+    target = epath.Path(dest)
+    old = list(target.glob(f"{prefix}-*.parquet")) if target.exists() else []
     if old and not overwrite:
         raise ConfigError(f"{dest}: already holds {len(old)} exported file(s); choose another DEST or pass --overwrite")
     for f in old:
-        os.remove(f)
+        f.unlink()
     scores = default_scores(output_dir) if scores is None else scores
+    with staged_folder(dest) as local_dest:  # a gs:// DEST: written locally, uploaded at the end
+        os.makedirs(local_dest, exist_ok=True)
+        return _export(rows, output_dir, dest, local_dest, prefix, scores, dedup, rows_per_group, rows_per_file,
+                       shard_index, num_shards, progress)
+
+
+def _export(rows: OutputRows, output_dir: str, dest: str, local_dest: str, prefix: str, scores: list[str],
+            dedup: bool, rows_per_group: int, rows_per_file: int, shard_index: int, num_shards: int,
+            progress: bool) -> dict[str, Any]:
     score_rows = _scores(scores) if scores else None
-    writer = _PartWriter(dest, prefix, rows_per_group, rows_per_file)
+    writer = _PartWriter(local_dest, prefix, rows_per_group, rows_per_file)
     seen: dict[bytes, str] = {}  # sha256 digest -> first key (memory grows with unique images)
     duplicates: list[dict[str, str]] = []
     counts = {"rows_read": 0, "rows_written": 0, "duplicates_dropped": 0, "other_shards": 0,
@@ -157,6 +169,6 @@ def export_parquet(output_dir: str, dest: str, *, scores: list[str] | None = Non
                "null_columns": null_columns, "lengths": "re_length/org_length: whitespace-separated words",
                "duplicates": duplicates}
     name = "export_summary.json" if num_shards == 1 else f"export_summary-{shard_index:05d}-of-{num_shards:05d}.json"
-    with open(os.path.join(dest, name), "w") as f:
+    with open(os.path.join(local_dest, name), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
