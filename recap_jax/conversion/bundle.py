@@ -144,17 +144,23 @@ def llava_hf_tensors(hf_dir: epath.PathLike) -> CheckpointTensors:
 
 def save_converted(out_dir: epath.PathLike, spec: CaptionerSpec,
                    leaves: Iterable[tuple[tuple[str, ...], Any]], dtype: str,
-                   source: dict[str, Any], overwrite: bool = False) -> epath.Path:
+                   source: dict[str, Any], overwrite: bool = False, primary: bool = True,
+                   tmp_suffix: str | None = None) -> epath.Path:
     """Write the bundle from (param path, array) pairs, consumed one group at a time.
 
     Everything goes to a temporary sibling folder that is renamed at the end: a crash, or a
-    tensor that does not fit, leaves no half checkpoint under `out_dir`."""
+    tensor that does not fit, leaves no half checkpoint under `out_dir`.
+    Multi-host: every host calls this with the same `tmp_suffix` (Orbax saves collectively); only
+    the `primary` one writes the tokenizer and recap_config.json and renames the folder."""
     out_dir = epath.Path(out_dir)
-    if out_dir.exists() and not overwrite:
+    if out_dir.exists() and not overwrite and primary:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{tmp_suffix or uuid.uuid4().hex[:8]}"
+    if not primary:
+        _save_params_in_groups(tmp / "params", leaves)
+        return out_dir
     try:
-        tmp.mkdir(parents=True)
+        tmp.mkdir(parents=True, exist_ok=tmp_suffix is not None)
         spec.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         digest = ParamsDigest()
         _save_params_in_groups(tmp / "params", digest.watch(leaves))

@@ -42,6 +42,11 @@ _TO_TORCH = {
 }
 
 
+def hosts() -> tuple[int, int]:
+    """(this process's index, the number of processes): who writes the export folders."""
+    return jax.process_index(), jax.process_count()
+
+
 def host_leaves(params, dtype) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
     """Each param gathered to this host as numpy `dtype`, one at a time (multi-host safe)."""
     for path, value in traverse_util.flatten_dict(params).items():
@@ -128,12 +133,16 @@ def _write_safetensors(out: epath.Path, tensors: Iterator[tuple[str, np.ndarray]
 
 
 def export_hf(out: epath.PathLike, spec: bundle.CaptionerSpec, params, dtype: str) -> epath.Path:
-    """A llava-hf folder: config, safetensors weights, tokenizer, processor, generation config."""
+    """A llava-hf folder: config, safetensors weights, tokenizer, processor, generation config.
+
+    Multi-host: every host takes part in gathering the params; host 0 alone writes the folder."""
     out = epath.Path(out)
+    host = traverse_util.unflatten_dict(dict(host_leaves(params, bundle.param_dtype(dtype))))
+    if hosts()[0] != 0:
+        return out
     out.mkdir(parents=True, exist_ok=True)
     config = hf_config(spec.config, spec.tokenizer)
     config.save_pretrained(str(out))
-    host = traverse_util.unflatten_dict(dict(host_leaves(params, bundle.param_dtype(dtype))))
     tensors = dict(hf_tensors(spec.config, host))
     # The CLIP tower's final norm is never used by LLaVA; an identity keeps the folder complete.
     side = spec.config.vision.hidden_size
@@ -154,6 +163,15 @@ def export_hf(out: epath.PathLike, spec: bundle.CaptionerSpec, params, dtype: st
 
 def export_converted(out: epath.PathLike, spec: bundle.CaptionerSpec, params, dtype: str,
                      source: dict[str, Any]) -> epath.Path:
-    """The converted-checkpoint bundle (recap_config.json, tokenizer, Orbax params)."""
+    """The converted-checkpoint bundle (recap_config.json, tokenizer, Orbax params).
+
+    Multi-host: Orbax saves the params collectively into one temporary folder (named by the step,
+    the same on every host); host 0 alone writes the tokenizer and recap_config.json and renames it."""
     leaves = ((path, value) for path, value in host_leaves(params, bundle.param_dtype(dtype)))
-    return bundle.save_converted(out, spec, leaves, dtype, source, overwrite=True)
+    index, count = hosts()
+    single = count == 1
+    out = bundle.save_converted(out, spec, leaves, dtype, source, overwrite=True, primary=index == 0,
+                                tmp_suffix=None if single else f"step{source.get('step', 0)}")
+    if not single:  # no host returns (and reads the export) before host 0 has renamed it
+        multihost_utils.sync_global_devices("recap_jax export written")
+    return out
