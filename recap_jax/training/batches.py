@@ -46,6 +46,7 @@ class Batch:
     arrays: dict[str, np.ndarray]
     next_position: Position
     num_examples: int  # this host's rows with an image (rows that carry a loss)
+    num_tokens: int = 0  # this host's tokens before padding (padding share = 1 - num_tokens / tokens.size)
 
 
 class FailureLog:
@@ -189,7 +190,8 @@ class BatchMaker:
             if image is not None:
                 out["weights"][row, :n - 1] = encoded.is_target[1:]
                 out["pixels"][row] = image
-        return Batch(out, position, sum(p is not None for p in pixels))
+        return Batch(out, position, sum(p is not None for p in pixels),
+                     sum(len(encoded.token_ids) for _, encoded in mine))
 
 
 def prefetch(iterator: Iterator[Batch], size: int = 2) -> Iterator[Batch]:
