@@ -128,6 +128,8 @@ class OutputRows:
                           re_caption=_text(r["re_caption"]),
                           sha256=_text(r["sha256"]) if "sha256" in r else None,
                           image=image, re_tokens=int(r["re_caption_length"]))
+        if isinstance(self._source, RemoteOutputSource):
+            self._source.close()  # its last shard's local copy
 
 
 class ParquetRows:
