@@ -78,6 +78,7 @@ def test_joined_records_equal_the_full_output_and_check_sha256(outputs, tmp_path
         JoinedRecords(only, str(captions_dir), str(images), "tfds")
 
 
+@pytest.mark.slow  # two CLIP runs: 162 s on the shared 2-core machine at load ~19
 def test_clip_from_captions_only_plus_input_equals_clip_from_full_output(outputs, tmp_path):
     """N steps from (captions-only output + the input images) and from the full output: bit-identical."""
     root, full_dir, captions_dir = outputs
