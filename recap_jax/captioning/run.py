@@ -190,7 +190,7 @@ def caption_units(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit
     check_fits_on_tpu(config, mesh)  # before reading any weights
     spec, params, model, dtype = load_model(config, mesh)
     prompt = CaptionPrompt(spec.prompt_encoder(), config.prompt)
-    settings = decode_settings(config, spec.stop_ids)
+    settings = decode_settings(config, spec.stop_ids).for_prompt(len(prompt.fixed_ids), prompt.conditioned)
     settings.bucket(len(prompt.fixed_ids))  # fails now if the prompt cannot fit any bucket
     sampler: Sampler[SampleTag] = Sampler(model, params, settings, cache_dtype=dtype, mesh=mesh)
 
