@@ -58,6 +58,14 @@ def test_tiny_captioner_fits_a_v4_chip_and_decode_moves_no_cache(tiny_plan):
     assert all(c.bytes <= 8 for c in decode.collectives), decode.collectives  # loop-condition flags only
 
 
+def test_insert_moves_no_cache_across_chips(tiny_plan):
+    """A prefilled row goes into a slot of its own chip: no all-gather/all-to-all in prefill + insert
+    (the weights are replicated per replica, the activations split over the chips)."""
+    prefill = tiny_plan.functions["prefill_64"]
+    kinds = {c.kind for c in prefill.collectives}
+    assert not kinds & {"all-gather", "all-to-all"}, prefill.collectives
+
+
 def test_decode_loop_cost_is_one_step(v4_host, tiny_plan):
     """XLA's cost analysis counts a while body once: the loop's cost does not grow with its trip count."""
     config, model = tiny_job()

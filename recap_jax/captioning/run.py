@@ -115,7 +115,7 @@ def _caption_share(config: ml_collections.ConfigDict, units: list[inputs.WorkUni
         output.clean_unit(unit.index)
     start = time.time()
     stats = {"captioned": 0, "failed": 0, "generated_tokens": 0, "prefill_tokens": 0, "input_wait_s": 0.0,
-             "input_wait_first_s": 0.0, "captioning_s": 0.0}
+             "input_wait_first_s": 0.0, "captioning_s": 0.0, "device_idle_s": 0.0, "device_idle_share": 0.0}
     if todo:
         stats = caption_units(config, todo, output)
     wall = time.time() - start
@@ -214,4 +214,8 @@ def caption_units(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit
     return {"captioned": meter.captioned, "failed": meter.failed,
             "generated_tokens": meter.generated_tokens, "prefill_tokens": meter.prefill_tokens,
             "input_wait_s": round(wait.total_s, 3), "input_wait_first_s": round(wait.first_s, 3),
-            "captioning_s": round(meter.elapsed(), 2)}
+            "captioning_s": round(meter.elapsed(), 2),
+            # host time with no device call in flight (waiting for input, building prefill groups;
+            # a compile counts as in flight), and its share of captioning_s
+            "device_idle_s": round(sampler.device_idle_s, 3),
+            "device_idle_share": round(sampler.device_idle_s / max(meter.elapsed(), 1e-9), 4)}

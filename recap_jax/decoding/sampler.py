@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -240,6 +241,7 @@ class Sampler(Generic[T]):
         self.programs = decode_programs(model, settings, cache_dtype, mesh)
         self.prefill_tokens = 0  # real (unpadded) prompt tokens prefilled
         self.generated_tokens = 0
+        self.device_idle_s = 0.0  # host time with no device call in flight (generate's doc)
 
     def _put(self, array: np.ndarray):
         return jax.device_put(array, self._data_sharding) if self._data_sharding is not None else array
@@ -251,7 +253,11 @@ class Sampler(Generic[T]):
                                      self._put(g.lengths), self._put(g.slots), self._put(g.seeds))
 
     def generate(self, requests: Iterable[Request[T]]) -> Iterator[Result[T]]:
-        """Caption every request; results come back in completion order."""
+        """Caption every request; results come back in completion order.
+
+        A call's finished captions are yielded after the next device call is dispatched, so the
+        caller's work on them (detokenising, writing) overlaps the device's. `device_idle_s`
+        counts the time with no device call in flight."""
         s = self.settings
         per_shard, rows = s.batch_size // self.shards, s.prefill_batch // self.shards
         pending = iter(requests)
@@ -259,6 +265,8 @@ class Sampler(Generic[T]):
         state = self.programs.init()
         free = [list(range(per_shard)) for _ in range(self.shards)]  # slot indices inside each shard
         active: dict[int, Request[T]] = {}  # global slot -> request
+        ready: list[Result[T]] = []  # finished, yielded once the next device call is in flight
+        idle_since = time.perf_counter()
         while True:
             # Refill: whole prefill groups while every shard has room, a partial one only at the end.
             while not exhausted and all(len(f) >= rows for f in free):
@@ -272,14 +280,20 @@ class Sampler(Generic[T]):
                     placed.append((len(placed), request, free[shard].pop(0)))
                 if not placed:
                     break
+                idle_since = self._note_dispatch(idle_since)
                 state = self._prefill_group(state, placed)
                 active.update(((row // rows) * per_shard + slot, request) for row, request, slot in placed)
             if not active:
+                yield from ready
                 return
             # While prompts wait, come back as soon as every shard has room for its rows of a group.
             refill_at = per_shard + 1 if exhausted else rows
+            idle_since = self._note_dispatch(idle_since)
             state = self.programs.decode(self.params, state, np.int32(refill_at))
+            yield from ready
+            ready = []
             done, counts = jax.device_get((state.done, state.num_generated))
+            idle_since = time.perf_counter()
             finished = [slot for slot in active if done[slot]]
             if finished:
                 generated = jax.device_get(state.generated)
@@ -289,5 +303,11 @@ class Sampler(Generic[T]):
                     stopped = bool(len(tokens)) and int(tokens[-1]) in s.stop_ids
                     self.generated_tokens += int(counts[slot])
                     free[slot // per_shard].append(slot % per_shard)
-                    yield Result(request.tag, tokens[:-1] if stopped else tokens, stopped,
-                                 len(request.token_ids))
+                    ready.append(Result(request.tag, tokens[:-1] if stopped else tokens, stopped,
+                                        len(request.token_ids)))
+
+    def _note_dispatch(self, idle_since: float | None) -> None:
+        """Count the idle time up to a dispatch (None: a call is already in flight)."""
+        if idle_since is not None:
+            self.device_idle_s += time.perf_counter() - idle_since
+        return None
