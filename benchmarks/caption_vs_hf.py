@@ -14,6 +14,10 @@ Each side runs in its own subprocess (so peak RSS is its own); the parent checks
 the same tokens and prints ratios. The roofline part counts model FLOPs from the config
 (recap_jax/models/flops.py) and divides the achieved FLOP/s, end to end and per phase, by this
 machine's dense float32 matmul FLOP/s measured here with `jnp.dot`.
+Then the equal-work run (`equal_work`): --equal-work-images JPEGs (default --images; 0 skips it),
+every caption exactly --new-tokens tokens, `python -m recap_jax.caption --config configs/cpu_small.py`
+(decode.batch_size = --batch) vs HF `generate` reading the same JPEGs, each timed as a whole
+process (imports, loading, compiles included); both ratios are printed.
 Writes benchmarks/results/caption_vs_hf.json (--out).
 """
 
