@@ -9,13 +9,14 @@ One slot's life cycle (the host loop `Sampler.generate` drives it):
                          first token chosen)        `done[slot]`)         free list)
 
 - FREE -> LIVE: prompts are prefilled in groups of `prefill_batch`, right-padded to a length
-  bucket; each lands in a free slot (padding rows of a partial group are dropped).
+  bucket (by default the prompt's own length); each lands in a free slot of its own batch shard,
+  so no K/V crosses devices (padding rows of a partial group are dropped).
 - LIVE: every live slot gains one token per step, `steps_per_sync` steps per device call.
 - DONE -> FREE: after each device call the host collects the finished slots' tokens.
 
 A slot whose caption ended is refilled with the next prompt instead of idling until the longest
 caption of the batch ends. `decode_steps` returns to the host early once a prefill group fits
-into the free slots. Compiles are bounded: one prefill per prompt-length bucket, one decode loop.
+into the free slots of every shard. Compiles are bounded: one prefill per prompt-length bucket, one decode loop.
 Tokens are chosen by `token_choice.choose_tokens` (greedy unless `settings.sampling` says otherwise).
 """
 
@@ -306,7 +307,7 @@ class Sampler(Generic[T]):
                     ready.append(Result(request.tag, tokens[:-1] if stopped else tokens, stopped,
                                         len(request.token_ids)))
 
-    def _note_dispatch(self, idle_since: float | None) -> None:
+    def _note_dispatch(self, idle_since: float | None) -> None:  # the new idle_since: none
         """Count the idle time up to a dispatch (None: a call is already in flight)."""
         if idle_since is not None:
             self.device_idle_s += time.perf_counter() - idle_since
