@@ -307,8 +307,9 @@ class Sampler(Generic[T]):
                     ready.append(Result(request.tag, tokens[:-1] if stopped else tokens, stopped,
                                         len(request.token_ids)))
 
-    def _note_dispatch(self, idle_since: float | None) -> None:  # the new idle_since: none
-        """Count the idle time up to a dispatch (None: a call is already in flight)."""
+    def _note_dispatch(self, idle_since: float | None) -> None:
+        """Count the idle time up to a dispatch (None: a call is already in flight); returns the
+        new idle start: None, a call is in flight now."""
         if idle_since is not None:
             self.device_idle_s += time.perf_counter() - idle_since
         return None
