@@ -14,6 +14,10 @@ Each side runs in its own subprocess (so peak RSS is its own); the parent checks
 the same tokens and prints ratios. The roofline part counts model FLOPs from the config
 (recap_jax/models/flops.py) and divides the achieved FLOP/s, end to end and per phase, by this
 machine's dense float32 matmul FLOP/s measured here with `jnp.dot`.
+Then the equal-work run (`equal_work`): --equal-work-images JPEGs (default --images; 0 skips it),
+every caption exactly --new-tokens tokens, `python -m recap_jax.caption --config configs/cpu_small.py`
+(decode.batch_size = --batch) vs HF `generate` reading the same JPEGs, each timed as a whole
+process (imports, loading, compiles included); both ratios are printed.
 Writes benchmarks/results/caption_vs_hf.json (--out).
 """
 
@@ -164,36 +168,118 @@ def pick_stop_tokens(captions: list[list[int]], max_new: int, target: float = 0.
 def time_phases(sampler, model, params, settings, group) -> dict:
     """Prefill alone (groups of prefill_batch) and decode alone (a full batch), steady state."""
     import jax
-    state = sampler._init()
-    slots = list(range(len(group)))
-    state = sampler._prefill_group(state, group, slots)
+    programs = sampler.programs
+    state = programs.init()
+    placed = [(i, r, i) for i, r in enumerate(group)]  # one device: one shard, slot = row
+    state = sampler._prefill_group(state, placed)
     jax.block_until_ready(state)
     repeats = 5
     start = time.perf_counter()
     for _ in range(repeats):
-        state = sampler._prefill_group(state, group, slots)
+        state = sampler._prefill_group(state, placed)
     jax.block_until_ready(state)
     prefill_s = (time.perf_counter() - start) / repeats / len(group)  # per image
 
     # Fill every slot, then time decode steps while none finishes.
-    state = sampler._init()
+    state = programs.init()
     for first in range(0, settings.batch_size, len(group)):
-        state = sampler._prefill_group(state, group, list(range(first, first + len(group))))
-    state = state._replace(done=jax.numpy.zeros_like(state.done), num_generated=jax.numpy.zeros_like(state.num_generated))
+        state = sampler._prefill_group(state, [(i, r, first + i) for i, r in enumerate(group)])
     never = np.int32(settings.batch_size + 1)  # no early return for a refill
-    state = sampler._decode(params, state, never)  # warm
+
+    def all_live(s):
+        return s._replace(done=jax.numpy.zeros_like(s.done), num_generated=jax.numpy.zeros_like(s.num_generated))
+
+    state = programs.decode(params, all_live(state), never)  # warm
     jax.block_until_ready(state)
-    state = state._replace(num_generated=jax.numpy.zeros_like(state.num_generated),
-                           done=jax.numpy.zeros_like(state.done))
     start = time.perf_counter()
     calls = 3
     for _ in range(calls):
-        state = sampler._decode(params, state._replace(done=jax.numpy.zeros_like(state.done),
-                                                       num_generated=jax.numpy.zeros_like(state.num_generated)),
-                                never)
+        state = programs.decode(params, all_live(state), never)
     jax.block_until_ready(state)
     step_s = (time.perf_counter() - start) / (calls * settings.steps_per_sync)
     return {"prefill_s_per_image": prefill_s, "decode_step_s": step_s, "decode_batch": settings.batch_size}
+
+
+# --- equal work, whole processes -------------------------------------------------------------------
+
+
+def write_jpegs(folder: pathlib.Path, n: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(make_images(n)):
+        image.save(folder / f"{i:05d}.jpg", quality=90)
+
+
+def run_hf_folder(folder: str, images_dir: str, batch: int, new_tokens: int) -> dict:
+    """HF's side of the equal-work run, all in this process: read the JPEGs, caption each with
+    exactly `new_tokens` tokens (min_new_tokens = max_new_tokens)."""
+    import torch
+    from PIL import Image
+    from tiny_llava import load_reference
+    torch.set_num_threads(os.cpu_count() or 2)
+    model, processor = load_reference(pathlib.Path(folder))
+    processor.tokenizer.padding_side = "left"
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],
+        add_generation_prompt=True)
+    paths = sorted(pathlib.Path(images_dir).glob("*.jpg"))
+    generated = 0
+    for i in range(0, len(paths), batch):
+        images = [Image.open(p).convert("RGB") for p in paths[i:i + batch]]
+        inputs = processor(images=images, text=[text] * len(images), return_tensors="pt", padding=True)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                 do_sample=False, pad_token_id=1)
+        generated += int(out[:, inputs["input_ids"].shape[1]:].numel())
+        for row in out[:, inputs["input_ids"].shape[1]:]:
+            processor.tokenizer.decode(row, skip_special_tokens=True)
+    return {"generated_tokens": generated, "images": len(paths)}
+
+
+def equal_work(args, folder: pathlib.Path) -> dict:
+    """`python -m recap_jax.caption` (configs/cpu_small.py defaults, decode.batch_size = --batch)
+    vs HF generate, each a whole process on the same JPEG folder, every caption exactly
+    --new-tokens tokens (the checkpoint's EOS is never produced by these random weights: checked
+    from the counts)."""
+    import shutil
+    import tempfile
+    work = pathlib.Path(tempfile.mkdtemp(prefix="recap_equal_work_"))
+    images_dir = work / "images"
+    write_jpegs(images_dir, args.images)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    ours_cmd = [sys.executable, "-m", "recap_jax.caption", f"--config={HERE.parent / 'configs' / 'cpu_small.py'}",
+                f"--config.model.hf_dir={folder}", f"--config.input.paths={images_dir}",
+                f"--config.output.dir={work / 'out'}", f"--config.decode.max_new_tokens={args.new_tokens}",
+                f"--config.decode.batch_size={args.batch}", "--config.distributed.mode=off"]
+    hf_cmd = [sys.executable, __file__, "--side", "hf_folder", f"--checkpoint={folder}", f"--batch={args.batch}",
+              f"--new-tokens={args.new_tokens}", f"--images_dir={images_dir}"]
+    walls, outputs = {}, {}
+    for side, cmd in (("ours", ours_cmd), ("hf", hf_cmd)):
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE.parent)
+        walls[side] = time.perf_counter() - start
+        if proc.returncode:
+            sys.exit(f"{side} (equal work) failed:\n{proc.stderr[-4000:]}")
+        outputs[side] = proc.stdout
+    summary = json.loads((work / "out" / "summary.json").read_text()) if (work / "out" / "summary.json").exists() \
+        else {}
+    hf = json.loads(outputs["hf"].split("RESULT", 1)[1])
+    shutil.rmtree(work, ignore_errors=True)
+    return {"ours_wall_s": walls["ours"], "hf_wall_s": walls["hf"], "ratio": walls["hf"] / walls["ours"],
+            "ours_generated_tokens": summary_tokens(outputs["ours"]), "hf_generated_tokens": hf["generated_tokens"],
+            "ours_summary": summary_line(outputs["ours"]), "images": args.images}
+
+
+def summary_line(stdout: str) -> dict:
+    """The caption command's printed run summary (an indented JSON object)."""
+    lines = stdout.splitlines()
+    if "{" not in lines or "}" not in lines:
+        return {}
+    start = len(lines) - 1 - lines[::-1].index("{")
+    return json.loads("\n".join(lines[start:lines.index("}", start) + 1]))
+
+
+def summary_tokens(stdout: str) -> int:
+    return int(summary_line(stdout).get("generated_tokens", -1))
 
 
 # --- the comparison ------------------------------------------------------------------------------
@@ -215,12 +301,18 @@ def main() -> None:
                              "realistic caption lengths")
     parser.add_argument("--checkpoint", default="/tmp/recap_bench_llava")
     parser.add_argument("--out", default=str(HERE / "results" / "caption_vs_hf.json"), help="result JSON")
-    parser.add_argument("--side", choices=["hf", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--equal-work-images", type=int, default=None,
+                        help="images of the equal-work whole-process run (default --images; 0 skips it)")
+    parser.add_argument("--side", choices=["hf", "ours", "hf_folder"], help=argparse.SUPPRESS)
+    parser.add_argument("--images_dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.side == "hf":
         print("RESULT" + json.dumps(run_hf(args.checkpoint, args.images, args.batch, args.new_tokens,
                                            stop_tokens(args))))
+        return
+    if args.side == "hf_folder":
+        print("RESULT" + json.dumps(run_hf_folder(args.checkpoint, args.images_dir, args.batch, args.new_tokens)))
         return
     if args.side == "ours":
         print("RESULT" + json.dumps(run_ours(args.checkpoint, args.images, args.batch, args.new_tokens,
@@ -240,10 +332,12 @@ def main() -> None:
         sides[side] = json.loads(proc.stdout.split("RESULT", 1)[1])
         if side == "ours":
             stop = ["--stop-tokens", ",".join(map(str, sides["ours"]["stop_ids"]))]
-    report(args, sides)
+    n_equal = args.images if args.equal_work_images is None else args.equal_work_images
+    equal = equal_work(argparse.Namespace(**{**vars(args), "images": n_equal}), folder) if n_equal else None
+    report(args, sides, equal)
 
 
-def report(args, sides: dict) -> None:
+def report(args, sides: dict, equal: dict | None) -> None:
     from recap_jax.models.config import LlavaConfig
     from recap_jax.models.flops import image_flops, parameter_count
     hf, ours = sides["hf"], sides["ours"]
@@ -283,7 +377,14 @@ def report(args, sides: dict) -> None:
     print(f"dense f32 matmul: {peak / 1e9:.1f} GFLOP/s; end to end {100 * roofline['end_to_end_fraction_of_peak']:.1f}% "
           f"of it; prefill phase {100 * roofline['prefill_fraction_of_peak']:.1f}%; decode phase (batch "
           f"{ph['decode_batch']}) {100 * roofline['decode_fraction_of_peak']:.1f}%")
-    result = {"args": vars(args), "rows": rows, "same_tokens": same, "images": n, "roofline": roofline,
+    print(f"\nvariable-length captions ({n} images, in-process engines): ours/HF images/s = "
+          f"{rows['ours']['images_per_s'] / rows['hf']['images_per_s']:.2f}x")
+    if equal:
+        print(f"equal work ({equal['images']} JPEGs, every caption {args.new_tokens} tokens, batch {args.batch}, "
+              f"whole processes): python -m recap_jax.caption {equal['ours_wall_s']:.1f} s, HF generate "
+              f"{equal['hf_wall_s']:.1f} s: ours/HF = {equal['ratio']:.2f}x (generated tokens: ours "
+              f"{equal['ours_generated_tokens']}, HF {equal['hf_generated_tokens']})")
+    result = {"args": vars(args), "rows": rows, "equal_work": equal, "same_tokens": same, "images": n, "roofline": roofline,
               "phases": ph, "ratio_images_per_s": rows["ours"]["images_per_s"] / rows["hf"]["images_per_s"]}
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,21 +30,21 @@ def time_decode_step(model, params, batch: int, bucket: int, new_tokens: int) ->
     from recap_jax.decoding.sampler import Sampler
     from recap_jax.decoding.settings import DecodeSettings
     settings = DecodeSettings(max_new_tokens=new_tokens, batch_size=batch, prefill_batch=min(8, batch),
-                              prompt_buckets=(bucket,), steps_per_sync=8)
+                              prompt_buckets=(bucket,), steps_per_sync=8, cache_tile=1)
     sampler = Sampler(model, params, settings)
-    state = sampler._init()
+    state = sampler.programs.init()
 
     def all_live(s):  # fresh arrays each call: the decode loop donates its input state
         return s._replace(done=jnp.zeros_like(s.done), num_generated=jnp.zeros_like(s.num_generated))
 
     state = all_live(state._replace(position=jnp.full_like(state.position, bucket - 8)))
     never = np.int32(batch + 1)  # no early return for a refill
-    state = sampler._decode(params, state, never)
+    state = sampler.programs.decode(params, state, never)
     jax.block_until_ready(state)
     calls = 3
     start = time.perf_counter()
     for _ in range(calls):
-        state = sampler._decode(params, all_live(state), never)
+        state = sampler.programs.decode(params, all_live(state), never)
     jax.block_until_ready(state)
     return (time.perf_counter() - start) / (calls * settings.steps_per_sync)
 

@@ -6,7 +6,8 @@ Run it on every worker (tpu/launch.sh does). The checkpoint is the paper's relea
 `tennant/llava-llama-3-8b-hqedit`, converted with `python -m recap_jax.convert --layout original`.
 Each host holds full bf16 copies of the 8B weights, one per chip (16 GB of a v4 chip's 32 GB):
 four data-parallel replicas per host, no tensor parallelism, no cross-host traffic while decoding.
-The rest of each chip's memory holds the KV cache: ~768 positions x 128 KiB = 96 MiB per caption.
+The rest of each chip's memory holds the KV cache: the prompt's ~616 positions + 128 new tokens,
+rounded up to 768 (a TPU tile), x 128 KiB = 96 MiB per caption.
 """
 
 import ml_collections
@@ -32,7 +33,6 @@ def get_config(arg: str | None = None):
     c.decode.max_new_tokens = 128
     c.decode.batch_size = 256  # 64 captions in flight per chip
     c.decode.prefill_batch = 32  # 8 prompts of ~616 tokens per chip per prefill
-    c.decode.prompt_buckets = (640, 768)
     c.decode.steps_per_sync = 16
     c.mesh = ml_collections.ConfigDict(dict(data=4, fsdp=1, tensor=1))
     c.distributed.mode = "auto"

@@ -28,8 +28,9 @@ def test_v4_256_config_validates_and_fits_a_v4_host():
     chips_per_host = 4
     assert c.mesh.data * c.mesh.fsdp * c.mesh.tensor == chips_per_host
     assert c.decode.batch_size % c.mesh.data == 0 and c.decode.prefill_batch % c.mesh.data == 0
-    settings = decode_settings(c, (128009,))
-    assert settings.bucket(576 + 40) == 640  # 576 image tokens + the paper's prompt
+    settings = decode_settings(c, (128009,)).for_prompt(576 + 40)  # 576 image tokens + the paper's prompt
+    assert settings.bucket(576 + 40) == 616  # prefill pads to the prompt's own length
+    assert settings.cache_length == 768  # 616 + 128 new tokens, rounded up to a 128 tile
     with pytest.raises(ValueError, match="unknown config argument"):
         load("v4_256", "inputs=gs://typo")
 

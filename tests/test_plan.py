@@ -48,14 +48,22 @@ def test_tiny_captioner_fits_a_v4_chip_and_decode_moves_no_cache(tiny_plan):
     t = model.config.text
     assert caption_plan.fits(tiny_plan, chips.CHIPS["v4"], reserve_bytes=chips.GIB)
     assert set(tiny_plan.functions) == {"prefill_64", "decode"} and tiny_plan.bucket == 64
-    # Per chip: a quarter of the slots, the whole cache length (64 + 24), bf16 K and V.
-    assert tiny_plan.cache_bytes == 2 * t.num_layers * 4 * (64 + 24) * t.num_kv_heads * t.head_dim * 2
+    # Per chip: a quarter of the slots, the cache length (64 + 24 rounded up to a 128 tile), bf16 K and V.
+    assert tiny_plan.cache_bytes == 2 * t.num_layers * 4 * 128 * t.num_kv_heads * t.head_dim * 2
     assert tiny_plan.total_bytes >= tiny_plan.params_bytes + tiny_plan.cache_bytes
     decode = tiny_plan.functions["decode"]
     assert decode.flops > 0 and decode.bytes_accessed > 0
     kinds = {c.kind for c in decode.collectives}
     assert not kinds & {"all-gather", "all-to-all"}, decode.collectives
     assert all(c.bytes <= 8 for c in decode.collectives), decode.collectives  # loop-condition flags only
+
+
+def test_insert_moves_no_cache_across_chips(tiny_plan):
+    """A prefilled row goes into a slot of its own chip: no all-gather/all-to-all in prefill + insert
+    (the weights are replicated per replica, the activations split over the chips)."""
+    prefill = tiny_plan.functions["prefill_64"]
+    kinds = {c.kind for c in prefill.collectives}
+    assert not kinds & {"all-gather", "all-to-all"}, prefill.collectives
 
 
 def test_decode_loop_cost_is_one_step(v4_host, tiny_plan):
@@ -65,7 +73,7 @@ def test_decode_loop_cost_is_one_step(v4_host, tiny_plan):
     from recap_jax.models.llava import LlavaModel
     import jax.numpy as jnp
     llava = LlavaModel(model.config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
-    lowered = lower_caption_programs(llava, caption_plan.settings_of(config), make_mesh({"data": 4}, v4_host),
+    lowered = lower_caption_programs(llava, caption_plan.settings_of(config, model.prompt_length), make_mesh({"data": 4}, v4_host),
                                      jnp.bfloat16, buckets=[])
     one_step = hlo.compiled_stats(lowered.decode.compile())
     assert one_step.flops == tiny_plan.functions["decode"].flops

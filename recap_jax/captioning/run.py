@@ -117,7 +117,7 @@ def _caption_share(config: ml_collections.ConfigDict, units: list[inputs.WorkUni
         output.clean_unit(unit.index)
     start = time.time()
     stats = {"captioned": 0, "failed": 0, "generated_tokens": 0, "prefill_tokens": 0, "input_wait_s": 0.0,
-             "input_wait_first_s": 0.0, "captioning_s": 0.0}
+             "input_wait_first_s": 0.0, "captioning_s": 0.0, "device_idle_s": 0.0, "device_idle_share": 0.0}
     if todo:
         stats = caption_units(config, todo, output)
     wall = time.time() - start
@@ -192,7 +192,7 @@ def caption_units(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit
     check_fits_on_tpu(config, mesh)  # before reading any weights
     spec, params, model, dtype = load_model(config, mesh)
     prompt = CaptionPrompt(spec.prompt_encoder(), config.prompt)
-    settings = decode_settings(config, spec.stop_ids)
+    settings = decode_settings(config, spec.stop_ids).for_prompt(len(prompt.fixed_ids), prompt.conditioned)
     settings.bucket(len(prompt.fixed_ids))  # fails now if the prompt cannot fit any bucket
     sampler: Sampler[SampleTag] = Sampler(model, params, settings, cache_dtype=dtype, mesh=mesh)
 
@@ -216,4 +216,8 @@ def caption_units(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit
     return {"captioned": meter.captioned, "failed": meter.failed,
             "generated_tokens": meter.generated_tokens, "prefill_tokens": meter.prefill_tokens,
             "input_wait_s": round(wait.total_s, 3), "input_wait_first_s": round(wait.first_s, 3),
-            "captioning_s": round(meter.elapsed(), 2)}
+            "captioning_s": round(meter.elapsed(), 2),
+            # host time with no device call in flight (waiting for input, building prefill groups;
+            # a compile counts as in flight), and its share of captioning_s
+            "device_idle_s": round(sampler.device_idle_s, 3),
+            "device_idle_share": round(sampler.device_idle_s / max(meter.elapsed(), 1e-9), 4)}

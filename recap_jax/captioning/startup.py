@@ -30,6 +30,7 @@ from recap_jax.conversion import bundle
 from recap_jax.data import identity as identity_lib
 from recap_jax.data import storage
 from recap_jax.data.inputs.paths import split_paths
+from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.errors import ConfigError, ConversionError, UserError
 from recap_jax.models.config import LlavaConfig
 from recap_jax.models.flops import parameter_count
@@ -193,13 +194,13 @@ def _mesh_sizes(config: ml_collections.ConfigDict, devices: int) -> dict[str, in
     return {"data": data, "fsdp": fsdp, "tensor": tensor}
 
 
-def decode_memory_bytes(model: LlavaConfig, config: ml_collections.ConfigDict, devices: int) -> int:
+def decode_memory_bytes(model: LlavaConfig, config: ml_collections.ConfigDict, devices: int,
+                        cache_length: int) -> int:
     """Per device: the weights' share plus the decode state's (KV cache, generated tokens)."""
     d, t = config.decode, model.text
     itemsize = np.dtype(bundle.DTYPES[config.model.dtype]).itemsize
     mesh = _mesh_sizes(config, devices)
     weights = parameter_count(model) * itemsize / (mesh["fsdp"] * mesh["tensor"])
-    cache_length = max(d.prompt_buckets) + d.max_new_tokens
     cache = 2 * t.num_layers * d.batch_size * cache_length * t.num_kv_heads * t.head_dim * itemsize
     generated = d.batch_size * d.max_new_tokens * 4
     logits = d.prefill_batch * t.vocab_size * 4
@@ -236,17 +237,19 @@ def check_limits(config: ml_collections.ConfigDict, spec: bundle.CaptionerSpec) 
     check_mesh(config)
     d = config.decode
     # The prompt without its {org_caption} slot: an alt-text's tokens come on top, per image.
-    prompt_length = len(CaptionPrompt(spec.prompt_encoder(), config.prompt).fixed_ids)
-    if prompt_length > max(d.prompt_buckets):
+    prompt = CaptionPrompt(spec.prompt_encoder(), config.prompt)
+    prompt_length = len(prompt.fixed_ids)
+    settings = DecodeSettings.from_config(d).for_prompt(prompt_length, prompt.conditioned)
+    if prompt_length > settings.max_prompt_length:
         raise ConfigError(f"prompt: {prompt_length} tokens (with the image's) exceed the largest "
-                          f"decode.prompt_buckets entry ({max(d.prompt_buckets)}); shorten the prompt or add "
+                          f"decode.prompt_buckets entry ({settings.max_prompt_length}); shorten the prompt or add "
                           f"a bucket >= {prompt_length}")
     limit = spec.config.text.max_position_embeddings
     if prompt_length + d.max_new_tokens > limit:
         raise ConfigError(f"decode.max_new_tokens={d.max_new_tokens}: with the {prompt_length}-token prompt "
                           f"it needs {prompt_length + d.max_new_tokens} positions, past the model's "
                           f"max_position_embeddings ({limit}); use at most {limit - prompt_length}")
-    need = decode_memory_bytes(spec.config, config, len(jax.local_devices()))
+    need = decode_memory_bytes(spec.config, config, len(jax.local_devices()), settings.cache_length)
     have, what = device_memory_bytes()
     if need > MEMORY_HEADROOM * have:
         raise ConfigError(f"decode: weights + decode state need ~{need / 2**30:.2f} GiB per device, more than "

@@ -9,13 +9,14 @@ One slot's life cycle (the host loop `Sampler.generate` drives it):
                          first token chosen)        `done[slot]`)         free list)
 
 - FREE -> LIVE: prompts are prefilled in groups of `prefill_batch`, right-padded to a length
-  bucket; each lands in a free slot (padding rows of a partial group are dropped).
+  bucket (by default the prompt's own length); each lands in a free slot of its own batch shard,
+  so no K/V crosses devices (padding rows of a partial group are dropped).
 - LIVE: every live slot gains one token per step, `steps_per_sync` steps per device call.
 - DONE -> FREE: after each device call the host collects the finished slots' tokens.
 
 A slot whose caption ended is refilled with the next prompt instead of idling until the longest
 caption of the batch ends. `decode_steps` returns to the host early once a prefill group fits
-into the free slots. Compiles are bounded: one prefill per prompt-length bucket, one decode loop.
+into the free slots of every shard. Compiles are bounded: one prefill per prompt-length bucket, one decode loop.
 Tokens are chosen by `token_choice.choose_tokens` (greedy unless `settings.sampling` says otherwise).
 """
 
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import time
 from collections.abc import Iterable, Iterator
-from typing import Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -93,13 +96,19 @@ def init_state(model: LlavaModel, settings: DecodeSettings, cache_dtype) -> Deco
         sample_seed=jnp.zeros((b,), jnp.int32))
 
 
-def prefill_into_slots(model: LlavaModel, settings: DecodeSettings, params, state: DecodeState,
-                       token_ids: jax.Array, pixels: jax.Array, lengths: jax.Array, slots: jax.Array,
-                       seeds: jax.Array) -> DecodeState:
-    """Prefill prompts [P, S] and start them in `slots` [P] (an index >= B drops a padding row)."""
-    logits, kv = model.apply({"params": params}, token_ids, pixels, lengths, method=LlavaModel.prefill)
-    first = choose_tokens(settings, logits, seeds, jnp.zeros_like(lengths))
-    seq = token_ids.shape[1]
+def batch_shards(mesh: Mesh | None) -> int:
+    """How many pieces the slot axis is split into on `mesh` (1 without one)."""
+    if mesh is None:
+        return 1
+    axes = logical_sharding(mesh, ("batch",)).spec[0] or ()
+    axes = (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def _insert_rows(settings: DecodeSettings, state: DecodeState, kv: KVCache, first: jax.Array,
+                 lengths: jax.Array, slots: jax.Array, seeds: jax.Array) -> DecodeState:
+    """Start prefilled rows [P] in `slots` of `state` (an index >= its slot count drops a row)."""
+    seq = kv.k.shape[2]
     cache = KVCache(state.cache.k.at[:, slots, :seq].set(kv.k.astype(state.cache.k.dtype), mode="drop"),
                     state.cache.v.at[:, slots, :seq].set(kv.v.astype(state.cache.v.dtype), mode="drop"))
     first_row = jnp.zeros((slots.shape[0], settings.max_new_tokens), jnp.int32).at[:, 0].set(first)
@@ -113,10 +122,32 @@ def prefill_into_slots(model: LlavaModel, settings: DecodeSettings, params, stat
                        put(state.done, done), put(state.sample_seed, seeds))
 
 
-def decode_steps(model: LlavaModel, settings: DecodeSettings, params, state: DecodeState,
+def prefill_into_slots(model: LlavaModel, settings: DecodeSettings, mesh: Mesh | None, params,
+                       state: DecodeState, token_ids: jax.Array, pixels: jax.Array, lengths: jax.Array,
+                       slots: jax.Array, seeds: jax.Array) -> DecodeState:
+    """Prefill prompts [P, S] and start them in `slots` [P].
+
+    Rows and slots are per batch shard: the i-th of the `batch_shards(mesh)` equal blocks of rows
+    goes into the i-th block of slots, and `slots` holds indices inside the block (the block's
+    size drops a padding row). So every shard writes its own rows into its own slots: the insert
+    moves no K/V across devices (a global slot index made the partitioner all-gather the group's
+    K/V on every device)."""
+    logits, kv = model.apply({"params": params}, token_ids, pixels, lengths, method=LlavaModel.prefill)
+    first = choose_tokens(settings, logits, seeds, jnp.zeros_like(lengths))
+    insert = functools.partial(_insert_rows, settings)
+    if mesh is not None:
+        state_specs = jax.tree.map(lambda s: s.spec, decode_state_shardings(mesh))
+        rows = logical_sharding(mesh, ("batch",)).spec
+        insert = jax.shard_map(insert, mesh=mesh, in_specs=(state_specs, state_specs.cache, rows, rows, rows, rows),
+                               out_specs=state_specs)
+    return insert(state, kv, first, lengths, slots, seeds)
+
+
+def decode_steps(model: LlavaModel, settings: DecodeSettings, shards: int, params, state: DecodeState,
                  refill_at: jax.Array) -> DecodeState:
-    """Up to `steps_per_sync` steps for every live slot. Returns early once `refill_at` slots are
-    free (the host can prefill a group into them) or all are done."""
+    """Up to `steps_per_sync` steps for every live slot. Returns early once every one of the
+    `shards` blocks of slots has `refill_at` free slots (the host can prefill a group into them)
+    or all are done."""
 
     def step(carry):
         i, s = carry
@@ -135,9 +166,30 @@ def decode_steps(model: LlavaModel, settings: DecodeSettings, params, state: Dec
 
     def keep_going(carry):
         i, s = carry
-        return (i < settings.steps_per_sync) & ~jnp.all(s.done) & (jnp.sum(s.done) < refill_at)
+        free_per_shard = jnp.min(jnp.sum(s.done.reshape(shards, -1), axis=1))
+        return (i < settings.steps_per_sync) & ~jnp.all(s.done) & (free_per_shard < refill_at)
 
     return jax.lax.while_loop(keep_going, step, (0, state))[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodePrograms:
+    """The jitted functions of the decode loop: what `Sampler` runs and `planning/programs.py`
+    compiles for a TPU slice (built here only, so both are the same programs)."""
+    init: Any  # () -> DecodeState
+    prefill: Any  # (params, state, token_ids, pixels, lengths, slots, seeds) -> DecodeState
+    decode: Any  # (params, state, refill_at) -> DecodeState
+
+
+def decode_programs(model: LlavaModel, settings: DecodeSettings, cache_dtype, mesh: Mesh | None
+                    ) -> DecodePrograms:
+    shardings = decode_state_shardings(mesh) if mesh is not None else None
+    return DecodePrograms(
+        init=jax.jit(functools.partial(init_state, model, settings, cache_dtype), out_shardings=shardings),
+        prefill=jax.jit(functools.partial(prefill_into_slots, model, settings, mesh), out_shardings=shardings,
+                        donate_argnums=(1,)),
+        decode=jax.jit(functools.partial(decode_steps, model, settings, batch_shards(mesh)),
+                       out_shardings=shardings, donate_argnums=(1,)))
 
 
 @dataclasses.dataclass
@@ -150,18 +202,21 @@ class _PrefillGroup:
     seeds: np.ndarray
 
     @classmethod
-    def build(cls, settings: DecodeSettings, group: list[Request], slots: list[int]) -> _PrefillGroup:
+    def build(cls, settings: DecodeSettings, placed: list[tuple[int, Request, int]], slots_per_shard: int
+              ) -> _PrefillGroup:
+        """`placed`: (row, request, slot inside the row's shard) for each prompt of the group."""
         p = settings.prefill_batch
-        lengths = np.array([len(r.token_ids) for r in group], np.int32)
-        out = cls(token_ids=np.zeros((p, settings.bucket(int(lengths.max()))), np.int32),
-                  pixels=np.zeros((p,) + group[0].pixels.shape, np.float32),
+        first = placed[0][1]
+        length = settings.bucket(max(len(r.token_ids) for _, r, _ in placed))
+        out = cls(token_ids=np.zeros((p, length), np.int32),
+                  pixels=np.zeros((p,) + first.pixels.shape, np.float32),
                   lengths=np.ones((p,), np.int32),
-                  slots=np.full((p,), settings.batch_size, np.int32),  # out of range = dropped
+                  slots=np.full((p,), slots_per_shard, np.int32),  # out of range = dropped
                   seeds=np.zeros((p,), np.int32))
-        for row, (request, slot) in enumerate(zip(group, slots)):
-            out.token_ids[row, :lengths[row]] = request.token_ids
+        for row, request, slot in placed:
+            out.token_ids[row, :len(request.token_ids)] = request.token_ids
             out.pixels[row] = request.pixels
-            out.lengths[row] = lengths[row]
+            out.lengths[row] = len(request.token_ids)
             out.slots[row] = slot
             out.seeds[row] = request.sample_seed
         return out
@@ -171,63 +226,75 @@ class Sampler(Generic[T]):
     """Host loop around the jitted prefill/decode functions: the slot scheduler.
 
     With a `mesh`, the decode state and the prefill inputs are split over its batch axes; params
-    are already placed.
+    are already placed. Slots are chosen per batch shard: each shard's block of a prefill group
+    goes into free slots of that shard.
     """
 
     def __init__(self, model: LlavaModel, params, settings: DecodeSettings, *, cache_dtype=jnp.float32,
                  mesh: Mesh | None = None):
         self.model, self.params, self.settings = model, params, settings
-        self._data_sharding: NamedSharding | None = None
-        shardings = None
-        if mesh is not None:
-            shardings = decode_state_shardings(mesh)
-            self._data_sharding = logical_sharding(mesh, ("batch",))
-        self._init = jax.jit(functools.partial(init_state, model, settings, cache_dtype), out_shardings=shardings)
-        self._prefill = jax.jit(functools.partial(prefill_into_slots, model, settings),
-                                out_shardings=shardings, donate_argnums=(1,))
-        self._decode = jax.jit(functools.partial(decode_steps, model, settings),
-                               out_shardings=shardings, donate_argnums=(1,))
+        self.shards = batch_shards(mesh)
+        for field in ("batch_size", "prefill_batch"):
+            if getattr(settings, field) % self.shards:
+                raise ValueError(f"decode.{field}={getattr(settings, field)} must be a multiple of the mesh's "
+                                 f"batch shards ({self.shards})")
+        self._data_sharding = logical_sharding(mesh, ("batch",)) if mesh is not None else None
+        self.programs = decode_programs(model, settings, cache_dtype, mesh)
         self.prefill_tokens = 0  # real (unpadded) prompt tokens prefilled
         self.generated_tokens = 0
+        self.device_idle_s = 0.0  # host time with no device call in flight (generate's doc)
 
     def _put(self, array: np.ndarray):
         return jax.device_put(array, self._data_sharding) if self._data_sharding is not None else array
 
-    def _prefill_group(self, state: DecodeState, group: list[Request[T]], slots: list[int]) -> DecodeState:
-        g = _PrefillGroup.build(self.settings, group, slots)
-        self.prefill_tokens += int(sum(len(r.token_ids) for r in group))
-        return self._prefill(self.params, state, self._put(g.token_ids), self._put(g.pixels),
-                             self._put(g.lengths), self._put(g.slots), self._put(g.seeds))
+    def _prefill_group(self, state: DecodeState, placed: list[tuple[int, Request[T], int]]) -> DecodeState:
+        g = _PrefillGroup.build(self.settings, placed, self.settings.batch_size // self.shards)
+        self.prefill_tokens += int(sum(len(r.token_ids) for _, r, _ in placed))
+        return self.programs.prefill(self.params, state, self._put(g.token_ids), self._put(g.pixels),
+                                     self._put(g.lengths), self._put(g.slots), self._put(g.seeds))
 
     def generate(self, requests: Iterable[Request[T]]) -> Iterator[Result[T]]:
-        """Caption every request; results come back in completion order."""
+        """Caption every request; results come back in completion order.
+
+        A call's finished captions are yielded after the next device call is dispatched, so the
+        caller's work on them (detokenising, writing) overlaps the device's. `device_idle_s`
+        counts the time with no device call in flight."""
         s = self.settings
+        per_shard, rows = s.batch_size // self.shards, s.prefill_batch // self.shards
         pending = iter(requests)
         exhausted = False
-        state = self._init()
-        free = list(range(s.batch_size))
-        active: dict[int, Request[T]] = {}
+        state = self.programs.init()
+        free = [list(range(per_shard)) for _ in range(self.shards)]  # slot indices inside each shard
+        active: dict[int, Request[T]] = {}  # global slot -> request
+        ready: list[Result[T]] = []  # finished, yielded once the next device call is in flight
+        idle_since = time.perf_counter()
         while True:
-            # Refill: whole prefill groups while slots allow, a partial one only at the end.
-            while not exhausted and len(free) >= s.prefill_batch:
-                group = []
-                while len(group) < s.prefill_batch:
+            # Refill: whole prefill groups while every shard has room, a partial one only at the end.
+            while not exhausted and all(len(f) >= rows for f in free):
+                placed = []
+                while len(placed) < s.prefill_batch:
                     request = next(pending, None)
                     if request is None:
                         exhausted = True
                         break
-                    group.append(request)
-                if not group:
+                    shard = len(placed) // rows
+                    placed.append((len(placed), request, free[shard].pop(0)))
+                if not placed:
                     break
-                slots = [free.pop(0) for _ in group]
-                state = self._prefill_group(state, group, slots)
-                active.update(zip(slots, group))
+                idle_since = self._note_dispatch(idle_since)
+                state = self._prefill_group(state, placed)
+                active.update(((row // rows) * per_shard + slot, request) for row, request, slot in placed)
             if not active:
+                yield from ready
                 return
-            # While prompts wait, come back as soon as a prefill group fits in the free slots.
-            refill_at = s.batch_size + 1 if exhausted else s.prefill_batch
-            state = self._decode(self.params, state, np.int32(refill_at))
+            # While prompts wait, come back as soon as every shard has room for its rows of a group.
+            refill_at = per_shard + 1 if exhausted else rows
+            idle_since = self._note_dispatch(idle_since)
+            state = self.programs.decode(self.params, state, np.int32(refill_at))
+            yield from ready
+            ready = []
             done, counts = jax.device_get((state.done, state.num_generated))
+            idle_since = time.perf_counter()
             finished = [slot for slot in active if done[slot]]
             if finished:
                 generated = jax.device_get(state.generated)
@@ -236,6 +303,13 @@ class Sampler(Generic[T]):
                     tokens = generated[slot, :counts[slot]]
                     stopped = bool(len(tokens)) and int(tokens[-1]) in s.stop_ids
                     self.generated_tokens += int(counts[slot])
-                    free.append(slot)
-                    yield Result(request.tag, tokens[:-1] if stopped else tokens, stopped,
-                                 len(request.token_ids))
+                    free[slot // per_shard].append(slot % per_shard)
+                    ready.append(Result(request.tag, tokens[:-1] if stopped else tokens, stopped,
+                                        len(request.token_ids)))
+
+    def _note_dispatch(self, idle_since: float | None) -> None:
+        """Count the idle time up to a dispatch (None: a call is already in flight); returns the
+        new idle start: None, a call is in flight now."""
+        if idle_since is not None:
+            self.device_idle_s += time.perf_counter() - idle_since
+        return None

@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 SAMPLING_MODES = ("greedy", "top_k", "top_p")
+# Alt-text tokens the derived buckets of an `{org_caption}` prompt leave room for (a longer
+# alt-text is listed as a failure); set decode.prompt_buckets to allow more.
+CONDITIONED_EXTRA = (32, 64, 128)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,7 +21,13 @@ class DecodeSettings:
     max_new_tokens: int = 128  # caption length cap (the paper: 128)
     batch_size: int = 16  # decode slots kept in flight (captions in flight per host)
     prefill_batch: int = 4  # prompts prefilled together when slots free up
-    prompt_buckets: tuple[int, ...] = (64, 128, 256, 512, 640, 768, 1024)  # padded prompt lengths (compiles)
+    # Padded prompt lengths (one prefill compile each). Empty: derived from the prompt
+    # (`for_prompt`): its own length, or for an `{org_caption}` prompt its length plus
+    # CONDITIONED_EXTRA tokens of alt-text; set them only to override.
+    prompt_buckets: tuple[int, ...] = ()
+    # The KV cache holds the longest prompt + max_new_tokens, rounded up to this many positions
+    # (128: a TPU tile; smaller on CPU, where a rounded-up tail is read for nothing).
+    cache_tile: int = 128
     steps_per_sync: int = 8  # decode steps per device call between host checks
     # How each next token is chosen: "greedy" (argmax, the paper's run), "top_k" (sample among the
     # `top_k` likeliest) or "top_p" (sample from the smallest set holding `top_p` of the mass).
@@ -37,6 +46,10 @@ class DecodeSettings:
         if not 1 <= self.prefill_batch <= self.batch_size:
             raise ValueError(f"decode.prefill_batch={self.prefill_batch}: must be in 1..decode.batch_size"
                              f" ({self.batch_size})")
+        if self.cache_tile < 1:
+            raise ValueError(f"decode.cache_tile={self.cache_tile}: must be >= 1")
+        if any(b < 1 for b in self.prompt_buckets):
+            raise ValueError(f"decode.prompt_buckets={self.prompt_buckets}: lengths must be >= 1")
         if self.steps_per_sync < 1:
             raise ValueError(f"decode.steps_per_sync={self.steps_per_sync}: must be >= 1")
         if self.sampling not in SAMPLING_MODES:
@@ -48,7 +61,21 @@ class DecodeSettings:
         if self.temperature <= 0.0:
             raise ValueError(f"decode.temperature={self.temperature}: must be > 0 (use sampling=greedy)")
 
+    def for_prompt(self, prompt_length: int, conditioned: bool = False) -> DecodeSettings:
+        """These settings with the buckets derived from the prompt when none are set: one prompt,
+        one length (prefill pads to it); an `{org_caption}` prompt (`prompt_length` without the
+        alt-text) gets a few buckets for its alt-text."""
+        if self.prompt_buckets:
+            return self
+        extra = CONDITIONED_EXTRA if conditioned else (0,)
+        return dataclasses.replace(self, prompt_buckets=tuple(prompt_length + e for e in extra))
+
+    def _check_resolved(self) -> None:
+        if not self.prompt_buckets:
+            raise ValueError("decode.prompt_buckets is empty: resolve the settings with for_prompt(prompt length)")
+
     def bucket(self, length: int) -> int:
+        self._check_resolved()
         for b in sorted(self.prompt_buckets):
             if length <= b:
                 return b
@@ -57,10 +84,12 @@ class DecodeSettings:
 
     @property
     def cache_length(self) -> int:
-        return max(self.prompt_buckets) + self.max_new_tokens
+        """Positions per slot: the longest prompt + max_new_tokens, rounded up to `cache_tile`."""
+        return -(-(self.max_prompt_length + self.max_new_tokens) // self.cache_tile) * self.cache_tile
 
     @property
     def max_prompt_length(self) -> int:
+        self._check_resolved()
         return max(self.prompt_buckets)
 
     @classmethod

@@ -108,8 +108,13 @@ def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, k_new
     cached = jnp.einsum("bkgd,btkd->bkgt", q, k_cache).astype(jnp.float32) * scale
     cached = jnp.where(visible[:, None, None, :], cached, jnp.finfo(jnp.float32).min)
     own = jnp.einsum("bkgd,bkd->bkg", q, k_new[:, 0]).astype(jnp.float32)[..., None] * scale
-    probs = jax.nn.softmax(jnp.concatenate([cached, own], axis=-1), axis=-1).astype(v_cache.dtype)
-    out = jnp.einsum("bkgt,btkd->bkgd", probs[..., :-1], v_cache) + probs[..., -1:] * v_new[:, 0, :, None, :]
+    # The softmax over [cached, own] written out: concatenating the own score made every score
+    # row one longer than the cache (769 of 768), off the TPU's 128-lane tiles, and copied it.
+    top = jnp.maximum(jnp.max(cached, axis=-1, keepdims=True), own)
+    e_cached, e_own = jnp.exp(cached - top), jnp.exp(own - top)
+    total = jnp.sum(e_cached, axis=-1, keepdims=True) + e_own
+    out = (jnp.einsum("bkgt,btkd->bkgd", (e_cached / total).astype(v_cache.dtype), v_cache)
+           + (e_own / total).astype(v_cache.dtype) * v_new[:, 0, :, None, :])
     return out.reshape(batch, 1, heads, head_dim)
 
 

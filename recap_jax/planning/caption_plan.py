@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import ml_collections
 
+from recap_jax.captioning.prompts import ORG_CAPTION_SLOT
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.flops import image_flops, parameter_count
 from recap_jax.models.llava import LlavaModel
@@ -66,9 +67,11 @@ def compile_stats(lowered) -> hlo.CompiledStats:
         raise
 
 
-def settings_of(config: ml_collections.ConfigDict, batch_size: int | None = None) -> DecodeSettings:
-    """The job's DecodeSettings (stop ids do not change the programs' shapes)."""
-    settings = DecodeSettings.from_config(config.decode)
+def settings_of(config: ml_collections.ConfigDict, prompt_length: int, batch_size: int | None = None
+                ) -> DecodeSettings:
+    """The job's DecodeSettings for its prompt (stop ids do not change the programs' shapes)."""
+    settings = DecodeSettings.from_config(config.decode).for_prompt(prompt_length,
+                                                                    ORG_CAPTION_SLOT in config.prompt)
     return dataclasses.replace(settings, batch_size=batch_size) if batch_size else settings
 
 
@@ -79,7 +82,7 @@ def compile_caption(config: ml_collections.ConfigDict, model: PlannedModel, devi
     `all_buckets`: every bucket a prompt of this model could use; `costs`: also count the
     scanned layers' cost (memory alone does not need it)."""
     dtype = DTYPES[config.model.dtype]
-    settings = settings_of(config, batch_size)
+    settings = settings_of(config, model.prompt_length, batch_size)
     bucket = settings.bucket(model.prompt_length)
     buckets = sorted(b for b in settings.prompt_buckets if b > model.config.num_image_tokens) if all_buckets \
         else [bucket]
@@ -101,7 +104,7 @@ def count_costs(config: ml_collections.ConfigDict, model: PlannedModel, devices:
                 plan: CaptionPlan) -> CaptionPlan:
     """Fill in a plan compiled with costs=False."""
     dtype = DTYPES[config.model.dtype]
-    settings = settings_of(config, plan.batch_size)
+    settings = settings_of(config, model.prompt_length, plan.batch_size)
     llava = LlavaModel(model.config, dtype=dtype, param_dtype=dtype)
     mesh = mesh_lib.make_mesh(dict(config.mesh), list(devices))
     plan.prefill_cost, plan.decode_step_cost = looped_costs(

@@ -18,7 +18,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from recap_jax.conversion.llava import abstract_params
-from recap_jax.decoding.sampler import decode_state_shardings, decode_steps, init_state, prefill_into_slots
+from recap_jax.decoding.sampler import decode_programs, decode_state_shardings, init_state
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
@@ -53,10 +53,7 @@ def lower_caption_programs(model: LlavaModel, settings: DecodeSettings, mesh: Me
     state = _with_shardings(state_shapes, shardings)
     batch = mesh_lib.logical_sharding(mesh, ("batch",))
     replicated = mesh_lib.replicated(mesh)
-    prefill_fn = jax.jit(functools.partial(prefill_into_slots, model, settings), out_shardings=shardings,
-                         donate_argnums=(1,))
-    decode_fn = jax.jit(functools.partial(decode_steps, model, settings), out_shardings=shardings,
-                        donate_argnums=(1,))
+    programs = decode_programs(model, settings, dtype, mesh)
     p = settings.prefill_batch
     side = model.config.vision.image_size
     prefill = {}
@@ -66,8 +63,8 @@ def lower_caption_programs(model: LlavaModel, settings: DecodeSettings, mesh: Me
                 jax.ShapeDtypeStruct((p,), jnp.int32, sharding=batch),
                 jax.ShapeDtypeStruct((p,), jnp.int32, sharding=batch),
                 jax.ShapeDtypeStruct((p,), jnp.int32, sharding=batch))  # lengths, slots, sample seeds
-        prefill[seq] = prefill_fn.lower(params, state, *args)
-    decode = decode_fn.lower(params, state, jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
+        prefill[seq] = programs.prefill.lower(params, state, *args)
+    decode = programs.decode.lower(params, state, jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
     return CaptionPrograms(params, state, prefill, decode)
 
 
