@@ -74,11 +74,12 @@ def test_quick_captioner_names_the_main_object(quick_run):
     with open(os.path.join(quick_run, "results.json")) as f:
         held_out = json.load(f)["captioner_held_out"]
     assert held_out["num_images"] == 100
-    # The target is >= 80% for colour AND shape; NOT reached at the quick size. Measured
-    # (docs/mini_paper.md): colour 89%, shape 36%, both 31% after 600 fine-tuning steps, so this
-    # asserts what is true: colours are named, and both together far above chance (1/36).
-    assert held_out["colour_named"] >= 0.8
-    assert held_out["main_object_named"] >= 0.2
+    # The target is >= 80% for colour AND shape; NOT reached. Measured (docs/mini_paper.md):
+    # --quick (the shipped captioner + 50 steps) names the colour in 100% and the shape in 51% of
+    # these 100 scenes, so this asserts what is true: colours are named, and both together far
+    # above chance (1/36), with room for the ~5-point standard error.
+    assert held_out["colour_named"] >= 0.9
+    assert held_out["main_object_named"] >= 0.4
 
 
 def test_outputs_carry_the_caption_statistics_and_clip_score_win_rate(tmp_path):
