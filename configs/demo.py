@@ -23,13 +23,13 @@ def get_config():
     c.model.checkpoint = MINI_CAPTIONER
     c.input.format = "folder"
     c.input.paths = os.path.join(_REPO, "assets", "demo_images")
-    c.input.files_per_unit = 4
+    c.input.files_per_unit = 2
     c.input.num_workers = 2
     c.output.dir = os.path.join(_REPO, "out", "demo", "captions")
     c.prompt = "describe this image"  # the instruction the miniature captioner was fine-tuned with
     c.decode.max_new_tokens = 24
     c.decode.batch_size = 4
     c.decode.prefill_batch = 2
-    c.decode.prompt_buckets = (96,)
+    c.decode.prompt_buckets = (64,)
     c.progress_every_s = 2.0
     return c
