@@ -222,7 +222,7 @@ def clip_score_win_rate(clip_workdir: str, tars: str, captions: dict[str, dict[s
     c = acc.clip
     scored = max(c["scored"], 1)
     out = {"clip_row": os.path.basename(clip_workdir).removeprefix("p"), "scored": c["scored"],
-           "re_win_rate": c["re_wins"] / scored, "org_win_rate": c["org_wins"] / scored, "re_mean_score": c["re_sum"] / scored,
-           "org_mean_score": c["org_sum"] / scored}
+           "re_win_rate": c["re_wins"] / scored, "org_win_rate": c["org_wins"] / scored,
+           "re_mean_score": c["re_sum"] / scored, "org_mean_score": c["org_sum"] / scored}
     epath.Path(cached).write_text(json.dumps(out))
     return out
