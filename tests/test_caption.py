@@ -127,11 +127,13 @@ def test_bad_config_fails_at_start_naming_the_field(world, tmp_path):
 def test_demo_config_runs(tmp_path):
     out = tmp_path / "demo-out"
     cmd = ["python", "-m", "recap_jax.caption", f"--config={REPO / 'configs' / 'demo.py'}",
-           f"--config.output.dir={out}", f"--config.model.checkpoint={tmp_path / 'tiny-model'}"]
+           f"--config.output.dir={out}", f"--config.model.checkpoint={tmp_path / 'tiny-model'}",
+           "--config.model.build_tiny_if_missing=true"]  # the tiny random stand-in, not the shipped captioner
     cmd[0] = __import__("sys").executable
     proc = run_caption(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"output: {out}" in proc.stdout
     records = read_output(out)
-    assert len(records) == 5 and all(text(r["re_caption"]) for r in records.values())
+    images = [p for p in (REPO / "assets" / "demo_images").iterdir() if p.suffix != ".txt"]
+    assert len(records) == len(images) == 9 and all(text(r["re_caption"]) for r in records.values())
     assert {int(r["re_caption_length"]) for r in records.values()} <= set(range(1, 25))

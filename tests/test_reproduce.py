@@ -56,6 +56,10 @@ def test_quick_run_writes_table_plot_json(quick_run):
     assert os.path.getsize(os.path.join(quick_run, "plot.png")) > 1000
     stats = results["caption_statistics"]
     assert stats["re_mean_words"] > stats["org_mean_words"]  # recaptions are the long descriptions
+    scores = results["clip_scores"]  # Section 4's win rate, under the concat CLIP row
+    assert scores["clip_row"] == "concat" and scores["scored"] == 512
+    assert scores["re_win_rate"] + scores["org_win_rate"] == pytest.approx(1.0)
+    assert -1.0 <= scores["re_mean_score"] <= 1.0 and "CLIP score win rate" in "\n".join(lines)
     # rerun = continue: every stage is complete, nothing is retrained
     out = subprocess.run([sys.executable, "-m", "recap_jax.reproduce", "--config",
                           os.path.join(ROOT, "configs/mini_paper.py"), "--quick",
@@ -70,8 +74,30 @@ def test_quick_captioner_names_the_main_object(quick_run):
     with open(os.path.join(quick_run, "results.json")) as f:
         held_out = json.load(f)["captioner_held_out"]
     assert held_out["num_images"] == 100
-    # The issue's target is >= 80% for colour AND shape; NOT reached at the quick size. Measured
-    # (docs/mini_paper.md): colour 89%, shape 36%, both 31% after 600 fine-tuning steps, so this
-    # asserts what is true: colours are named, and both together far above chance (1/36).
-    assert held_out["colour_named"] >= 0.8
-    assert held_out["main_object_named"] >= 0.2
+    # The issue's target is >= 80% for colour AND shape; NOT reached. Measured (docs/mini_paper.md):
+    # --quick (the shipped captioner + 50 steps) names the colour in 100% and the shape in 51% of
+    # these 100 scenes, so this asserts what is true: colours are named, and both together far
+    # above chance (1/36), with room for the ~5-point standard error.
+    assert held_out["colour_named"] >= 0.9
+    assert held_out["main_object_named"] >= 0.4
+
+
+def test_outputs_carry_the_caption_statistics_and_clip_score_win_rate(tmp_path):
+    from recap_jax.mini_paper.run import write_outputs
+
+    rows = {"1.0": report.row_numbers(_metrics(0.30, 0.5)), "concat": report.row_numbers(_metrics(0.25, 0.3))}
+    results = {"rows": rows, "noise": "noise note",
+               "caption_statistics": {"org_mean_words": 3.3, "re_mean_words": 15.5, "org_vocab_share": 0.7,
+                                      "re_vocab_share": 0.6},
+               "captioner_held_out": {"num_images": 10, "main_object_named": 0.8, "colour_named": 0.9,
+                                      "shape_named": 0.85, "exact_description": 0.1},
+               "clip_scores": {"clip_row": "concat", "scored": 512, "re_win_rate": 0.625, "org_win_rate": 0.375,
+                               "re_mean_score": 0.41, "org_mean_score": 0.33},
+               "findings": report.findings(rows)}
+    write_outputs(str(tmp_path), results)
+    table = (tmp_path / "table.md").read_text()
+    assert "| CLIP score win rate (CLIP row concat, 512 images) | 37.5% | 62.5% |" in table
+    assert "| mean CLIP score (cosine) | 0.330 | 0.410 |" in table
+    assert "main object's colour and shape named in 80.0% (colour 90.0%, shape 85.0%)" in table
+    assert json.loads((tmp_path / "results.json").read_text())["clip_scores"]["scored"] == 512
+    assert (tmp_path / "plot.png").stat().st_size > 1000

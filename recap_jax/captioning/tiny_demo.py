@@ -1,7 +1,8 @@
 """A tiny random LLaVA-LLaMA-3 checkpoint built offline (no download, no PyTorch).
 
-It lets the README's first command run the whole captioning path on any machine. Its captions
-are random words: it is a working stand-in for the real model, not a captioner. The tests build
+It runs the whole captioning path on any machine (pipeline tests, `configs/finetune_cpu.py`, and the
+random start of the miniature paper's captioner). Its captions are random words: it is a working
+stand-in for the real model, not a captioner. The tests build
 their tiny fixtures from the same tokenizer and llava-hf config dict.
 """
 

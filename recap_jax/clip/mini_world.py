@@ -35,7 +35,7 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 }
 PATTERNS = ("plain", "striped", "dotted")
 POSITIONS: dict[str, tuple[float, float]] = {
-    "left": (0.3, 0.5), "right": (0.7, 0.5), "top": (0.5, 0.3), "bottom": (0.5, 0.7), "center": (0.5, 0.5)}
+    "left": (0.35, 0.5), "right": (0.65, 0.5), "top": (0.5, 0.35), "bottom": (0.5, 0.65), "center": (0.5, 0.5)}
 COUNT_WORDS = ("one", "two", "three")
 UNRELATED = ("click here to buy now", "free shipping on all orders", "my holiday photo", "image 2041",
              "best deals of the year", "view more photos", "a dog on the beach", "city street at night")
@@ -151,7 +151,9 @@ def render(scene: Scene, size: int) -> Image.Image:
         image.paste(_fill(size, scene.small_colour, "plain", rng), (0, 0), mask)
     px, py = POSITIONS[scene.position]
     cx, cy = size * (px + rng.uniform(-0.04, 0.04)), size * (py + rng.uniform(-0.04, 0.04))
-    mask = _shape_mask(size, scene.shape, cx, cy, size * rng.uniform(0.2, 0.24))
+    # Large enough (radius ~30% of the side) that the shape spans several 14-px patches of the
+    # captioner's vision tower, yet clear of the corners where the small objects are.
+    mask = _shape_mask(size, scene.shape, cx, cy, size * rng.uniform(0.27, 0.31))
     image.paste(_fill(size, scene.colour, scene.pattern, rng), (0, 0), mask)
     return image
 

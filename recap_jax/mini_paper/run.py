@@ -90,9 +90,16 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         raw[name] = stages.evaluate_clip(workdir, paths)
         rows[name] = report.row_numbers(raw[name])
     timings["clip_s"] = time.time() - t
+    t = time.time()
+    score_row = "concat" if "concat" in rows else row_name(min(config.clip.ps))
+    scores = stages.clip_score_win_rate(os.path.join(root, "clip", f"p{score_row}"), paths["web"], web,
+                                        os.path.join(root, "clip_scores.json"))
+    timings["clip_scores_s"] = time.time() - t
 
     num_images = next(iter(raw.values()))["true"]["num_images"]
-    results = {"rows": rows, "raw": raw, "noise": report.noise_note(rows, num_images, len(world_files.class_names())), "captioner_held_out": held_out, "caption_statistics": statistics,
+    results = {"rows": rows, "raw": raw,
+               "noise": report.noise_note(rows, num_images, len(world_files.class_names())),
+               "captioner_held_out": held_out, "caption_statistics": statistics, "clip_scores": scores,
                "findings": report.findings(rows), "timings_s": timings | {"total_s": time.time() - start},
                "config": config.to_dict()}
     write_outputs(root, results)
@@ -101,13 +108,16 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def write_outputs(root: str, results: dict[str, Any]) -> None:
     """results.json, table.md and plot.png under `root`."""
-    s, h = results["caption_statistics"], results["captioner_held_out"]
+    s, h, scores = results["caption_statistics"], results["captioner_held_out"], results["clip_scores"]
     text = ["# Recap-CLIP in miniature (rows = p, the probability of the original alt-text)", "",
             "Held-out scenes (unseen colour x shape x background of the main object); R@1 and top-1 in %.", "",
             report.markdown_table(results["rows"]), "",
             "| caption statistics (web set) | original alt-text | recaption |", "|---|---:|---:|",
             f"| mean words | {s['org_mean_words']:.2f} | {s['re_mean_words']:.2f} |",
             f"| share of the joint vocabulary | {100 * s['org_vocab_share']:.1f}% | {100 * s['re_vocab_share']:.1f}% |",
+            f"| CLIP score win rate (CLIP row {scores['clip_row']}, {scores['scored']} images) | "
+            f"{100 * scores['org_win_rate']:.1f}% | {100 * scores['re_win_rate']:.1f}% |",
+            f"| mean CLIP score (cosine) | {scores['org_mean_score']:.3f} | {scores['re_mean_score']:.3f} |",
             "", f"Captioner on {h['num_images']} held-out scenes: main object's colour and shape named in "
             f"{100 * h['main_object_named']:.1f}% (colour {100 * h['colour_named']:.1f}%, shape "
             f"{100 * h['shape_named']:.1f}%), full description exact in {100 * h['exact_description']:.1f}%.",

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from typing import Any
 
 import ml_collections
@@ -18,6 +16,7 @@ import numpy as np
 from etils import epath
 
 from recap_jax.clip import mini_world as world
+from recap_jax.errors import ConfigError
 
 EVAL_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "configs", "clip_eval.py")
@@ -28,15 +27,21 @@ def _log(message: str) -> None:
 
 
 def build_base_captioner(config: ml_collections.ConfigDict, folder: str) -> str:
-    """The random starting captioner (its tokenizer knows the world's words)."""
+    """The starting captioner: `captioner.init` if set (a converted captioner), else a random one
+    whose tokenizer knows the world's words."""
     from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
 
     c = config.captioner
+    if c.init:
+        if not epath.Path(c.init, "params").exists():
+            raise ConfigError(f"captioner.init={c.init}: not a converted captioner folder (no params/)")
+        return c.init
     if not epath.Path(folder).exists():  # written to a temporary folder, then renamed: complete if there
         build_tiny_checkpoint(folder, seed=config.seed, image_size=c.image_size,
                               extra_words=tuple(world.vocabulary()), text_layers=c.text_layers,
                               hidden=c.hidden, heads=c.heads, kv_heads=c.kv_heads,
-                              vision_layers=c.vision_layers, vision_hidden=c.vision_hidden)
+                              vision_layers=c.vision_layers, vision_hidden=c.vision_hidden,
+                              patch_size=c.patch_size, feature_layer=c.feature_layer)
     return folder
 
 
@@ -157,26 +162,67 @@ def train_clip_row(config: ml_collections.ConfigDict, folders: str, tokenizer: s
     done.write_text(json.dumps(metrics, default=lambda v: np.asarray(v).tolist()))
 
 
-def _eval_command(workdir: str, folder: str, classes: str, output: str) -> None:
-    """One `python -m recap_jax.eval_retrieval` run (its own process: that module owns --config)."""
-    flags = {"model.checkpoint": workdir, "batch_size": 50, "output": output,
-             "datasets.main.folder": folder, "datasets.main.split": "test",
-             "datasets.main.caption_fields": "captions", "zeroshot.folder": classes,
-             "zeroshot.templates": "a photo of a {}|a large {}"}
-    argv = [sys.executable, "-m", "recap_jax.eval_retrieval", "--config", EVAL_CONFIG]
-    subprocess.run(argv + [f"--config.{k}={v}" for k, v in flags.items()], check=True)
+def _eval_config(workdir: str, paths: dict[str, str]) -> ml_collections.ConfigDict:
+    """configs/clip_eval.py with the held-out sets: `main` (true descriptions), `alt` (alt-text-style
+    queries) and zero-shot classes, so one model load serves all three."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("clip_eval_config", EVAL_CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.model.checkpoint = workdir
+    c.batch_size = 50
+    c.datasets.main.update(folder=paths["eval_true"], split="test", caption_fields="captions")
+    c.datasets.alt = ml_collections.ConfigDict(c.datasets.main.to_dict())
+    c.datasets.alt.folder = paths["eval_alt"]
+    c.zeroshot.folder = paths["eval_classes"]
+    c.zeroshot.templates = "a photo of a {}|a large {}"
+    c.distributed.mode = "off"
+    return c
 
 
 def evaluate_clip(workdir: str, paths: dict[str, str]) -> dict[str, Any]:
     """Held-out retrieval (true descriptions, alt-text-style queries) and zero-shot classification
-    with the real evaluation command; cached in `workdir/eval.json`."""
+    with the evaluation command's library call (`recap_jax.clip.evaluate.evaluate_config`, in this
+    process: no extra start-up and compile per row); cached in `workdir/eval.json`."""
+    from recap_jax.clip.evaluate import evaluate_config
+
     cached = epath.Path(workdir, "eval.json")
     if not cached.exists():
         _log(f"eval: {workdir}")
-        true_out, alt_out = f"{cached}.true", f"{cached}.alt"
-        _eval_command(workdir, paths["eval_true"], paths["eval_classes"], true_out)
-        _eval_command(workdir, paths["eval_alt"], "", alt_out)
-        true, alt = (json.loads(epath.Path(p).read_text()) for p in (true_out, alt_out))
-        cached.write_text(json.dumps({"true": true["main"], "alt": alt["main"], "zeroshot": true["zeroshot"]}))
+        out = evaluate_config(_eval_config(workdir, paths))
+        cached.write_text(json.dumps({"true": out["main"], "alt": out["alt"], "zeroshot": out["zeroshot"]},
+                                     default=lambda v: np.asarray(v).tolist()))
     return json.loads(cached.read_text())
 
+
+def clip_score_win_rate(clip_workdir: str, tars: str, captions: dict[str, dict[str, str]],
+                        cached: str) -> dict[str, Any]:
+    """Section 4's caption-image score comparison on the web set: each image's CLIP score (cosine)
+    of its recaption vs its alt-text, with `recap_jax.analysis`'s scorer and counting (ties half);
+    cached in `cached`."""
+    from recap_jax.analysis.clip_scores import ClipScorer
+    from recap_jax.analysis.stats import Accumulator
+    from recap_jax.mini_paper.world_files import read_images
+    from recap_jax.release.rows import Row
+
+    if epath.Path(cached).exists():
+        return json.loads(epath.Path(cached).read_text())
+    _log(f"clip scores: recaption vs alt-text with {clip_workdir}")
+    images = read_images(tars)
+    rows = [Row(key=k, url="", org_caption=v["org_caption"], re_caption=v["re_caption"], image=images[k])
+            for k, v in sorted(captions.items())]
+    scorer, acc = ClipScorer(clip_workdir, batch_size=50), Accumulator()
+    for start in range(0, len(rows), 500):
+        chunk = rows[start:start + 500]
+        for row, scores in zip(chunk, scorer.score(chunk)):
+            if scores is not None:
+                acc.add_scores(row.key, *scores)
+    c = acc.clip
+    scored = max(c["scored"], 1)
+    out = {"clip_row": os.path.basename(clip_workdir).removeprefix("p"), "scored": c["scored"],
+           "re_win_rate": c["re_wins"] / scored, "org_win_rate": c["org_wins"] / scored,
+           "re_mean_score": c["re_sum"] / scored, "org_mean_score": c["org_sum"] / scored}
+    epath.Path(cached).write_text(json.dumps(out))
+    return out
