@@ -3,8 +3,7 @@ llava-hf folder converted in memory. Writing checkpoints is `recap_jax.conversio
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -12,9 +11,9 @@ import jax.numpy as jnp
 from etils import epath
 from flax import linen as nn
 from flax import traverse_util
-import orbax.checkpoint.experimental.v1 as ocp
 
-from recap_jax.conversion.bundle import (CONFIG_FILE, SAVE_GROUP_BYTES, CaptionerSpec, llava_hf_tensors,
+from recap_jax.captioning import param_reads
+from recap_jax.conversion.bundle import (CONFIG_FILE, PYTREE_DIR, CaptionerSpec, llava_hf_tensors,
                                          load_tokenizer, param_dtype, read_llava_hf_spec)
 from recap_jax.conversion.llava import abstract_params, convert_params
 from recap_jax.models.config import LlavaConfig, read_json
@@ -38,37 +37,16 @@ def read_converted_spec(checkpoint: epath.PathLike, tokenizer_dir: epath.PathLik
 
 def restore_params(checkpoint: epath.PathLike, config: LlavaConfig, dtype: str,
                    shardings=None) -> dict:
-    """Orbax params, placed with `shardings` (a tree of NamedSharding) or on the default device."""
+    """Orbax params, placed with `shardings` (a tree of NamedSharding) or on the default device.
+
+    Read leaf by leaf, a chunk of rows at a time, straight into the target devices and dtype
+    (`param_reads`): peak host memory is the placed params plus one read."""
     shapes = nn.unbox(abstract_params(config, jnp.dtype(param_dtype(dtype))))
     if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda _: device, shapes)
-    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-    # A few params at a time (as they were saved): Orbax's host read buffers of one group are
-    # freed before the next is read. In one call they all coexist with the placed arrays, and the
-    # load peaked at 1.74x the params' bytes, grouped at 1.48x (benchmarks/load_memory.py).
-    context = ocp.Context()
-    context.pytree.loading.partial_load = True
-    restored: dict = {}
-    with context:
-        for group in _leaf_groups(traverse_util.flatten_dict(target), SAVE_GROUP_BYTES):
-            part = ocp.load(epath.Path(checkpoint) / "params", traverse_util.unflatten_dict(group))
-            restored.update(traverse_util.flatten_dict(part))
-    return traverse_util.unflatten_dict(restored)
-
-
-def _leaf_groups(flat: dict, group_bytes: int) -> Iterator[dict]:
-    """Consecutive groups of leaves, each closed by the leaf that brings it to `group_bytes`."""
-    group: dict = {}
-    size = 0
-    for path, leaf in flat.items():
-        group[path] = leaf
-        size += math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize
-        if size >= group_bytes:
-            yield group
-            group, size = {}, 0
-    if group:
-        yield group
+    targets = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    return param_reads.read_tree(epath.Path(checkpoint) / "params" / PYTREE_DIR, targets)
 
 
 def load_captioner(*, checkpoint: str | None = None, hf_dir: str | None = None,

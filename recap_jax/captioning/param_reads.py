@@ -1,0 +1,92 @@
+"""Reading a converted checkpoint's params into their target shardings, one leaf and one chunk
+of rows at a time.
+
+Each leaf's TensorStore (the zarr3/OCDBT array Orbax wrote) is opened from Orbax's own read spec;
+the target array is allocated on its devices and filled with donated in-place updates, each from
+a host read of at most `READ_BYTES` (whole storage chunks). Host memory beyond the placed params
+is then one read, not one leaf: a stacked 8B MLP weight ([32, 4096, 14336], 3.5 GiB in bf16) is
+never on the host whole, and never in another dtype whole.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp_v0
+import tensorstore as ts
+from etils import epath
+from flax import traverse_util
+from jax.sharding import NamedSharding, PartitionSpec
+
+from recap_jax.errors import ConversionError
+
+# Host bytes read per update (rounded up to whole storage chunks along axis 0).
+READ_BYTES = 64 * 2**20
+
+
+def read_tree(pytree_dir: epath.PathLike, targets) -> dict:
+    """The params of an Orbax pytree folder, as the tree of ShapeDtypeStruct `targets` (with shardings)
+    says: each leaf read into its own dtype and devices before the next is opened."""
+    context = ocp_v0.type_handlers.get_ts_context(use_ocdbt=True)
+    flat = {path: read_leaf(open_leaf(epath.Path(pytree_dir), path, context), target, "/".join(path))
+            for path, target in traverse_util.flatten_dict(targets).items()}
+    return traverse_util.unflatten_dict(flat)
+
+
+def open_leaf(pytree_dir: epath.Path, path: tuple[str, ...], context: ts.Context) -> ts.TensorStore:
+    """The stored array of one param (Orbax names a leaf by its dotted key path)."""
+    info = ocp_v0.type_handlers.ParamInfo(name=".".join(path), parent_dir=pytree_dir,
+                                          is_ocdbt_checkpoint=True, use_zarr3=True)
+    spec = ocp_v0.type_handlers.get_json_tspec_read(info, use_ocdbt=True)
+    try:
+        return ts.open(spec, context=context).result()
+    except ValueError as e:
+        raise ConversionError(f"{pytree_dir}: cannot read param {'/'.join(path)} ({e}); "
+                              "re-convert the checkpoint with `python -m recap_jax.convert`") from e
+
+
+def read_leaf(store: ts.TensorStore, target: jax.ShapeDtypeStruct, name: str) -> jax.Array:
+    """`store` placed as `target` (shape, dtype, sharding), read a chunk of rows at a time."""
+    shape, dtype = tuple(target.shape), jnp.dtype(target.dtype)
+    if tuple(store.shape) != shape:
+        raise ConversionError(f"param {name}: checkpoint has shape {tuple(store.shape)}, the model "
+                              f"expects {shape}; is model.checkpoint converted for this config?")
+    rows = _rows_per_read(store, dtype)
+    if not shape or rows >= shape[0]:
+        return jax.device_put(np.asarray(store.read().result(), dtype), target.sharding)
+    out = _zeros(shape, dtype, target.sharding)
+    for start in range(0, shape[0], rows):
+        host = np.asarray(store[start:start + rows].read().result(), dtype)
+        out = _update_rows(target.sharding)(out, host, np.int32(start))
+        del host
+    return out
+
+
+def _rows_per_read(store: ts.TensorStore, dtype) -> int:
+    if not store.shape:
+        return 1
+    row_bytes = math.prod(store.shape[1:]) * max(jnp.dtype(dtype).itemsize, store.dtype.numpy_dtype.itemsize)
+    chunk_rows = store.chunk_layout.read_chunk.shape[0] or store.shape[0]
+    return chunk_rows * max(1, READ_BYTES // max(1, row_bytes * chunk_rows))
+
+
+@functools.lru_cache(maxsize=None)
+def _zeros_fn(shape: tuple[int, ...], dtype, sharding):
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+
+
+def _zeros(shape, dtype, sharding) -> jax.Array:
+    return _zeros_fn(shape, dtype, sharding)()
+
+
+@functools.lru_cache(maxsize=None)
+def _update_rows(sharding):
+    # Rows arrive replicated over the target's mesh; each device keeps its own part of them.
+    rows_sharding = NamedSharding(sharding.mesh, PartitionSpec()) if isinstance(sharding, NamedSharding) \
+        else sharding
+    return jax.jit(lambda out, rows, start: jax.lax.dynamic_update_slice_in_dim(out, rows, start, 0),
+                   in_shardings=(sharding, rows_sharding, rows_sharding), out_shardings=sharding, donate_argnums=0)
