@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,12 +30,17 @@ from recap_jax.errors import ConversionError
 READ_BYTES = 64 * 2**20
 
 
-def read_tree(pytree_dir: epath.PathLike, targets) -> dict:
+def read_tree(pytree_dir: epath.PathLike, targets, transform: Callable[[tuple[str, ...], jax.Array], Any] | None = None
+              ) -> dict:
     """The params of an Orbax pytree folder, as the tree of ShapeDtypeStruct `targets` (with shardings)
-    says: each leaf read into its own dtype and devices before the next is opened."""
+    says: each leaf read into its own dtype and devices (then `transform(path, leaf)`, if given)
+    before the next is opened."""
     context = ocp_v0.type_handlers.get_ts_context(use_ocdbt=True)
-    flat = {path: read_leaf(open_leaf(epath.Path(pytree_dir), path, context), target, "/".join(path))
-            for path, target in traverse_util.flatten_dict(targets).items()}
+    flat = {}
+    for path, target in traverse_util.flatten_dict(targets).items():
+        leaf = read_leaf(open_leaf(epath.Path(pytree_dir), path, context), target, "/".join(path))
+        flat[path] = transform(path, leaf) if transform is not None else leaf
+        del leaf
     return traverse_util.unflatten_dict(flat)
 
 
@@ -60,7 +67,7 @@ def read_leaf(store: ts.TensorStore, target: jax.ShapeDtypeStruct, name: str) ->
         return jax.device_put(np.asarray(store.read().result(), dtype), target.sharding)
     out = _zeros(shape, dtype, target.sharding)
     for start in range(0, shape[0], rows):
-        host = np.asarray(store[start:start + rows].read().result(), dtype)
+        host = np.asarray(store[start:min(start + rows, shape[0])].read().result(), dtype)
         out = _update_rows(target.sharding)(out, host, np.int32(start))
         del host
     return out

@@ -159,8 +159,17 @@ def load_model(config: ml_collections.ConfigDict, mesh) -> tuple[CaptionerSpec, 
         spec, params = load_captioner(
             checkpoint=m.checkpoint or None, hf_dir=m.hf_dir or None, tokenizer=m.tokenizer or None,
             template=m.template or None, dtype=m.dtype,
-            shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed))
-    return spec, params, LlavaModel(spec.config, dtype=dtype, param_dtype=dtype), dtype
+            shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed), quantize=m.quantize)
+    return spec, params, caption_model(spec.config, dtype, m.quantize), dtype
+
+
+def caption_model(config, dtype, quantize: str = "") -> LlavaModel:
+    """The captioner's model in the job's dtype; with `quantize` ("int8"), Qwix's int8-weight form."""
+    model = LlavaModel(config, dtype=dtype, param_dtype=dtype)
+    if not quantize:
+        return model
+    from recap_jax.models.quantization import quantized_model  # Qwix: the [quant] extra
+    return quantized_model(model, quantize)
 
 
 def caption_requests(entries: Iterable[pipeline.UnitItem | pipeline.UnitEnd], prompt: CaptionPrompt,

@@ -97,7 +97,8 @@ def prefill_into_slots(model: LlavaModel, settings: DecodeSettings, params, stat
                        token_ids: jax.Array, pixels: jax.Array, lengths: jax.Array, slots: jax.Array,
                        seeds: jax.Array) -> DecodeState:
     """Prefill prompts [P, S] and start them in `slots` [P] (an index >= B drops a padding row)."""
-    logits, kv = model.apply({"params": params}, token_ids, pixels, lengths, method=LlavaModel.prefill)
+    # Methods by name: a Qwix-quantised model (models/quantization.py) intercepts them.
+    logits, kv = model.apply({"params": params}, token_ids, pixels, lengths, method="prefill")
     first = choose_tokens(settings, logits, seeds, jnp.zeros_like(lengths))
     seq = token_ids.shape[1]
     cache = KVCache(state.cache.k.at[:, slots, :seq].set(kv.k.astype(state.cache.k.dtype), mode="drop"),
@@ -121,7 +122,7 @@ def decode_steps(model: LlavaModel, settings: DecodeSettings, params, state: Dec
     def step(carry):
         i, s = carry
         logits, cache = model.apply({"params": params}, s.last_token, s.position, s.cache,
-                                    method=LlavaModel.decode)
+                                    method="decode")
         token = choose_tokens(settings, logits, s.sample_seed, s.num_generated)
         live = ~s.done
         rows = jnp.arange(token.shape[0])
