@@ -43,6 +43,7 @@ from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.decoding.token_choice import sample_seed
 from recap_jax.errors import ConfigError
 from recap_jax.models.llava import LlavaModel
+from recap_jax.models.quantization import caption_model
 from recap_jax.parallel import mesh as mesh_lib
 from recap_jax.parallel.distributed import check_distributed_config, initialize_distributed
 from recap_jax.planning.startup import check_fits_on_tpu
@@ -161,15 +162,6 @@ def load_model(config: ml_collections.ConfigDict, mesh) -> tuple[CaptionerSpec, 
             template=m.template or None, dtype=m.dtype,
             shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed), quantize=m.quantize)
     return spec, params, caption_model(spec.config, dtype, m.quantize), dtype
-
-
-def caption_model(config, dtype, quantize: str = "") -> LlavaModel:
-    """The captioner's model in the job's dtype; with `quantize` ("int8"), Qwix's int8-weight form."""
-    model = LlavaModel(config, dtype=dtype, param_dtype=dtype)
-    if not quantize:
-        return model
-    from recap_jax.models.quantization import quantized_model  # Qwix: the [quant] extra
-    return quantized_model(model, quantize)
 
 
 def caption_requests(entries: Iterable[pipeline.UnitItem | pipeline.UnitEnd], prompt: CaptionPrompt,

@@ -5,7 +5,8 @@ head) is stored as int8 with one f32 scale per output channel (absmax), and Qwix
 / `einsum` compute with it. The vision tower, projector, embeddings and norms stay in the
 model's dtype (the decoder is ~96% of the 8B's bytes, and Qwix's PTQ convolution needs int8
 activations too). Weights are quantised leaf by leaf as they are loaded, so the float weights
-are never all in memory.
+are never all in memory. Qwix is an install extra (`.[quant]`): it is imported only when a
+mode is set.
 """
 
 from __future__ import annotations
@@ -14,16 +15,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import qwix
 from flax import linen as nn
 from flax import traverse_util
 
 from recap_jax.errors import ConfigError
+from recap_jax.models.config import LlavaConfig
 from recap_jax.models.llava import LlavaModel
 
 QUANTIZE_MODES = ("", "int8")
-# Qwix matches module paths: the decoder's Dense layers (inside the layer scan) and the LM head.
-RULES = {"int8": [qwix.QuantizationRule(module_path="language_model/.*", weight_qtype=jnp.int8)]}
 # The methods the caption job and the plan call by name (`model.apply(..., method="prefill")`).
 METHODS = ("__call__", "prefill", "decode")
 
@@ -34,11 +33,39 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def _provider(mode: str, module_path: str):
+    import qwix
+    # Qwix matches module paths: in the captioner, the decoder's Dense layers (inside the layer
+    # scan) and the LM head.
+    return qwix.PtqProvider([qwix.QuantizationRule(module_path=module_path, weight_qtype=jnp.int8)])
+
+
 def quantized_model(model: LlavaModel, mode: str) -> LlavaModel:
     """`model` computing with quantised weights (`mode` "" returns it unchanged)."""
     if not check_mode(mode):
         return model
-    return qwix.quantize_model(model, qwix.PtqProvider(RULES[mode]), methods=METHODS)
+    import qwix
+    quantized = qwix.quantize_model(model, _provider(mode, "language_model/.*"), methods=METHODS)
+    type(quantized).quantize_mode = mode  # Qwix made this class for this model alone
+    return quantized
+
+
+def quantized_layer(layer: nn.Module, mode: str) -> nn.Module:
+    """One decoder layer on its own (the plan's per-layer cost), quantised as in `quantized_model`."""
+    if not check_mode(mode):
+        return layer
+    import qwix
+    return qwix.quantize_model(layer, _provider(mode, ".*"))
+
+
+def mode_of(model: nn.Module) -> str:
+    """The quantisation mode of a model from `quantized_model` ("" for a plain one)."""
+    return getattr(type(model), "quantize_mode", "")
+
+
+def caption_model(config: LlavaConfig, dtype, quantize: str = "") -> LlavaModel:
+    """The captioner's model in `dtype`; with `quantize` ("int8"), Qwix's int8-weight form."""
+    return quantized_model(LlavaModel(config, dtype=dtype, param_dtype=dtype), quantize)
 
 
 def abstract_model_params(model: LlavaModel, dtype) -> Any:
@@ -51,7 +78,8 @@ def abstract_model_params(model: LlavaModel, dtype) -> Any:
 
 
 def is_quantized(leaf: Any) -> bool:
-    return isinstance(leaf, qwix.QArray) or isinstance(getattr(leaf, "array", None), qwix.QArray)
+    """A Qwix quantised array (QArray), or one inside Qwix's WithAux."""
+    return type(leaf).__name__ == "QArray" or type(getattr(leaf, "array", None)).__name__ == "QArray"
 
 
 class LeafQuantizer:
@@ -80,6 +108,7 @@ def _is_with_aux(x: Any) -> bool:
 
 
 def _quantize_fn(abstract: Any, sharding: Any, stacked: bool):
+    import qwix
     if stacked:  # scanned layers: Qwix's per-channel axes are those of one layer
         one = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), abstract)
         fn = jax.vmap(lambda w: qwix.quantize_params({"w": w}, {"w": one})["w"])
