@@ -5,7 +5,6 @@ import jax
 import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 import pytest
-import tensorstore as ts
 from flax import traverse_util
 
 from recap_jax.captioning import model_loading, param_reads
@@ -30,9 +29,8 @@ def reference(checkpoint):
 
 
 def test_storage_is_chunked_along_the_first_axis(checkpoint):
-    context = ts.Context()
     store = param_reads.open_leaf(checkpoint / "params" / bundle.PYTREE_DIR,
-                                  ("language_model", "embed_tokens", "embedding"), context)
+                                  ("language_model", "embed_tokens", "embedding"))
     assert store.shape == (256, 48)
     assert store.chunk_layout.read_chunk.shape[0] < store.shape[0]
 
@@ -56,7 +54,7 @@ def test_chunked_reads_equal_orbax_load(checkpoint, monkeypatch, dtype):
 
 def test_shape_mismatch_names_the_param(checkpoint):
     store = param_reads.open_leaf(checkpoint / "params" / bundle.PYTREE_DIR,
-                                  ("language_model", "norm", "scale"), ts.Context())
+                                  ("language_model", "norm", "scale"))
     with pytest.raises(ConversionError, match="language_model/norm/scale.*shape"):
         param_reads.read_leaf(store, jax.ShapeDtypeStruct((47,), np.float32,
                                                           sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),

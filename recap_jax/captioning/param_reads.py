@@ -10,6 +10,7 @@ never on the host whole, and never in another dtype whole.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 from collections.abc import Callable
@@ -26,8 +27,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from recap_jax.errors import ConversionError
 
-# Host bytes read per update (rounded up to whole storage chunks along axis 0).
-READ_BYTES = 64 * 2**20
+# Host bytes read per update (rounded up to whole storage chunks along axis 0). A read holds
+# ~3-4x this at once (compressed chunks, decoded chunks, the host array, its device copy).
+READ_BYTES = 16 * 2**20
+# glibc's malloc: buffers above this size are mmap'd and unmapped when freed. Its default
+# threshold rises with the largest freed buffer (up to 32 MiB), after which TensorStore's
+# per-thread read buffers stayed in malloc arenas: ~1 GiB of a 1.9 GiB load was such freed but
+# unreturned memory (benchmarks/load_memory.py).
+MMAP_THRESHOLD_BYTES = 4 * 2**20
 
 
 def read_tree(pytree_dir: epath.PathLike, targets, transform: Callable[[tuple[str, ...], jax.Array], Any] | None = None
@@ -36,16 +43,35 @@ def read_tree(pytree_dir: epath.PathLike, targets, transform: Callable[[tuple[st
     says: each leaf read into its own dtype and devices (then `transform(path, leaf)`, if given)
     before the next is opened."""
     context = ocp_v0.type_handlers.get_ts_context(use_ocdbt=True)
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     flat = {}
     for path, target in traverse_util.flatten_dict(targets).items():
         leaf = read_leaf(open_leaf(epath.Path(pytree_dir), path, context), target, "/".join(path))
         flat[path] = transform(path, leaf) if transform is not None else leaf
         del leaf
+        if libc is not None:
+            libc.malloc_trim(0)  # hand the leaf's freed read buffers back before the next leaf
     return traverse_util.unflatten_dict(flat)
 
 
-def open_leaf(pytree_dir: epath.Path, path: tuple[str, ...], context: ts.Context) -> ts.TensorStore:
-    """The stored array of one param (Orbax names a leaf by its dotted key path)."""
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def _glibc():
+    """glibc, for mallopt/malloc_trim; None on other C libraries."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
+def open_leaf(pytree_dir: epath.Path, path: tuple[str, ...], context: ts.Context | None = None) -> ts.TensorStore:
+    """The stored array of one param (Orbax names a leaf by its dotted key path); `context`:
+    Orbax's TensorStore context (shared by the leaves of one load)."""
+    context = context or ocp_v0.type_handlers.get_ts_context(use_ocdbt=True)
     info = ocp_v0.type_handlers.ParamInfo(name=".".join(path), parent_dir=pytree_dir,
                                           is_ocdbt_checkpoint=True, use_zarr3=True)
     spec = ocp_v0.type_handlers.get_json_tspec_read(info, use_ocdbt=True)

@@ -45,7 +45,7 @@ SAVE_GROUP_BYTES = 256 * 2**20
 PYTREE_DIR = "state"
 # Storage chunks of at most this size, split along axis 0 (layers, vocabulary rows) first: a
 # loader can then read a stacked weight a few layers at a time (captioning/param_reads.py).
-STORAGE_CHUNK_BYTES = 32 * 2**20
+STORAGE_CHUNK_BYTES = 8 * 2**20
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
