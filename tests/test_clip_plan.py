@@ -5,6 +5,7 @@ import importlib.util
 import pathlib
 
 import jax
+import pytest
 
 from recap_jax.planning.clip_plan import compile_clip_step
 
@@ -18,6 +19,7 @@ def load_config(name: str):
     return module.get_config()
 
 
+@pytest.mark.slow  # a train step + two layer compiles: 244 s under a load average of 26 (shared 2 cores)
 def test_step_flops_count_every_layer():
     config = load_config("clip_tiny")
     plan = compile_clip_step(config, jax.devices()[:1])
