@@ -109,7 +109,39 @@ def checkpoint_bytes(checkpoint: pathlib.Path) -> int:
     return sum(int(np.prod(s.shape)) * 2 for s in shapes)
 
 
-def measure(checkpoint: str) -> dict:
+def orbax_grouped_load(checkpoint: str, shardings_fn):
+    """The previous way, for comparison: `ocp.load` of ~256 MiB groups of params, each group read
+    whole into host buffers, then placed."""
+    import jax
+    import orbax.checkpoint.experimental.v1 as ocp
+    from etils import epath
+    from flax import linen as nn
+    from flax import traverse_util
+
+    from recap_jax.captioning.model_loading import read_converted_spec
+    from recap_jax.conversion.bundle import SAVE_GROUP_BYTES
+    from recap_jax.conversion.llava import abstract_params
+
+    spec, _ = read_converted_spec(checkpoint)
+    boxed = abstract_params(spec.config, jax.numpy.bfloat16)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          nn.unbox(boxed), nn.unbox(shardings_fn(boxed)))
+    context = ocp.Context()
+    context.pytree.loading.partial_load = True
+    restored, group, size = {}, {}, 0
+    with context:
+        for path, leaf in list(traverse_util.flatten_dict(target).items()) + [(None, None)]:
+            if path is not None:
+                group[path] = leaf
+                size += leaf.size * leaf.dtype.itemsize
+            if group and (path is None or size >= SAVE_GROUP_BYTES):
+                part = ocp.load(epath.Path(checkpoint) / "params", traverse_util.unflatten_dict(group))
+                restored.update(traverse_util.flatten_dict(part))
+                group, size = {}, 0
+    return spec, traverse_util.unflatten_dict(restored)
+
+
+def measure(checkpoint: str, way: str) -> dict:
     """Runs in a fresh process: load, then first compile + one caption; peak RSS of each, from a
     baseline taken after every library the load imports (transformers, orbax) is imported."""
     import jax
@@ -127,8 +159,11 @@ def measure(checkpoint: str) -> dict:
     mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
     rss = PeakRss()
     start = time.perf_counter()
-    spec, params = load_captioner(checkpoint=checkpoint, dtype="bfloat16",
-                                         shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed))
+    shardings_fn = lambda boxed: mesh_lib.params_shardings(mesh, boxed)  # noqa: E731
+    if way == "chunks":
+        spec, params = load_captioner(checkpoint=checkpoint, dtype="bfloat16", shardings_fn=shardings_fn)
+    else:
+        spec, params = orbax_grouped_load(checkpoint, shardings_fn)
     jax.block_until_ready(params)
     load_s = time.perf_counter() - start
     before_load, load_peak = rss.stop()
@@ -145,7 +180,7 @@ def measure(checkpoint: str) -> dict:
     results = list(sampler.generate([Request(prompt, pixels)]))
     caption_s = time.perf_counter() - start
     before_caption, caption_peak = rss.stop()
-    return {"params_mib": round(params_mib, 1), "param_dtypes": dtypes,
+    return {"load": way, "params_mib": round(params_mib, 1), "param_dtypes": dtypes,
             "rss_before_load_mib": round(before_load, 1), "load_peak_rss_mib": round(load_peak, 1),
             "load_s": round(load_s, 2), "load_peak_over_params": round((load_peak - before_load) / params_mib, 3),
             "rss_before_caption_mib": round(before_caption, 1), "caption_peak_rss_mib": round(caption_peak, 1),
@@ -159,10 +194,14 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint in --workdir (reused if there)")
+    parser.add_argument("--ways", default="chunks,orbax_groups",
+                        help="loaders to measure, each in a fresh process: chunks (load_captioner), "
+                             "orbax_groups (the previous way: ocp.load of ~256 MiB groups)")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--way", default="chunks", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure)))
+        print(json.dumps(measure(args.measure, args.way)))
         return
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="load_memory_"))
     try:
@@ -171,11 +210,15 @@ def main() -> None:
             write_checkpoint(work / "ckpt", args.layers)
         print(f"wrote {params_bytes / 2**30:.2f} GiB of bf16 params in {time.perf_counter() - start:.0f} s",
               flush=True)
-        done = subprocess.run([sys.executable, __file__, "--measure", str(work / "ckpt")], capture_output=True,
-                              text=True, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-        if done.returncode:
-            raise SystemExit(f"load failed (exit {done.returncode}): {done.stderr[-2000:]}")
-        result = {"layers": args.layers, "params_bytes": params_bytes, **json.loads(done.stdout.splitlines()[-1])}
+        runs = []
+        for way in args.ways.split(","):
+            done = subprocess.run([sys.executable, __file__, "--measure", str(work / "ckpt"), "--way", way],
+                                  capture_output=True, text=True, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+            if done.returncode:
+                raise SystemExit(f"load ({way}) failed (exit {done.returncode}): {done.stderr[-2000:]}")
+            runs.append(json.loads(done.stdout.splitlines()[-1]))
+            print(json.dumps(runs[-1]), flush=True)
+        result = {"layers": args.layers, "params_bytes": params_bytes, "runs": runs}
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

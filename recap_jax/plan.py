@@ -63,7 +63,7 @@ def plan(config, clip_config=None):
     hosts = chips.hosts_of(pod.devices)
     for devices in hosts.values():  # each host builds its own mesh over its chips
         make_mesh(dict(config.mesh), devices)
-    devices = pod.host_devices(0)
+    devices = chips.host_program_devices(pod)
     reserve = int(_RESERVE.value * chips.GIB)
     model = planned_model(config)
     lines = [f"[plan] {pod.name} ({pod.topology}): {pod.num_chips} chips, {pod.num_hosts} hosts x "
@@ -129,7 +129,9 @@ def plan_clip(clip_config, pod=None):
     clip = compile_clip_step(clip_config, pod.devices)
     ok = clip.total_bytes + reserve <= pod.chip.hbm_bytes
     result = {"topology": pod.topology, "params": clip.params, "state_bytes": clip.state_bytes,
-              "batch_per_chip": clip.batch_per_chip, "fits": ok, "step": report.stats_json(clip.step)}
+              "batch_per_chip": clip.batch_per_chip, "fits": ok, "step": report.stats_json(clip.step),
+              "step_flops_per_chip": clip.step_cost.flops, "step_bytes_accessed_per_chip": clip.step_cost.bytes_accessed,
+              "model_flops_per_chip": clip.model_flops}
     return result, report.clip_text(clip, pod.chip, reserve), ok
 
 if __name__ == "__main__":

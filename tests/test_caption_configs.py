@@ -35,6 +35,16 @@ def test_v4_256_config_validates_and_fits_a_v4_host():
         load("v4_256", "inputs=gs://typo")
 
 
+def test_v5e_256_config_validates_with_int8_weights():
+    c = load("v5e_256", "input=gs://b/datacomp,output=gs://b/recap,checkpoint=gs://b/ckpt/hqedit")
+    validate(c)
+    assert c.model.quantize == "int8" and c.tpu.topology == "v5e-256"
+    assert c.decode.batch_size % c.mesh.data == 0 and c.decode.prefill_batch % c.mesh.data == 0
+    c.model.quantize = "int4"
+    with pytest.raises(ConfigError, match="model.quantize"):
+        validate(c)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("model.dtype", "fp8", "model.dtype"), ("decode.max_new_tokens", 0, "max_new_tokens"),
     ("decode.prefill_batch", 99, "prefill_batch"), ("output.dir", "", "output.dir"),

@@ -21,6 +21,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.tokenizer = ""  # tokenizer folder overriding the checkpoint's own
     c.model.template = ""  # a named prompt template (e.g. "llama3_llava"); "" = the checkpoint's
     c.model.dtype = "float32"  # weights and compute: "float32" (CPU) or "bfloat16" (TPU)
+    # "int8": the language model's matmul weights in int8 with per-channel scales (Qwix PTQ,
+    # `pip install -e '.[quant]'`), quantised while loading; "" = none.
+    c.model.quantize = ""
     # Build a tiny random checkpoint at model.checkpoint if it does not exist (the offline demo).
     c.model.build_tiny_if_missing = False
 

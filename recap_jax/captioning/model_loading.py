@@ -3,8 +3,7 @@ llava-hf folder converted in memory. Writing checkpoints is `recap_jax.conversio
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -12,12 +11,13 @@ import jax.numpy as jnp
 from etils import epath
 from flax import linen as nn
 from flax import traverse_util
-import orbax.checkpoint.experimental.v1 as ocp
 
-from recap_jax.conversion.bundle import (CONFIG_FILE, SAVE_GROUP_BYTES, CaptionerSpec, llava_hf_tensors,
+from recap_jax.captioning import param_reads
+from recap_jax.conversion.bundle import (CONFIG_FILE, PYTREE_DIR, CaptionerSpec, llava_hf_tensors,
                                          load_tokenizer, param_dtype, read_llava_hf_spec)
 from recap_jax.conversion.llava import abstract_params, convert_params
 from recap_jax.models.config import LlavaConfig, read_json
+from recap_jax.models.llava import LlavaModel
 from recap_jax.preprocess.image import ImageSettings
 
 
@@ -37,46 +37,28 @@ def read_converted_spec(checkpoint: epath.PathLike, tokenizer_dir: epath.PathLik
 
 
 def restore_params(checkpoint: epath.PathLike, config: LlavaConfig, dtype: str,
-                   shardings=None) -> dict:
-    """Orbax params, placed with `shardings` (a tree of NamedSharding) or on the default device."""
+                   shardings=None, transform: Callable[[tuple[str, ...], jax.Array], Any] | None = None) -> dict:
+    """Orbax params, placed with `shardings` (a tree of NamedSharding) or on the default device.
+
+    Read leaf by leaf, a chunk of rows at a time, straight into the target devices and dtype
+    (`param_reads`): peak host memory is the placed params plus one read. `transform(path, leaf)`
+    is applied to each leaf as it is read (int8 quantisation), before the next is read."""
     shapes = nn.unbox(abstract_params(config, jnp.dtype(param_dtype(dtype))))
     if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda _: device, shapes)
-    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-    # A few params at a time (as they were saved): Orbax's host read buffers of one group are
-    # freed before the next is read. In one call they all coexist with the placed arrays, and the
-    # load peaked at 1.74x the params' bytes, grouped at 1.48x (benchmarks/load_memory.py).
-    context = ocp.Context()
-    context.pytree.loading.partial_load = True
-    restored: dict = {}
-    with context:
-        for group in _leaf_groups(traverse_util.flatten_dict(target), SAVE_GROUP_BYTES):
-            part = ocp.load(epath.Path(checkpoint) / "params", traverse_util.unflatten_dict(group))
-            restored.update(traverse_util.flatten_dict(part))
-    return traverse_util.unflatten_dict(restored)
-
-
-def _leaf_groups(flat: dict, group_bytes: int) -> Iterator[dict]:
-    """Consecutive groups of leaves, each closed by the leaf that brings it to `group_bytes`."""
-    group: dict = {}
-    size = 0
-    for path, leaf in flat.items():
-        group[path] = leaf
-        size += math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize
-        if size >= group_bytes:
-            yield group
-            group, size = {}, 0
-    if group:
-        yield group
+    targets = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    return param_reads.read_tree(epath.Path(checkpoint) / "params" / PYTREE_DIR, targets, transform)
 
 
 def load_captioner(*, checkpoint: str | None = None, hf_dir: str | None = None,
                    tokenizer: str | None = None, template: str | None = None, dtype: str = "float32",
-                   shardings_fn: Callable[[Any], Any] | None = None) -> tuple[CaptionerSpec, Any]:
+                   shardings_fn: Callable[[Any], Any] | None = None, quantize: str = ""
+                   ) -> tuple[CaptionerSpec, Any]:
     """(spec, params) from a converted checkpoint or a llava-hf folder.
 
-    `shardings_fn(boxed_abstract_params) -> shardings` places the params on a mesh.
+    `shardings_fn(boxed_abstract_params) -> shardings` places the params on a mesh. `quantize`
+    ("int8"): the params of `models.quantization.quantized_model`, quantised as they are read.
     """
     numpy_dtype = param_dtype(dtype)
     if checkpoint:
@@ -84,12 +66,29 @@ def load_captioner(*, checkpoint: str | None = None, hf_dir: str | None = None,
         if template:
             spec.template = template
         shardings = shardings_fn(abstract_params(spec.config, jnp.dtype(numpy_dtype))) if shardings_fn else None
-        return spec, restore_params(checkpoint, spec.config, dtype, shardings)
+        quantizer = _quantizer(spec.config, numpy_dtype, quantize, shardings_fn)
+        return spec, restore_params(checkpoint, spec.config, dtype, shardings, quantizer)
     if not hf_dir:
         raise ValueError("model: set model.checkpoint (a converted checkpoint) or model.hf_dir")
     spec = read_llava_hf_spec(hf_dir, tokenizer, template)
     host_params = convert_params(spec.config, llava_hf_tensors(hf_dir), numpy_dtype)
     if shardings_fn:
         shardings = nn.unbox(shardings_fn(abstract_params(spec.config, jnp.dtype(numpy_dtype))))
-        return spec, jax.tree.map(jax.device_put, host_params, shardings)
-    return spec, jax.tree.map(jnp.asarray, host_params)
+        params = jax.tree.map(jax.device_put, host_params, shardings)
+    else:
+        params = jax.tree.map(jnp.asarray, host_params)
+    quantizer = _quantizer(spec.config, numpy_dtype, quantize, shardings_fn)
+    if quantizer is None:
+        return spec, params
+    flat = {path: quantizer(path, leaf) for path, leaf in traverse_util.flatten_dict(params).items()}
+    return spec, traverse_util.unflatten_dict(flat)
+
+
+def _quantizer(config: LlavaConfig, dtype, quantize: str, shardings_fn):
+    """The per-leaf quantiser of `quantize` mode, or None (imported only when asked: Qwix is an extra)."""
+    if not quantize:
+        return None
+    from recap_jax.models import quantization
+    abstract = quantization.abstract_model_params(
+        quantization.quantized_model(LlavaModel(config), quantize), jnp.dtype(dtype))
+    return quantization.LeafQuantizer(abstract, nn.unbox(shardings_fn(abstract)) if shardings_fn else None)

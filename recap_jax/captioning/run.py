@@ -44,6 +44,7 @@ from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.decoding.token_choice import sample_seed
 from recap_jax.errors import ConfigError
 from recap_jax.models.llava import LlavaModel
+from recap_jax.models.quantization import caption_model, check_mode
 from recap_jax.parallel import mesh as mesh_lib
 from recap_jax.parallel.distributed import check_distributed_config, initialize_distributed
 from recap_jax.planning.startup import check_fits_on_tpu
@@ -62,6 +63,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"model.checkpoint: {m.checkpoint} does not exist")
     if m.dtype not in DTYPES:
         raise ConfigError(f"model.dtype={m.dtype!r}: expected one of {sorted(DTYPES)}")
+    check_mode(m.quantize)
     if not config.output.dir:
         raise ConfigError("output.dir: required (where the captioned dataset is written)")
     if not config.prompt.strip():
@@ -161,8 +163,8 @@ def load_model(config: ml_collections.ConfigDict, mesh) -> tuple[CaptionerSpec, 
         spec, params = load_captioner(
             checkpoint=m.checkpoint or None, hf_dir=m.hf_dir or None, tokenizer=m.tokenizer or None,
             template=m.template or None, dtype=m.dtype,
-            shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed))
-    return spec, params, LlavaModel(spec.config, dtype=dtype, param_dtype=dtype), dtype
+            shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed), quantize=m.quantize)
+    return spec, params, caption_model(spec.config, dtype, m.quantize), dtype
 
 
 def caption_requests(entries: Iterable[pipeline.UnitItem | pipeline.UnitEnd], prompt: CaptionPrompt,

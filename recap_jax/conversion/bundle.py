@@ -41,6 +41,11 @@ CONFIG_FILE = "recap_config.json"
 # Params are handed to Orbax in groups of at least this size (a group closes with the leaf that
 # reaches it), each dropped once written: peak host memory follows the largest group, not the model.
 SAVE_GROUP_BYTES = 256 * 2**20
+# Orbax's folder of the params' arrays inside params/ (its "state" checkpointable).
+PYTREE_DIR = "state"
+# Storage chunks of at most this size, split along axis 0 (layers, vocabulary rows) first: a
+# loader can then read a stacked weight a few layers at a time (captioning/param_reads.py).
+STORAGE_CHUNK_BYTES = 8 * 2**20
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 
@@ -179,6 +184,13 @@ def save_converted(out_dir: epath.PathLike, spec: CaptionerSpec,
 
 
 def _save_params_in_groups(path: epath.Path, leaves: Iterable[tuple[tuple[str, ...], Any]]) -> None:
+    storage = ocp.options.ArrayOptions.Saving.StorageOptions(chunk_byte_size=STORAGE_CHUNK_BYTES, shard_axes=(0,))
+    with ocp.Context(array_options=ocp.options.ArrayOptions(saving=ocp.options.ArrayOptions.Saving(
+            storage_options=storage))):
+        _save_groups(path, leaves)
+
+
+def _save_groups(path: epath.Path, leaves: Iterable[tuple[tuple[str, ...], Any]]) -> None:
     # A full group is saved before the next leaf is read, so a group and Orbax's copy of it are
     # never in memory beside a freshly read leaf.
     group: dict = {}

@@ -32,7 +32,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.decoding.token_choice import choose_tokens
@@ -132,7 +132,8 @@ def prefill_into_slots(model: LlavaModel, settings: DecodeSettings, mesh: Mesh |
     size drops a padding row). So every shard writes its own rows into its own slots: the insert
     moves no K/V across devices (a global slot index made the partitioner all-gather the group's
     K/V on every device)."""
-    logits, kv = model.apply({"params": params}, token_ids, pixels, lengths, method=LlavaModel.prefill)
+    # Methods by name: a Qwix-quantised model (models/quantization.py) intercepts them.
+    logits, kv = model.apply({"params": params}, token_ids, pixels, lengths, method="prefill")
     first = choose_tokens(settings, logits, seeds, jnp.zeros_like(lengths))
     insert = functools.partial(_insert_rows, settings)
     if mesh is not None:
@@ -152,7 +153,7 @@ def decode_steps(model: LlavaModel, settings: DecodeSettings, shards: int, param
     def step(carry):
         i, s = carry
         logits, cache = model.apply({"params": params}, s.last_token, s.position, s.cache,
-                                    method=LlavaModel.decode)
+                                    method="decode")
         token = choose_tokens(settings, logits, s.sample_seed, s.num_generated)
         live = ~s.done
         rows = jnp.arange(token.shape[0])

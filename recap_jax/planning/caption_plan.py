@@ -22,6 +22,7 @@ from recap_jax.captioning.prompts import ORG_CAPTION_SLOT
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.flops import image_flops, parameter_count
 from recap_jax.models.llava import LlavaModel
+from recap_jax.models.quantization import caption_model
 from recap_jax.parallel import mesh as mesh_lib
 from recap_jax.planning import hlo, layer_cost
 from recap_jax.planning.chips import GIB, Chip
@@ -87,7 +88,7 @@ def compile_caption(config: ml_collections.ConfigDict, model: PlannedModel, devi
     buckets = sorted(b for b in settings.prompt_buckets if b > model.config.num_image_tokens) if all_buckets \
         else [bucket]
     mesh = mesh_lib.make_mesh(dict(config.mesh), list(devices))
-    llava = LlavaModel(model.config, dtype=dtype, param_dtype=dtype)
+    llava = caption_model(model.config, dtype, config.model.quantize)
     lowered = lower_caption_programs(llava, settings, mesh, dtype, buckets)
     functions = {"decode": compile_stats(lowered.decode)}  # first: the cache is why a plan does not fit
     functions.update({f"prefill_{b}": compile_stats(low) for b, low in lowered.prefill.items()})
@@ -105,7 +106,7 @@ def count_costs(config: ml_collections.ConfigDict, model: PlannedModel, devices:
     """Fill in a plan compiled with costs=False."""
     dtype = DTYPES[config.model.dtype]
     settings = settings_of(config, model.prompt_length, plan.batch_size)
-    llava = LlavaModel(model.config, dtype=dtype, param_dtype=dtype)
+    llava = caption_model(model.config, dtype, config.model.quantize)
     mesh = mesh_lib.make_mesh(dict(config.mesh), list(devices))
     plan.prefill_cost, plan.decode_step_cost = looped_costs(
         llava, settings, mesh, plan.functions[f"prefill_{plan.bucket}"], plan.bucket, plan.functions["decode"],

@@ -100,6 +100,23 @@ def compile_slice(name: str) -> Slice:
     return Slice(slice_name, topology, chip, tuple(desc.devices))
 
 
+# Chips without full ICI routing: their compiler refuses a device assignment that is part of a
+# slice ("should include all slice devices"), so a host's own programs are compiled for a slice
+# of one host's size, which is what each host of the pod runs on its chips.
+HOST_SLICES = {"v5e": "v5e:2x2", "v6e": "v6e:2x2"}
+
+
+def host_program_devices(pod: Slice) -> list:
+    """The devices to compile one host's caption programs for (see HOST_SLICES)."""
+    if pod.chip.name not in HOST_SLICES or pod.num_hosts == 1:
+        return pod.host_devices(0)
+    devices = list(compile_slice(HOST_SLICES[pod.chip.name]).devices)
+    if len(devices) != len(pod.host_devices(0)):
+        raise ConfigError(f"topology {pod.name}: hosts of {len(pod.host_devices(0))} chips, but the per-host "
+                          f"slice {HOST_SLICES[pod.chip.name]} has {len(devices)}")
+    return devices
+
+
 def chip_of(device: jax.Device) -> Chip:
     """The Chip of a real (or compile-only) TPU device, from its device_kind ('TPU v4', 'TPU v5 lite')."""
     kind = device.device_kind.lower()

@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from recap_jax.models.llama import DecoderLayer
 from recap_jax.models.llava import LlavaModel
+from recap_jax.models.quantization import mode_of, quantized_layer
 from recap_jax.models.vision import EncoderLayer
 from recap_jax.parallel import mesh as mesh_lib
 
@@ -52,7 +53,7 @@ def text_layer_prefill(model: LlavaModel, mesh: Mesh, rows: int, seq: int) -> Co
     t = model.config.text
     x = _arg(mesh, (rows, seq, t.hidden_size), model.dtype, ("batch", "length", None))
     positions = _arg(mesh, (rows, seq), jnp.int32, ("batch", "length"))
-    layer = DecoderLayer(t, model.dtype, model.param_dtype)
+    layer = quantized_layer(DecoderLayer(t, model.dtype, model.param_dtype), mode_of(model))
     return _compiled_cost(layer, mesh, x, None, positions)
 
 
@@ -62,7 +63,7 @@ def text_layer_decode(model: LlavaModel, mesh: Mesh, rows: int, cache_length: in
     positions = _arg(mesh, (rows, 1), jnp.int32, ("batch", "length"))
     kv = _arg(mesh, (rows, cache_length, t.num_kv_heads, t.head_dim), cache_dtype,
               ("batch", "cache_length", "kv_heads", "head_dim"))
-    layer = DecoderLayer(t, model.dtype, model.param_dtype)
+    layer = quantized_layer(DecoderLayer(t, model.dtype, model.param_dtype), mode_of(model))
     return _compiled_cost(layer, mesh, x, (kv, kv), positions)
 
 

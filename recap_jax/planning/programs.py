@@ -17,10 +17,10 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from recap_jax.conversion.llava import abstract_params
 from recap_jax.decoding.sampler import decode_programs, decode_state_shardings, init_state
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.llava import LlavaModel
+from recap_jax.models.quantization import abstract_model_params
 from recap_jax.parallel import mesh as mesh_lib
 
 
@@ -39,7 +39,7 @@ def _with_shardings(shapes, shardings):
 
 def abstract_caption_params(model: LlavaModel, mesh: Mesh, dtype) -> Any:
     """The params as the caption job places them (`mesh_lib.params_shardings`), without memory."""
-    boxed = abstract_params(model.config, jnp.dtype(dtype))
+    boxed = abstract_model_params(model, dtype)  # int8 leaves for a quantised model
     return _with_shardings(nn.unbox(boxed), nn.unbox(mesh_lib.params_shardings(mesh, boxed)))
 
 

@@ -78,9 +78,21 @@ def clip_text(plan: ClipPlan, chip: Chip, reserve: int) -> list[str]:
     return [f"CLIP train step ({plan.params / 1e6:.0f}M params, {plan.batch_per_chip:g} examples per chip):",
             f"  params + optimizer state {_gib(plan.state_bytes)} per chip; temps {_gib(s.temp_bytes)}; "
             f"peak {_gib(s.peak_bytes)} of {chip.hbm_bytes / GIB:.0f} GiB -> {'fits' if fits else 'DOES NOT FIT'}",
-            f"  {s.flops / 1e12:.1f} TFLOP and {s.bytes_accessed / GIB:.1f} GiB accessed per chip per step -> "
-            f"{s.flops / chip.peak_bf16_flops * 1e3:.0f} ms at peak FLOP/s",
+            *_clip_cost_lines(plan, chip),
             *collectives_lines("train_step", s.collectives, limit=6)]
+
+
+def _clip_cost_lines(plan: ClipPlan, chip: Chip) -> list[str]:
+    s, c = plan.step, plan.step_cost
+    if c is None:
+        return [f"  {s.flops / 1e12:.1f} TFLOP and {s.bytes_accessed / GIB:.1f} GiB accessed per chip per step "
+                "(layer loops counted once)"]
+    seconds = max(c.flops / chip.peak_bf16_flops, c.bytes_accessed / chip.hbm_bytes_per_s)
+    return [f"  per chip per step: {c.flops / 1e12:.1f} TFLOP, {c.bytes_accessed / GIB:.1f} GiB accessed (compiled "
+            f"step {s.flops / 1e12:.2f} TFLOP with each tower's layer loop counted once, + the other layers, "
+            f"each compiled alone); model matmul FLOPs {plan.model_flops / 1e12:.1f} TFLOP",
+            f"  bound: {seconds * 1e3:.0f} ms per step at peak FLOP/s / HBM bandwidth "
+            f"({plan.batch_per_chip / seconds:.0f} examples/s/chip)"]
 
 
 def stats_json(s: hlo.CompiledStats) -> dict[str, Any]:

@@ -1,0 +1,124 @@
+"""Opt-in int8 weights for the language model, with Qwix (post-training quantisation).
+
+`model.quantize = "int8"`: every matmul weight of the LLaMA decoder (q/k/v/o, the MLP, the LM
+head) is stored as int8 with one f32 scale per output channel (absmax), and Qwix's `dot_general`
+/ `einsum` compute with it. The vision tower, projector, embeddings and norms stay in the
+model's dtype (the decoder is ~96% of the 8B's bytes, and Qwix's PTQ convolution needs int8
+activations too). Weights are quantised leaf by leaf as they are loaded, so the float weights
+are never all in memory. Qwix is an install extra (`.[quant]`): it is imported only when a
+mode is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax import traverse_util
+
+from recap_jax.errors import ConfigError
+from recap_jax.models.config import LlavaConfig
+from recap_jax.models.llava import LlavaModel
+
+QUANTIZE_MODES = ("", "int8")
+# The methods the caption job and the plan call by name (`model.apply(..., method="prefill")`).
+METHODS = ("__call__", "prefill", "decode")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in QUANTIZE_MODES:
+        raise ConfigError(f"model.quantize: {mode!r} is not one of {QUANTIZE_MODES} ('' = none)")
+    return mode
+
+
+def _provider(mode: str, module_path: str):
+    import qwix
+    # Qwix matches module paths: in the captioner, the decoder's Dense layers (inside the layer
+    # scan) and the LM head.
+    return qwix.PtqProvider([qwix.QuantizationRule(module_path=module_path, weight_qtype=jnp.int8)])
+
+
+def quantized_model(model: LlavaModel, mode: str) -> LlavaModel:
+    """`model` computing with quantised weights (`mode` "" returns it unchanged)."""
+    if not check_mode(mode):
+        return model
+    import qwix
+    quantized = qwix.quantize_model(model, _provider(mode, "language_model/.*"), methods=METHODS)
+    type(quantized).quantize_mode = mode  # Qwix made this class for this model alone
+    return quantized
+
+
+def quantized_layer(layer: nn.Module, mode: str) -> nn.Module:
+    """One decoder layer on its own (the plan's per-layer cost), quantised as in `quantized_model`."""
+    if not check_mode(mode):
+        return layer
+    import qwix
+    return qwix.quantize_model(layer, _provider(mode, ".*"))
+
+
+def mode_of(model: nn.Module) -> str:
+    """The quantisation mode of a model from `quantized_model` ("" for a plain one)."""
+    return getattr(type(model), "quantize_mode", "")
+
+
+def caption_model(config: LlavaConfig, dtype, quantize: str = "") -> LlavaModel:
+    """The captioner's model in `dtype`; with `quantize` ("int8"), Qwix's int8-weight form."""
+    return quantized_model(LlavaModel(config, dtype=dtype, param_dtype=dtype), quantize)
+
+
+def abstract_model_params(model: LlavaModel, dtype) -> Any:
+    """Boxed abstract params (shapes, dtypes, logical axis names) of `model`, quantised or not:
+    int8 weights are Qwix `WithAux(QArray(qvalue, scale))` leaves."""
+    side = model.config.vision.image_size
+    tokens = jnp.zeros((1, model.config.num_image_tokens + 1), jnp.int32)
+    model = model.clone(param_dtype=jnp.dtype(dtype))
+    return jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens, jnp.zeros((1, side, side, 3)))["params"]
+
+
+def is_quantized(leaf: Any) -> bool:
+    """A Qwix quantised array (QArray), or one inside Qwix's WithAux."""
+    return type(leaf).__name__ == "QArray" or type(getattr(leaf, "array", None)).__name__ == "QArray"
+
+
+class LeafQuantizer:
+    """Quantises a loaded float param (by path) into its int8 form, placed with the quantised
+    params' shardings; params Qwix leaves in float pass through."""
+
+    def __init__(self, abstract_boxed: Any, shardings: Any):
+        # flatten_dict stops at Qwix's leaves (they are not dicts).
+        self._abstract = traverse_util.flatten_dict(nn.unbox(abstract_boxed))
+        self._shardings = traverse_util.flatten_dict(shardings) if shardings is not None else {}
+        self._fns: dict[tuple[str, ...], Any] = {}
+
+    def quantizes(self, path: tuple[str, ...]) -> bool:
+        return _is_with_aux(self._abstract.get(path))
+
+    def __call__(self, path: tuple[str, ...], value: jax.Array) -> Any:
+        if not self.quantizes(path):
+            return value
+        if path not in self._fns:
+            self._fns[path] = _quantize_fn(self._abstract[path], self._shardings.get(path), "layers" in path)
+        return self._fns[path](value)
+
+
+def _is_with_aux(x: Any) -> bool:
+    return hasattr(x, "how") and is_quantized(x)
+
+
+def _quantize_fn(abstract: Any, sharding: Any, stacked: bool):
+    import qwix
+    if stacked:  # scanned layers: Qwix's per-channel axes are those of one layer
+        one = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), abstract)
+        fn = jax.vmap(lambda w: qwix.quantize_params({"w": w}, {"w": one})["w"])
+    else:
+        fn = lambda w: qwix.quantize_params({"w": w}, {"w": abstract})["w"]  # noqa: E731
+    return jax.jit(fn) if sharding is None else jax.jit(fn, out_shardings=sharding)
+
+
+def quantize_params(params: Any, abstract_boxed: Any, shardings: Any | None = None) -> Any:
+    """A float params tree quantised as `abstract_boxed` (from `abstract_model_params`) says."""
+    quantizer = LeafQuantizer(abstract_boxed, shardings)
+    flat = {path: quantizer(path, value) for path, value in traverse_util.flatten_dict(params).items()}
+    return traverse_util.unflatten_dict(flat)
