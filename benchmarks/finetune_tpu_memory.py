@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--topology", default="v4-8")
     parser.add_argument("--config", default=str(HERE.parent / "configs" / "llava_stage2_v4.py"))
     parser.add_argument("--grad_accum_steps", type=int, default=0, help="override the config's (0: keep)")
+    parser.add_argument("--remat", default="", help="override the config's train.remat ('': keep)")
+    parser.add_argument("--loss_chunk", type=int, default=-1, help="override the config's train.loss_chunk (-1: keep)")
     parser.add_argument("--out", default=str(HERE / "results" / "finetune_tpu_memory.json"))
     args = parser.parse_args()
     os.environ["JAX_PLATFORMS"] = "cpu"  # libtpu only describes the devices; nothing runs on a TPU
@@ -57,12 +59,16 @@ def main() -> None:
     config = load_config(args.config)
     if args.grad_accum_steps:
         config.train.grad_accum_steps = args.grad_accum_steps
+    if args.remat:
+        config.train.remat = args.remat
+    if args.loss_chunk >= 0:
+        config.train.loss_chunk = args.loss_chunk
     t = config.train
     tpu = compile_slice(args.topology)
     devices = list(tpu.devices)
     mesh = mesh_lib.make_mesh(dict(config.mesh), devices=devices)
     llava = llava_config_from_hf(BUILTIN_MODELS["llava-llama-3-8b"])
-    model = LlavaModel(llava, dtype=jnp.bfloat16)
+    model = LlavaModel(llava, dtype=jnp.bfloat16, remat=t.remat)
     boxed = abstract_params(llava, jnp.dtype(jnp.bfloat16))
     shardings = mesh_lib.params_shardings(mesh, boxed)
     shapes = nn.unbox(boxed)
@@ -91,12 +97,13 @@ def main() -> None:
     batch = {k: jax.ShapeDtypeStruct(s, d, sharding=mesh_lib.logical_sharding(mesh, BATCH_AXES[k]))
              for k, (s, d) in shapes_of.items()}
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    step = jax.jit(step_lib.make_train_step(model, optimizer), donate_argnums=(0,),
+    step = jax.jit(step_lib.make_train_step(model, optimizer, t.loss_chunk), donate_argnums=(0,),
                    out_shardings=(state_shardings, mesh_lib.replicated(mesh)))
     gib = 1024 ** 3
     result = {"topology": tpu.name, "chips": tpu.num_chips, "chip_hbm_gib": round(tpu.chip.hbm_bytes / gib, 1),
               "mesh": dict(mesh.shape), "trainable": t.trainable, "global_batch_size": t.global_batch_size,
-              "grad_accum_steps": t.grad_accum_steps, "rows_per_micro_batch": rows, "max_length": length}
+              "grad_accum_steps": t.grad_accum_steps, "rows_per_micro_batch": rows,
+              "remat": t.remat, "loss_chunk": t.loss_chunk, "max_length": length}
     start = time.time()
     try:
         with mesh:

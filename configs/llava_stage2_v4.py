@@ -7,8 +7,10 @@
 
 LLaVA-1.5's published stage-2 recipe: the 665K instruction mix, projector + LLM trained (vision
 tower frozen), batch 128, learning rate 2e-5, 1 epoch, 3% warm-up then cosine, no weight decay.
-The 8B LLM with f32 master weights and AdamW state (~96 GB) is sharded over all chips (fsdp);
-micro-batches of 32 conversations of up to 2048 tokens keep activations within a v4 chip.
+The 8B LLM with f32 master weights and AdamW state (~96 GB) is sharded over all chips (fsdp), so
+it needs 8 chips or more; rematerialised decoder layers (train.remat="full"), a chunked loss and
+8 micro-batches of 16 conversations of up to 2048 tokens (one per chip on a v4-32) keep the step
+within a v4 chip's HBM (docs/finetune.md, Speed).
 """
 
 from recap_jax.training.defaults import tpu_pod_config
@@ -24,6 +26,6 @@ def get_config():
     c.train.trainable = "projector+llm"
     c.train.num_steps = -1  # one epoch: 665K / 128 = 5,197 steps
     c.train.global_batch_size = 128
-    c.train.grad_accum_steps = 4
+    c.train.grad_accum_steps = 8  # 16 rows per micro-batch: one per chip on a v4-32
     c.train.learning_rate = 2e-5
     return c

@@ -21,6 +21,7 @@ def test_pod_configs_follow_llava_1_5(name):
         trainable, batch, lr, format)
     assert c.train.warmup_ratio == 0.03 and c.train.weight_decay == 0.0
     assert c.model.compute_dtype == "bfloat16" and c.mesh.fsdp == -1
+    assert c.train.remat == "full" and c.train.loss_chunk > 0  # the 8B step needs both on a v4 chip
     validate(c)  # gs:// paths are checked when opened
 
 
@@ -33,6 +34,14 @@ def test_cpu_config_validates_and_names_bad_fields():
     c = load("finetune_cpu.py")
     c.train.global_batch_size, c.train.grad_accum_steps = 6, 4
     with pytest.raises(ConfigError, match="grad_accum_steps"):
+        validate(c)
+    c = load("finetune_cpu.py")
+    c.train.remat = "some"
+    with pytest.raises(ConfigError, match="train.remat"):
+        validate(c)
+    c = load("finetune_cpu.py")
+    c.train.loss_chunk = -1
+    with pytest.raises(ConfigError, match="train.loss_chunk"):
         validate(c)
 
 

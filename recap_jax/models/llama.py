@@ -21,6 +21,15 @@ from recap_jax.models.config import TextConfig
 
 Dtype = Any
 
+# Activation checkpointing of the decoder layer (training only; the caption job keeps "none"):
+# "full" saves only each layer's input and recomputes the layer in the backward pass,
+# "dots_saveable" also keeps the matmul outputs (faster, more memory), "none" keeps everything.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+REMAT_CHOICES = ("none", *REMAT_POLICIES)
+
 
 def _init(names, init=nn.initializers.normal(0.02)):
     return nn.with_logical_partitioning(init, names)
@@ -166,17 +175,25 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaDecoder(nn.Module):
-    """Token embeddings, the scanned decoder blocks, final norm and LM head."""
+    """Token embeddings, the scanned decoder blocks, final norm and LM head. `remat` is one of
+    REMAT_CHOICES (the params are the same whatever it is)."""
     config: TextConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: str = "none"
 
     def setup(self):
         cfg = self.config
+        if self.remat not in REMAT_CHOICES:
+            raise ValueError(f"remat={self.remat!r}: expected one of {REMAT_CHOICES}")
+        layer = DecoderLayer
+        if self.remat != "none":
+            # prevent_cse=False: inside a scan the loop already keeps XLA from merging recomputation.
+            layer = nn.remat(DecoderLayer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
         self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype,
                                      param_dtype=self.param_dtype,
                                      embedding_init=_init(("vocab", "embed")))
-        self.layers = nn.scan(DecoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+        self.layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                               in_axes=(0, nn.broadcast), length=cfg.num_layers,
                               metadata_params={nn.PARTITION_NAME: "layers"})(
                                   cfg, self.dtype, self.param_dtype)
@@ -189,10 +206,17 @@ class LlamaDecoder(nn.Module):
         return self.embed_tokens(token_ids)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        hidden = self.norm(hidden)
+        """Final hidden states (before the norm) -> logits in float32."""
+        return self.head(self.norm(hidden))
+
+    def final_norm(self, hidden: jax.Array) -> jax.Array:
+        return self.norm(hidden)
+
+    def head(self, normed: jax.Array) -> jax.Array:
+        """Normed hidden states -> logits in float32 (the LM head, or the tied embeddings)."""
         if self.config.tie_word_embeddings:
-            return self.embed_tokens.attend(hidden).astype(jnp.float32)
-        return self.lm_head(hidden).astype(jnp.float32)
+            return self.embed_tokens.attend(normed).astype(jnp.float32)
+        return self.lm_head(normed).astype(jnp.float32)
 
     def prefill(self, embeds: jax.Array, positions: jax.Array) -> tuple[jax.Array, KVCache]:
         """embeds [B, S, D] -> (final hidden states [B, S, D] before the norm, K/V [L, B, S, KVH, Dh])."""

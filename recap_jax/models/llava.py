@@ -51,13 +51,14 @@ class LlavaModel(nn.Module):
     config: LlavaConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: str = "none"  # decoder-layer checkpointing for training (llama.REMAT_CHOICES)
 
     def setup(self):
         cfg = self.config
         self.vision_tower = VisionTower(cfg.vision, cfg.num_vision_layers_used, self.dtype, self.param_dtype)
         self.multi_modal_projector = Projector(cfg.text.hidden_size, cfg.projector_bias, self.dtype,
                                                self.param_dtype)
-        self.language_model = LlamaDecoder(cfg.text, self.dtype, self.param_dtype)
+        self.language_model = LlamaDecoder(cfg.text, self.dtype, self.param_dtype, self.remat)
 
     def encode_images(self, pixels: jax.Array) -> jax.Array:
         """pixels [B, H, W, 3] -> projected image features [B, num_image_tokens, D_text]."""
@@ -93,3 +94,13 @@ class LlavaModel(nn.Module):
         positions = jnp.broadcast_to(jnp.arange(token_ids.shape[1]), token_ids.shape)
         hidden, _ = self.language_model.prefill(self.embed_prompt(token_ids, pixels), positions)
         return self.language_model.logits(hidden)
+
+    def normed_hidden(self, token_ids: jax.Array, pixels: jax.Array) -> jax.Array:
+        """The LM head's input at every prompt position [B, S, D]: `head` of it = `__call__`."""
+        positions = jnp.broadcast_to(jnp.arange(token_ids.shape[1]), token_ids.shape)
+        hidden, _ = self.language_model.prefill(self.embed_prompt(token_ids, pixels), positions)
+        return self.language_model.final_norm(hidden)
+
+    def head(self, normed: jax.Array) -> jax.Array:
+        """Normed hidden states [..., D] -> float32 logits [..., V]."""
+        return self.language_model.head(normed)

@@ -53,6 +53,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.global_batch_size = 128  # examples per optimizer step, all hosts and accumulation
     c.train.grad_accum_steps = 1  # micro-batches per step (each global_batch_size / grad_accum_steps)
     c.train.learning_rate = 2e-5  # peak, after warm-up
+    # Decoder-layer activation checkpointing: "none" keeps every layer's activations for the
+    # backward pass; "full" keeps only each layer's input and recomputes the layer (about a third
+    # more compute, activations of one layer at a time); "dots_saveable" also keeps the matmul
+    # outputs (between the two). The caption job never rematerialises.
+    c.train.remat = "none"
+    # Positions per row whose [rows, chunk, vocab] float32 logits exist at once in the loss (and
+    # its gradient); 0 = the whole sequence. Same loss either way.
+    c.train.loss_chunk = 512
     c.train.warmup_ratio = 0.03  # linear warm-up over this share of the steps, then cosine to 0
     c.train.weight_decay = 0.0  # AdamW's decoupled decay on matrices (LLaVA-1.5: 0)
     c.train.b1 = 0.9
@@ -88,6 +96,8 @@ def tpu_pod_config() -> ml_collections.ConfigDict:
     c.train.warmup_ratio = 0.03
     c.train.weight_decay = 0.0
     c.train.checkpoint_every = 200
+    c.train.remat = "full"  # without it the 8B step does not fit a v4 chip (docs/finetune.md)
+    c.train.loss_chunk = 512
     c.mesh.data = 1
     c.mesh.fsdp = -1
     c.distributed.mode = "auto"

@@ -89,15 +89,16 @@ def init_state(trainable: Params, optimizer: optax.GradientTransformation) -> di
             "opt_state": optimizer.init(trainable)}
 
 
-def make_train_step(model: LlavaModel, optimizer: optax.GradientTransformation
+def make_train_step(model: LlavaModel, optimizer: optax.GradientTransformation, loss_chunk: int = 0
                     ) -> Callable[[dict, Params, dict], tuple[dict, dict]]:
-    """step(state, frozen, batch) -> (state, metrics); batch arrays are [accum, rows, ...]."""
+    """step(state, frozen, batch) -> (state, metrics); batch arrays are [accum, rows, ...].
+    loss_chunk: positions per row whose logits exist at once (`summed_loss`'s chunk)."""
 
     def step(state, frozen, batch):
         total_weight = jnp.maximum(jnp.sum(batch["weights"]), 1.0)
 
         def micro_loss(trainable, micro):
-            return summed_loss(model, merge_params(trainable, frozen), micro) / total_weight
+            return summed_loss(model, merge_params(trainable, frozen), micro, loss_chunk) / total_weight
 
         def accumulate(carry, micro):
             loss, grads = jax.value_and_grad(micro_loss)(state["trainable"], micro)

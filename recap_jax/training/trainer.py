@@ -32,6 +32,7 @@ from recap_jax.conversion import bundle
 from recap_jax.conversion.llava import abstract_params
 from recap_jax.errors import ConfigError
 from recap_jax.models.layers import dtype_from_name
+from recap_jax.models.llama import REMAT_CHOICES
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
 from recap_jax.parallel.distributed import check_distributed_config, initialize_distributed
@@ -71,6 +72,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"train.trainable={t.trainable!r}: expected one of {sorted(step_lib.TRAINABLE)}")
     if t.global_batch_size < 1 or t.grad_accum_steps < 1:
         raise ConfigError("train.global_batch_size and train.grad_accum_steps must be >= 1")
+    if t.remat not in REMAT_CHOICES:
+        raise ConfigError(f"train.remat={t.remat!r}: expected one of {list(REMAT_CHOICES)}")
+    if t.loss_chunk < 0:
+        raise ConfigError(f"train.loss_chunk={t.loss_chunk}: must be >= 0 (0 = no chunking)")
     check_distributed_config(config.distributed)
     rows = t.global_batch_size // max(jax.process_count(), 1)
     if t.global_batch_size % (t.grad_accum_steps * jax.process_count()):
@@ -175,7 +180,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if m.build_tiny_if_missing and not epath.Path(m.checkpoint).exists():
         build_tiny_checkpoint(m.checkpoint)
     spec, params = _start_params(config, mesh)
-    model = LlavaModel(spec.config, dtype=dtype_from_name(m.compute_dtype, "model.compute_dtype"))
+    model = LlavaModel(spec.config, dtype=dtype_from_name(m.compute_dtype, "model.compute_dtype"), remat=t.remat)
     trainable, frozen = step_lib.split_params(params, t.trainable)
     del params
 
@@ -215,7 +220,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                        process_index=jax.process_index(), process_count=jax.process_count(),
                        num_workers=config.data.num_workers, max_pixels=config.data.max_pixels,
                        group_batches=config.data.get("length_group_batches", 1), seed=config.data.seed)
-    train_step = jax.jit(step_lib.make_train_step(model, optimizer), donate_argnums=(0,),
+    train_step = jax.jit(step_lib.make_train_step(model, optimizer, t.loss_chunk), donate_argnums=(0,),
                          out_shardings=(state_shardings, mesh_lib.replicated(mesh)))
     metrics_log = _Metrics(workdir)
     step = int(state["step"])
