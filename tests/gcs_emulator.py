@@ -61,6 +61,22 @@ def running() -> Iterator[dict[str, str]]:
         proc.wait()
 
 
+@contextlib.contextmanager
+def serving_this_process() -> Iterator[dict[str, str]]:
+    """`running()`, with its client env also set in os.environ for this process (restored after)."""
+    with running() as env:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield env
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k)
+                else:
+                    os.environ[k] = v
+
+
 class _PreconditionFailed(Exception):
     pass
 

@@ -6,7 +6,6 @@ in seconds with one line."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -28,14 +27,8 @@ GS = f"gs://{gcs_emulator.BUCKET}"
 
 @pytest.fixture(scope="module")
 def gcs():
-    with gcs_emulator.running() as client_env:
-        saved = {k: os.environ.get(k) for k in client_env}
-        os.environ.update(client_env)
-        try:
-            yield client_env
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    with gcs_emulator.serving_this_process() as client_env:
+        yield client_env
 
 
 @pytest.fixture(scope="module")

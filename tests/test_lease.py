@@ -62,16 +62,9 @@ def test_one_of_several_takes_over_a_stale_local_lease(tmp_path):
 
 
 def test_one_of_several_takes_over_a_stale_lease_on_gcs():
-    with gcs_emulator.running() as client_env:
+    with gcs_emulator.serving_this_process() as client_env:
         env = dict(os.environ, PYTHONPATH=REPO, **client_env)
         import gcsfs
-        saved = {k: os.environ.get(k) for k in client_env}
-        os.environ.update(client_env)
-        try:
-            fs = gcsfs.GCSFileSystem()
-            fs.pipe_file(f"{gcs_emulator.BUCKET}/out/{LEASE_FILE}", _stale_record())
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        gcsfs.GCSFileSystem().pipe_file(f"{gcs_emulator.BUCKET}/out/{LEASE_FILE}", _stale_record())
         results = _race(f"gs://{gcs_emulator.BUCKET}/out", env)
     assert sorted(results) == ["refused"] * 3 + ["won"], results

@@ -20,14 +20,8 @@ GS = f"gs://{gcs_emulator.BUCKET}"
 
 @pytest.fixture(scope="module")
 def gcs():
-    with gcs_emulator.running() as client_env:
-        saved = {k: os.environ.get(k) for k in client_env}
-        os.environ.update(client_env)
-        try:
-            yield client_env
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    with gcs_emulator.serving_this_process() as client_env:
+        yield client_env
 
 
 def _table(path: str):
