@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.captioner.hidden = 96
     c.captioner.heads = 6
     c.captioner.kv_heads = 2
-    c.captioner.num_steps = 600
+    c.captioner.num_steps = 4000  # 600 names shapes in ~50% of held-out scenes, 4,000 in ~89% (docs)
     c.captioner.batch_size = 32
     c.captioner.learning_rate = 3e-3
     c.captioner.prompt = "describe this image"  # the instruction, in fine-tuning and in the caption job

@@ -2,10 +2,10 @@
 made by `recap_jax.reproduce`, docs/mini_paper.md) captions the bundled demo images and describes
 each world image (`world_COLOUR_SHAPE.png`, drawn from the held-out split).
 
-The issue's target (shape AND colour of the main object) is not reached by this captioner: on 300
-held-out scenes it names the colour in 99.7% and the shape in 53.3% (docs/mini_paper.md); on the
-four demo world images it names every colour and one shape. So this asserts the colour and the
-background of every world image, and that the captions are full descriptions."""
+On 100 held-out scenes this captioner names the main object's colour in 99% and colour and shape
+together in 88% (docs/mini_paper.md); on the four demo world images it names every colour and
+three of the four shapes. So this asserts the colour and background of every world image, the
+right shape for at least three of them, and that the captions are full descriptions."""
 
 from __future__ import annotations
 
@@ -32,11 +32,14 @@ def test_demo_captions_name_the_world_images_main_object(tmp_path: pathlib.Path)
     assert len(world) >= 4
     backgrounds = {"world_green_square": "water", "world_orange_star": "snow", "world_red_triangle": "snow",
                    "world_white_triangle": "road"}  # the scenes' truth (world_files.write_demo_images)
+    right_shapes = 0
     for name in world:
-        _, colour, _shape = name.split("_")
+        _, colour, shape = name.split("_")
         text = rows[name]["re_caption"]
         assert text.startswith(f"a large {colour} "), (name, text)
         assert text.endswith(f"on a {backgrounds[name]} background"), (name, text)
         words = text.split()
         assert any(s in words[3:5] for s in mini_world.SHAPES), (name, text)  # some shape is named
         assert len(words) > len(rows[name]["org_caption"].split())
+        right_shapes += shape in words[3:5]
+    assert right_shapes >= 3, {name: rows[name]["re_caption"] for name in world}
