@@ -42,7 +42,6 @@ def quick_run(tmp_path_factory):
     return workdir + "_quick"
 
 
-@pytest.mark.slow
 def test_quick_run_writes_table_plot_json(quick_run):
     with open(os.path.join(quick_run, "results.json")) as f:
         results = json.load(f)
@@ -69,17 +68,13 @@ def test_quick_run_writes_table_plot_json(quick_run):
     assert "captioner: complete" in out.stdout and "clip: complete" in out.stdout
 
 
-@pytest.mark.slow
 def test_quick_captioner_names_the_main_object(quick_run):
     with open(os.path.join(quick_run, "results.json")) as f:
         held_out = json.load(f)["captioner_held_out"]
     assert held_out["num_images"] == 100
-    # The target is >= 80% for colour AND shape; NOT reached. Measured (docs/mini_paper.md):
-    # --quick (the shipped captioner + 50 steps) names the colour in 100% and the shape in 51% of
-    # these 100 scenes, so this asserts what is true: colours are named, and both together far
-    # above chance (1/36), with room for the ~5-point standard error.
-    assert held_out["colour_named"] >= 0.9
-    assert held_out["main_object_named"] >= 0.4
+    # Colour and shape of the main object, both named, in at least 80% of the held-out scenes
+    # (new colour x shape x background combinations; chance is 1/36).
+    assert held_out["main_object_named"] >= 0.8
 
 
 def test_outputs_carry_the_caption_statistics_and_clip_score_win_rate(tmp_path):

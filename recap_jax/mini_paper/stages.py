@@ -142,7 +142,7 @@ def clip_config(config: ml_collections.ConfigDict, folders: str, tokenizer: str,
     c.train.learning_rate = k.learning_rate
     c.train.warmup_steps = max(k.num_steps // 10, 1)
     c.train.log_every = max(k.num_steps // 5, 1)
-    c.train.checkpoint_every = k.num_steps
+    c.train.checkpoint_every = max(k.num_steps // 4, 1)  # an interrupted row resumes
     c.eval.datasets.heldout.folder = ""
     c.mesh.data = -1
     return c
