@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -46,6 +47,15 @@ def caption_accuracy(captions: dict[str, dict[str, str]], truth: dict[str, dict]
             "exact_description": exact / n, "num_images": len(captions)}
 
 
+def use_compilation_cache(folder: str) -> None:
+    """XLA's persistent compilation cache in `folder`, unless one is already set (JAX_COMPILATION_CACHE_DIR):
+    the six CLIP rows run the same programs, and a rerun compiles nothing again."""
+    if jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Runs (or continues) every stage; returns all numbers (also in `workdir/results.json`)."""
     if not config.workdir:
@@ -54,6 +64,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         raise ConfigError("clip.ps: give at least one p (probability of the original caption)")
     start = time.time()
     root = os.path.abspath(config.workdir)
+    use_compilation_cache(os.path.join(root, "xla_cache"))
     w = config.world
     rates = world.AltTextRates(unrelated=w.unrelated, wrong_colour=w.wrong_colour, no_colour=w.no_colour,
                                other_object=w.other_object)
