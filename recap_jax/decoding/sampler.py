@@ -36,7 +36,7 @@ from jax.sharding import Mesh
 
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.decoding.token_choice import choose_tokens
-from recap_jax.models.llama import KV_CACHE_AXES, KVCache, ring_columns
+from recap_jax.models.llama import KV_CACHE_AXES, PREFILL_KV_AXES, KVCache, ring_columns
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel.mesh import logical_sharding, replicated
 
@@ -147,7 +147,8 @@ def prefill_into_slots(model: LlavaModel, settings: DecodeSettings, mesh: Mesh |
     if mesh is not None:
         state_specs = jax.tree.map(lambda s: s.spec, decode_state_shardings(mesh))
         rows = logical_sharding(mesh, ("batch",)).spec
-        insert = jax.shard_map(insert, mesh=mesh, in_specs=(state_specs, state_specs.cache, rows, rows, rows, rows),
+        new = logical_sharding(mesh, PREFILL_KV_AXES).spec
+        insert = jax.shard_map(insert, mesh=mesh, in_specs=(state_specs, KVCache(new, new), rows, rows, rows, rows),
                                out_specs=state_specs)
     return insert(state, kv, first, lengths, slots, seeds)
 

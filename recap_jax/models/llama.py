@@ -53,6 +53,7 @@ class KVCache(NamedTuple):
 
 
 KV_CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
+PREFILL_KV_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")  # prefill's K/V [L, B, S, KVH, Dh]
 
 
 def rope_inverse_frequencies(config: TextConfig) -> np.ndarray:
