@@ -42,7 +42,8 @@ class KVCache(NamedTuple):
     Heads before positions: the layout the decode attention's dots read (row and head are their
     batch dimensions). A decode step writes one column for all rows (`LlamaDecoder.decode`), a
     dynamic-update-slice; RoPE is applied before caching, so which column holds which position
-    does not matter to attention, only `visible` does."""
+    does not matter to attention, only `visible` does. (Prefill returns its K/V in this tuple in
+    the layers' own order [layers, batch, seq, kv_heads, head_dim], PREFILL_KV_AXES.)"""
     k: jax.Array
     v: jax.Array
 
