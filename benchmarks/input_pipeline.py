@@ -26,8 +26,9 @@ Whether the device waits: (i) the caption job itself (`run.run`) on the tars wit
 captioner at 336 px (576 image tokens), reporting its `input_wait_s`: the time the decode loop
 blocked on the input iterator; on this CPU the model and the decoders share the same cores, so
 this mostly shows the figure works. (ii) For a TPU v4-256 host (4 chips, 240 vCPUs, 48 workers in
-configs/v4_256.py): the images/s a host must be fed, from benchmarks/tpu_estimate.py's fastest
-case, against the measured rate per core x cores.
+configs/v4_256.py): the images/s a host must be fed at the compiled plan's bound
+(benchmarks/results/plan_v4_256.json, from `python -m recap_jax.plan --config configs/v4_256.py
+--json`), against the measured rate per core x cores.
 Writes benchmarks/results/input_pipeline.json.
 """
 
@@ -52,7 +53,6 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # webdataset_helpers: the img2da
 
 SIDE = 336  # LLaVA-1.5 / CLIP ViT-L/14-336 input
 V4_HOST_VCPUS = 240
-V4_CHIPS_PER_HOST = 4
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -178,17 +178,14 @@ print("RESULT" + json.dumps(run.run(c)))
 
 
 def tpu_host_need() -> dict:
-    """Images/s one v4-256 host must be fed, from tpu_estimate.py's fastest case."""
-    import tpu_estimate
-    path = HERE / "results" / "tpu_estimate.json"
+    """Images/s one v4-256 host must be fed at the compiled plan's per-chip bound (docs/tpu_plan.md)."""
+    path = HERE / "results" / "plan_v4_256.json"
     if not path.exists():
-        subprocess.run([sys.executable, str(HERE / "tpu_estimate.py")], check=True, capture_output=True)
-    cases = json.loads(path.read_text())["cases"]
-    fastest = min(cases, key=lambda c: c["days"])
-    hosts = tpu_estimate.V4_256_CHIPS // V4_CHIPS_PER_HOST
-    per_host = tpu_estimate.IMAGES / (fastest["days"] * 86400) / hosts
-    return {"case": fastest["case"], "days": fastest["days"], "hosts": hosts, "images_per_s_per_host": per_host,
-            "images_per_s_per_chip": per_host / V4_CHIPS_PER_HOST}
+        sys.exit(f"{path} is missing: python -m recap_jax.plan --config configs/v4_256.py --json > {path}")
+    plan = json.loads(path.read_text())
+    per_chip = plan["images_per_s_per_chip"]
+    return {"case": "compiled plan, bound", "days": plan["days_at_bound"], "hosts": plan["hosts"],
+            "images_per_s_per_host": per_chip * plan["chips"] / plan["hosts"], "images_per_s_per_chip": per_chip}
 
 
 # --- main ----------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ def get_config(arg: str | None = None):
     c = base_config()
     c.model.checkpoint = args["checkpoint"]
     c.model.dtype = "bfloat16"
+    c.model.scan_layers = False  # unrolled layers: the plan reads every layer's cost from the compiled programs
     c.input.format = "webdataset"  # img2dataset shards: {00000..}.tar with KEY.jpg/KEY.txt/KEY.json
     c.input.paths = args["input"].rstrip("/") + "/*.tar"
     c.input.num_workers = 48  # v4 hosts have 240 vCPUs; JPEG decode must keep up with 4 chips

@@ -24,6 +24,10 @@ def base_config() -> ml_collections.ConfigDict:
     # "int8": the language model's matmul weights in int8 with per-channel scales (Qwix PTQ,
     # `pip install -e '.[quant]'`), quantised while loading; "" = none.
     c.model.quantize = ""
+    # The language model's layers: True, one scanned layer (fast compiles, the CPU default); False,
+    # unrolled (the same params; on TPU the compiled decode step then has no loop over layers,
+    # and `python -m recap_jax.plan` reads every layer's cost from it: docs/tpu_plan.md).
+    c.model.scan_layers = True
     # Build a tiny random checkpoint at model.checkpoint if it does not exist (the offline demo).
     c.model.build_tiny_if_missing = False
 

@@ -164,7 +164,7 @@ def load_model(config: ml_collections.ConfigDict, mesh) -> tuple[CaptionerSpec, 
             checkpoint=m.checkpoint or None, hf_dir=m.hf_dir or None, tokenizer=m.tokenizer or None,
             template=m.template or None, dtype=m.dtype,
             shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed), quantize=m.quantize)
-    return spec, params, caption_model(spec.config, dtype, m.quantize), dtype
+    return spec, params, caption_model(spec.config, dtype, m.quantize, m.scan_layers), dtype
 
 
 def caption_requests(entries: Iterable[pipeline.UnitItem | pipeline.UnitEnd], prompt: CaptionPrompt,

@@ -36,9 +36,9 @@ from jax.sharding import Mesh
 
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.decoding.token_choice import choose_tokens
-from recap_jax.models.llama import KV_CACHE_AXES, KVCache
+from recap_jax.models.llama import KV_CACHE_AXES, PREFILL_KV_AXES, KVCache, ring_columns
 from recap_jax.models.llava import LlavaModel
-from recap_jax.parallel.mesh import logical_sharding
+from recap_jax.parallel.mesh import logical_sharding, replicated
 
 T = TypeVar("T")
 
@@ -52,6 +52,7 @@ class DecodeState(NamedTuple):
     num_generated: jax.Array  # [B]
     done: jax.Array  # [B] finished (or empty) slots
     sample_seed: jax.Array  # [B] the slot's sample seed (token_choice.sample_seed)
+    column: jax.Array  # [] the cache column the next decode step writes (the cache is a ring)
 
 
 @dataclasses.dataclass
@@ -77,7 +78,7 @@ def decode_state_shardings(mesh: Mesh) -> DecodeState:
     cache = logical_sharding(mesh, KV_CACHE_AXES)
     return DecodeState(cache=KVCache(cache, cache), last_token=batch, position=batch,
                        generated=logical_sharding(mesh, ("batch", None)), num_generated=batch, done=batch,
-                       sample_seed=batch)
+                       sample_seed=batch, column=replicated(mesh))
 
 
 def _is_stop(tokens: jax.Array, stop_ids: tuple[int, ...]) -> jax.Array:
@@ -93,7 +94,7 @@ def init_state(model: LlavaModel, settings: DecodeSettings, cache_dtype) -> Deco
         last_token=jnp.zeros((b,), jnp.int32), position=jnp.zeros((b,), jnp.int32),
         generated=jnp.zeros((b, settings.max_new_tokens), jnp.int32),
         num_generated=jnp.zeros((b,), jnp.int32), done=jnp.ones((b,), bool),
-        sample_seed=jnp.zeros((b,), jnp.int32))
+        sample_seed=jnp.zeros((b,), jnp.int32), column=jnp.zeros((), jnp.int32))
 
 
 def batch_shards(mesh: Mesh | None) -> int:
@@ -107,10 +108,17 @@ def batch_shards(mesh: Mesh | None) -> int:
 
 def _insert_rows(settings: DecodeSettings, state: DecodeState, kv: KVCache, first: jax.Array,
                  lengths: jax.Array, slots: jax.Array, seeds: jax.Array) -> DecodeState:
-    """Start prefilled rows [P] in `slots` of `state` (an index >= its slot count drops a row)."""
-    seq = kv.k.shape[2]
-    cache = KVCache(state.cache.k.at[:, slots, :seq].set(kv.k.astype(state.cache.k.dtype), mode="drop"),
-                    state.cache.v.at[:, slots, :seq].set(kv.v.astype(state.cache.v.dtype), mode="drop"))
+    """Start prefilled rows [P] (K/V [L, P, S, KVH, Dh]) in `slots` of `state` (an index >= its
+    slot count drops a row). A row's prompt goes into the ring's columns just before
+    `state.column`, where its first decode step writes (models/llama.py::LlamaDecoder.decode)."""
+    cache_length = state.cache.k.shape[3]
+    columns = ring_columns((state.column - lengths) % cache_length, kv.k.shape[2], cache_length)  # [P, S]
+
+    def put_rows(cache, new):  # the two index arrays, split by a slice, index [P, S, L, KVH, Dh]
+        return cache.at[:, slots[:, None], :, columns].set(new.transpose(1, 2, 0, 3, 4).astype(cache.dtype),
+                                                          mode="drop")
+
+    cache = KVCache(put_rows(state.cache.k, kv.k), put_rows(state.cache.v, kv.v))
     first_row = jnp.zeros((slots.shape[0], settings.max_new_tokens), jnp.int32).at[:, 0].set(first)
     done = _is_stop(first, settings.stop_ids) | (settings.max_new_tokens == 1)
 
@@ -119,7 +127,7 @@ def _insert_rows(settings: DecodeSettings, state: DecodeState, kv: KVCache, firs
 
     return DecodeState(cache, put(state.last_token, first), put(state.position, lengths),
                        put(state.generated, first_row), put(state.num_generated, jnp.ones_like(lengths)),
-                       put(state.done, done), put(state.sample_seed, seeds))
+                       put(state.done, done), put(state.sample_seed, seeds), state.column)
 
 
 def prefill_into_slots(model: LlavaModel, settings: DecodeSettings, mesh: Mesh | None, params,
@@ -139,7 +147,8 @@ def prefill_into_slots(model: LlavaModel, settings: DecodeSettings, mesh: Mesh |
     if mesh is not None:
         state_specs = jax.tree.map(lambda s: s.spec, decode_state_shardings(mesh))
         rows = logical_sharding(mesh, ("batch",)).spec
-        insert = jax.shard_map(insert, mesh=mesh, in_specs=(state_specs, state_specs.cache, rows, rows, rows, rows),
+        new = logical_sharding(mesh, PREFILL_KV_AXES).spec
+        insert = jax.shard_map(insert, mesh=mesh, in_specs=(state_specs, KVCache(new, new), rows, rows, rows, rows),
                                out_specs=state_specs)
     return insert(state, kv, first, lengths, slots, seeds)
 
@@ -152,7 +161,7 @@ def decode_steps(model: LlavaModel, settings: DecodeSettings, shards: int, param
 
     def step(carry):
         i, s = carry
-        logits, cache = model.apply({"params": params}, s.last_token, s.position, s.cache,
+        logits, cache = model.apply({"params": params}, s.last_token, s.position, s.cache, s.column,
                                     method="decode")
         token = choose_tokens(settings, logits, s.sample_seed, s.num_generated)
         live = ~s.done
@@ -163,7 +172,8 @@ def decode_steps(model: LlavaModel, settings: DecodeSettings, shards: int, param
         done = s.done | (live & (_is_stop(token, settings.stop_ids)
                                  | (num_generated >= settings.max_new_tokens)))
         return i + 1, DecodeState(cache, jnp.where(live, token, s.last_token), s.position + live,
-                                  generated, num_generated, done, s.sample_seed)
+                                  generated, num_generated, done, s.sample_seed,
+                                  (s.column + 1) % s.cache.k.shape[3])
 
     def keep_going(carry):
         i, s = carry

@@ -3,9 +3,10 @@
 Two ways through the same weights:
 - prefill: a right-padded block of tokens attends causally; returns every layer's K/V so the
   sampler can store them in its cache.
-- decode: one token per row at its own position; K/V are written into the cache at that
-  position and the row attends to cache entries 0..position. Rows are independent, which is
-  what lets the sampler refill finished rows with new captions (continuous batching).
+- decode: one token per row at its own position; the row attends to the cache entries that
+  `visible` marks, and every row's new K/V is written into one cache column (the caller's
+  cursor, a ring over the cache). Rows are independent, which is what lets the sampler refill
+  finished rows with new captions (continuous batching).
 The cache is an explicit input and output (no flax "cache" collection): decode is a pure function.
 """
 
@@ -36,17 +37,24 @@ def _init(names, init=nn.initializers.normal(0.02)):
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer: [layers, batch, cache_length, kv_heads, head_dim]."""
+    """Keys and values of every layer: [layers, batch, kv_heads, cache_length, head_dim].
+
+    Heads before positions: the layout the decode attention's dots read (row and head are their
+    batch dimensions). A decode step writes one column for all rows (`LlamaDecoder.decode`), a
+    dynamic-update-slice; RoPE is applied before caching, so which column holds which position
+    does not matter to attention, only `visible` does. (Prefill returns its K/V in this tuple in
+    the layers' own order [layers, batch, seq, kv_heads, head_dim], PREFILL_KV_AXES.)"""
     k: jax.Array
     v: jax.Array
 
     @classmethod
     def zeros(cls, config: TextConfig, batch: int, length: int, dtype: Dtype) -> "KVCache":
-        shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+        shape = (config.num_layers, batch, config.num_kv_heads, length, config.head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-KV_CACHE_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")
+KV_CACHE_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
+PREFILL_KV_AXES = ("layers", "batch", "cache_length", "kv_heads", "head_dim")  # prefill's K/V [L, B, S, KVH, Dh]
 
 
 def rope_inverse_frequencies(config: TextConfig) -> np.ndarray:
@@ -107,14 +115,14 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
 
 def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, k_new: jax.Array,
                      v_new: jax.Array, visible: jax.Array) -> jax.Array:
-    """One new token per row: q/k_new/v_new [B, 1, heads, D], the cache [B, T, KVH, D] with
-    `visible` [B, T] positions before it. The new token's own key joins the softmax directly, so
-    the cache is only read here and written once per step for all layers (by the caller)."""
+    """One new token per row: q/k_new/v_new [B, 1, heads, D], the cache [B, KVH, T, D] with
+    `visible` [B, T] the row's earlier tokens. The new token's own key joins the softmax directly,
+    so the cache is only read here and written once per step for all layers (by the caller)."""
     batch, _, heads, head_dim = q.shape
-    kv_heads = k_cache.shape[2]
+    kv_heads = k_cache.shape[1]
     q = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
     scale = head_dim**-0.5
-    cached = jnp.einsum("bkgd,btkd->bkgt", q, k_cache).astype(jnp.float32) * scale
+    cached = jnp.einsum("bkgd,bktd->bkgt", q, k_cache).astype(jnp.float32) * scale
     cached = jnp.where(visible[:, None, None, :], cached, jnp.finfo(jnp.float32).min)
     own = jnp.einsum("bkgd,bkd->bkg", q, k_new[:, 0]).astype(jnp.float32)[..., None] * scale
     # The softmax over [cached, own] written out: concatenating the own score made every score
@@ -122,9 +130,21 @@ def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, k_new
     top = jnp.maximum(jnp.max(cached, axis=-1, keepdims=True), own)
     e_cached, e_own = jnp.exp(cached - top), jnp.exp(own - top)
     total = jnp.sum(e_cached, axis=-1, keepdims=True) + e_own
-    out = (jnp.einsum("bkgt,btkd->bkgd", (e_cached / total).astype(v_cache.dtype), v_cache)
+    out = (jnp.einsum("bkgt,bktd->bkgd", (e_cached / total).astype(v_cache.dtype), v_cache)
            + (e_own / total).astype(v_cache.dtype) * v_new[:, 0, :, None, :])
     return out.reshape(batch, 1, heads, head_dim)
+
+
+def ring_columns(start: jax.Array, length: int, cache_length: int) -> jax.Array:
+    """Cache columns of `length` consecutive positions from column `start` [B] -> [B, length]."""
+    return (start[:, None] + jnp.arange(length)) % cache_length
+
+
+def ring_visible(positions: jax.Array, column: jax.Array, cache_length: int) -> jax.Array:
+    """[B, T]: the cache columns holding a row's `positions` [B] earlier tokens, the columns just
+    before `column` (the one the current token's K/V goes to), wrapping around the ring."""
+    behind = (column - jnp.arange(cache_length)) % cache_length  # 1 = the column just before
+    return (behind[None, :] >= 1) & (behind[None, :] <= positions[:, None])
 
 
 class DecoderLayer(nn.Module):
@@ -133,12 +153,13 @@ class DecoderLayer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, cache: tuple | None, positions: jax.Array):
+    def __call__(self, x: jax.Array, cache: tuple | None, positions: jax.Array,
+                 visible: jax.Array | None = None):
         """Returns (x, this block's new (k, v)). cache None: causal prefill over x [B, S, D].
-        Else cache = this layer's (k, v) [B, T, KVH, D] and x is one token per row at
-        `positions` [B, 1]; the cache is only read (LlamaDecoder.decode writes the new K/V of
-        all layers in one update: writing it here, inside the layer scan, copied the whole
-        cache once per layer and step)."""
+        Else cache = this layer's (k, v) [B, KVH, T, D], x is one token per row at `positions`
+        [B, 1] and `visible` [B, T] marks the cache entries it attends to; the cache is only read
+        (LlamaDecoder.decode writes the new K/V of all layers in one update: writing it here,
+        inside the layer scan, copied the whole cache once per layer and step)."""
         cfg = self.config
         dense = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = dict(eps=cfg.rms_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -160,7 +181,6 @@ class DecoderLayer(nn.Module):
             attn = grouped_attention(q, k, v, causal)
         else:
             k_cache, v_cache = cache
-            visible = jnp.arange(k_cache.shape[1])[None, :] < positions  # [B, T]: before this token
             attn = decode_attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), k, v, visible)
         attn = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), name="o_proj", **dense,
                                kernel_init=_init(("heads", "head_dim", "embed")))(attn)
@@ -175,12 +195,14 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaDecoder(nn.Module):
-    """Token embeddings, the scanned decoder blocks, final norm and LM head. `remat` is one of
-    REMAT_CHOICES (the params are the same whatever it is)."""
+    """Token embeddings, the decoder blocks, final norm and LM head. `remat` is one of
+    REMAT_CHOICES; `scan_layers` False unrolls the blocks (the same stacked `[layers, ...]` params,
+    but no loop over layers in the compiled program). The params are the same whatever they are."""
     config: TextConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: str = "none"
+    scan_layers: bool = True
 
     def setup(self):
         cfg = self.config
@@ -194,7 +216,8 @@ class LlamaDecoder(nn.Module):
                                      param_dtype=self.param_dtype,
                                      embedding_init=_init(("vocab", "embed")))
         self.layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                              in_axes=(0, nn.broadcast), length=cfg.num_layers,
+                              in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                              unroll=1 if self.scan_layers else cfg.num_layers,
                               metadata_params={nn.PARTITION_NAME: "layers"})(
                                   cfg, self.dtype, self.param_dtype)
         self.norm = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype)
@@ -220,15 +243,22 @@ class LlamaDecoder(nn.Module):
 
     def prefill(self, embeds: jax.Array, positions: jax.Array) -> tuple[jax.Array, KVCache]:
         """embeds [B, S, D] -> (final hidden states [B, S, D] before the norm, K/V [L, B, S, KVH, Dh])."""
-        hidden, (k, v) = self.layers(embeds, None, positions)
+        hidden, (k, v) = self.layers(embeds, None, positions, None)
         return hidden, KVCache(k, v)
 
-    def decode(self, embeds: jax.Array, positions: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """embeds [B, 1, D] at positions [B] -> (logits [B, V], updated cache)."""
-        hidden, (k, v) = self.layers(embeds, (cache.k, cache.v), positions[:, None])  # k/v [L, B, 1, ...]
-        rows = jnp.arange(embeds.shape[0])
-        k = cache.k.at[:, rows, positions].set(k[:, :, 0].astype(cache.k.dtype))
-        v = cache.v.at[:, rows, positions].set(v[:, :, 0].astype(cache.v.dtype))
+    def decode(self, embeds: jax.Array, positions: jax.Array, cache: KVCache, column: jax.Array
+               ) -> tuple[jax.Array, KVCache]:
+        """embeds [B, 1, D] at positions [B] -> (logits [B, V], updated cache).
+
+        The cache is a ring: every row's new K/V goes into `column` (a scalar), and a row's
+        earlier `positions` tokens are the columns just before it (`ring_visible`). One column
+        for all rows is a dynamic-update-slice; a column per row (its position) was a scatter,
+        whose preferred TPU layout is the transpose of the attention dots', so the compiled
+        decode step copied the whole cache into the other layout every step."""
+        visible = ring_visible(positions, column, cache.k.shape[3])
+        hidden, (k, v) = self.layers(embeds, (cache.k, cache.v), positions[:, None], visible)  # [L, B, 1, KVH, Dh]
+        k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.swapaxes(2, 3).astype(cache.k.dtype), column, axis=3)
+        v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.swapaxes(2, 3).astype(cache.v.dtype), column, axis=3)
         return self.logits(hidden[:, 0]), KVCache(k, v)
 
     def __call__(self, token_ids: jax.Array, positions: jax.Array) -> jax.Array:

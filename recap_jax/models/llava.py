@@ -52,13 +52,15 @@ class LlavaModel(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: str = "none"  # decoder-layer checkpointing for training (llama.REMAT_CHOICES)
+    scan_layers: bool = True  # False: the decoder's layers unrolled (LlamaDecoder)
 
     def setup(self):
         cfg = self.config
         self.vision_tower = VisionTower(cfg.vision, cfg.num_vision_layers_used, self.dtype, self.param_dtype)
         self.multi_modal_projector = Projector(cfg.text.hidden_size, cfg.projector_bias, self.dtype,
                                                self.param_dtype)
-        self.language_model = LlamaDecoder(cfg.text, self.dtype, self.param_dtype, self.remat)
+        self.language_model = LlamaDecoder(cfg.text, self.dtype, self.param_dtype, self.remat,
+                                           self.scan_layers)
 
     def encode_images(self, pixels: jax.Array) -> jax.Array:
         """pixels [B, H, W, 3] -> projected image features [B, num_image_tokens, D_text]."""
@@ -83,11 +85,12 @@ class LlavaModel(nn.Module):
         last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]
         return self.language_model.logits(last), kv
 
-    def decode(self, token_ids: jax.Array, positions: jax.Array, cache: KVCache
+    def decode(self, token_ids: jax.Array, positions: jax.Array, cache: KVCache, column: jax.Array
                ) -> tuple[jax.Array, KVCache]:
-        """One new token per row [B] at positions [B] -> (next-token logits [B, V], cache)."""
+        """One new token per row [B] at positions [B], its K/V written to cache `column` (a ring:
+        LlamaDecoder.decode) -> (next-token logits [B, V], cache)."""
         embeds = self.language_model.embed(token_ids[:, None])
-        return self.language_model.decode(embeds, positions, cache)
+        return self.language_model.decode(embeds, positions, cache, column)
 
     def __call__(self, token_ids: jax.Array, pixels: jax.Array) -> jax.Array:
         """Logits at every prompt position [B, S, V] (init, parity tests)."""

@@ -63,9 +63,10 @@ def mode_of(model: nn.Module) -> str:
     return getattr(type(model), "quantize_mode", "")
 
 
-def caption_model(config: LlavaConfig, dtype, quantize: str = "") -> LlavaModel:
-    """The captioner's model in `dtype`; with `quantize` ("int8"), Qwix's int8-weight form."""
-    return quantized_model(LlavaModel(config, dtype=dtype, param_dtype=dtype), quantize)
+def caption_model(config: LlavaConfig, dtype, quantize: str = "", scan_layers: bool = True) -> LlavaModel:
+    """The captioner's model in `dtype`; with `quantize` ("int8"), Qwix's int8-weight form;
+    `scan_layers` False: the decoder's layers unrolled (`model.scan_layers`)."""
+    return quantized_model(LlavaModel(config, dtype=dtype, param_dtype=dtype, scan_layers=scan_layers), quantize)
 
 
 def abstract_model_params(model: LlavaModel, dtype) -> Any:

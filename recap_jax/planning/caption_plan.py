@@ -88,7 +88,7 @@ def compile_caption(config: ml_collections.ConfigDict, model: PlannedModel, devi
     buckets = sorted(b for b in settings.prompt_buckets if b > model.config.num_image_tokens) if all_buckets \
         else [bucket]
     mesh = mesh_lib.make_mesh(dict(config.mesh), list(devices))
-    llava = caption_model(model.config, dtype, config.model.quantize)
+    llava = caption_model(model.config, dtype, config.model.quantize, config.model.scan_layers)
     lowered = lower_caption_programs(llava, settings, mesh, dtype, buckets)
     functions = {"decode": compile_stats(lowered.decode)}  # first: the cache is why a plan does not fit
     functions.update({f"prefill_{b}": compile_stats(low) for b, low in lowered.prefill.items()})
@@ -106,7 +106,7 @@ def count_costs(config: ml_collections.ConfigDict, model: PlannedModel, devices:
     """Fill in a plan compiled with costs=False."""
     dtype = DTYPES[config.model.dtype]
     settings = settings_of(config, model.prompt_length, plan.batch_size)
-    llava = caption_model(model.config, dtype, config.model.quantize)
+    llava = caption_model(model.config, dtype, config.model.quantize, config.model.scan_layers)
     mesh = mesh_lib.make_mesh(dict(config.mesh), list(devices))
     plan.prefill_cost, plan.decode_step_cost = looped_costs(
         llava, settings, mesh, plan.functions[f"prefill_{plan.bucket}"], plan.bucket, plan.functions["decode"],
@@ -116,17 +116,19 @@ def count_costs(config: ml_collections.ConfigDict, model: PlannedModel, devices:
 
 def looped_costs(llava: LlavaModel, settings: DecodeSettings, mesh, prefill: hlo.CompiledStats, seq: int,
                  decode: hlo.CompiledStats, cache_dtype) -> tuple[layer_cost.Cost, layer_cost.Cost]:
-    """(prefill call, decode step) costs per chip with every scanned layer counted."""
-    text_layers = llava.config.text.num_layers
+    """(prefill call, decode step) costs per chip with every scanned layer counted (unrolled
+    text layers, `scan_layers` False, are all in the compiled programs already)."""
+    missing_text_layers = llava.config.text.num_layers - 1 if llava.scan_layers else 0
     vision_layers = llava.config.num_vision_layers_used
     p = settings.prefill_batch
     pre = layer_cost.Cost(prefill.flops, prefill.bytes_accessed)
-    pre += layer_cost.text_layer_prefill(llava, mesh, p, seq) * (text_layers - 1)
+    step = layer_cost.Cost(decode.flops, decode.bytes_accessed)
+    if missing_text_layers:
+        pre += layer_cost.text_layer_prefill(llava, mesh, p, seq) * missing_text_layers
+        step += layer_cost.text_layer_decode(llava, mesh, settings.batch_size, settings.cache_length,
+                                             cache_dtype) * missing_text_layers
     if vision_layers > 1:
         pre += layer_cost.vision_layer(llava, mesh, p) * (vision_layers - 1)
-    step = layer_cost.Cost(decode.flops, decode.bytes_accessed)
-    step += layer_cost.text_layer_decode(llava, mesh, settings.batch_size, settings.cache_length,
-                                         cache_dtype) * (text_layers - 1)
     return pre, step
 
 

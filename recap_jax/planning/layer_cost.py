@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from recap_jax.models.llama import DecoderLayer
+from recap_jax.models.llama import KV_CACHE_AXES, DecoderLayer
 from recap_jax.models.llava import LlavaModel
 from recap_jax.models.quantization import mode_of, quantized_layer
 from recap_jax.models.vision import EncoderLayer
@@ -61,10 +61,10 @@ def text_layer_decode(model: LlavaModel, mesh: Mesh, rows: int, cache_length: in
     t = model.config.text
     x = _arg(mesh, (rows, 1, t.hidden_size), model.dtype, ("batch", "length", None))
     positions = _arg(mesh, (rows, 1), jnp.int32, ("batch", "length"))
-    kv = _arg(mesh, (rows, cache_length, t.num_kv_heads, t.head_dim), cache_dtype,
-              ("batch", "cache_length", "kv_heads", "head_dim"))
+    kv = _arg(mesh, (rows, t.num_kv_heads, cache_length, t.head_dim), cache_dtype, KV_CACHE_AXES[1:])
+    visible = _arg(mesh, (rows, cache_length), jnp.bool_, ("batch", "cache_length"))
     layer = quantized_layer(DecoderLayer(t, model.dtype, model.param_dtype), mode_of(model))
-    return _compiled_cost(layer, mesh, x, (kv, kv), positions)
+    return _compiled_cost(layer, mesh, x, (kv, kv), positions, visible)
 
 
 def vision_layer(model: LlavaModel, mesh: Mesh, rows: int) -> Cost:
