@@ -96,3 +96,16 @@ def test_outputs_carry_the_caption_statistics_and_clip_score_win_rate(tmp_path):
     assert "main object's colour and shape named in 80.0% (colour 90.0%, shape 85.0%)" in table
     assert json.loads((tmp_path / "results.json").read_text())["clip_scores"]["scored"] == 512
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_a_bad_captioner_init_is_refused_before_any_stage_runs(tmp_path):
+    import configs_loader
+    from recap_jax.errors import ConfigError
+    from recap_jax.mini_paper.run import run
+
+    config = configs_loader.load("mini_paper.py")
+    config.workdir = str(tmp_path / "run")
+    config.captioner.init = str(tmp_path / "no_such_captioner")
+    with pytest.raises(ConfigError, match="captioner.init="):
+        run(config)
+    assert not (tmp_path / "run").exists()  # the world was not generated

@@ -62,6 +62,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         raise ConfigError("workdir: set --config.workdir (every stage writes under it)")
     if not config.clip.ps:
         raise ConfigError("clip.ps: give at least one p (probability of the original caption)")
+    stages.check_captioner_init(config)
     start = time.time()
     root = os.path.abspath(config.workdir)
     use_compilation_cache(os.path.join(root, "xla_cache"))

@@ -26,15 +26,20 @@ def _log(message: str) -> None:
     print(f"[reproduce] {message}", flush=True)
 
 
+def check_captioner_init(config: ml_collections.ConfigDict) -> None:
+    init = config.captioner.init
+    if init and not epath.Path(init, "params").exists():
+        raise ConfigError(f"captioner.init={init}: not a converted captioner folder (no params/)")
+
+
 def build_base_captioner(config: ml_collections.ConfigDict, folder: str) -> str:
     """The starting captioner: `captioner.init` if set (a converted captioner), else a random one
     whose tokenizer knows the world's words."""
     from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
 
     c = config.captioner
+    check_captioner_init(config)
     if c.init:
-        if not epath.Path(c.init, "params").exists():
-            raise ConfigError(f"captioner.init={c.init}: not a converted captioner folder (no params/)")
         return c.init
     if not epath.Path(folder).exists():  # written to a temporary folder, then renamed: complete if there
         build_tiny_checkpoint(folder, seed=config.seed, image_size=c.image_size,
