@@ -210,8 +210,10 @@ def caption_units(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit
         if record["re_caption"]:
             assembler.add_record(tag.unit_index, tag.position, record)
         else:  # an empty recaption is no caption: list it rather than write an empty text
+            why = ("the model stopped at once" if not len(result.tokens)
+                   else f"its {len(result.tokens)} tokens decode to no text")
             assembler.add_failure(tag.unit_index, tag.position, Failure(
-                tag.sample.key, tag.sample.source, "empty caption (the model stopped at once)"))
+                tag.sample.key, tag.sample.source, f"empty caption ({why})"))
         meter.update(captioned=int(bool(record["re_caption"])),
                      generated_tokens=len(result.tokens) + result.stopped, prefill_tokens=result.prompt_length)
     meter.close()
