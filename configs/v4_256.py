@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
     c.input.prefetch = 1024
     c.output.dir = args["output"]
     c.decode.max_new_tokens = 128
-    c.decode.batch_size = 256  # 64 captions in flight per chip
+    c.decode.batch_size = 384  # 96 captions in flight per chip
     c.decode.prefill_batch = 32  # 8 prompts of ~616 tokens per chip per prefill
     c.decode.steps_per_sync = 16
     c.mesh = ml_collections.ConfigDict(dict(data=4, fsdp=1, tensor=1))

@@ -100,6 +100,9 @@ def test_throughput_bound_counts_every_scanned_layer(tiny_plan):
     assert model.config.text.num_layers == 2
     assert rate.model_flops < rate.prefill_flops + rate.decode_flops
     assert rate.images_per_s_per_chip > 0 and rate.days(128) > rate.days(256)
+    # MFU: the model's FLOPs at peak over the time per image; the bound's FLOPs exceed the model's.
+    assert 0 < rate.mfu() < 1 and rate.mfu(0.5) == pytest.approx(rate.mfu() / 2)
+    assert rate.days(128) * rate.mfu() == pytest.approx(1.3e9 * rate.physical_s / 128 / 86400)
 
 
 def test_fit_check_is_a_no_op_off_tpu():

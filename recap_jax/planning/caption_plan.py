@@ -205,6 +205,10 @@ class Throughput:
     def days(self, chips: int, efficiency: float = 1.0, images: float = IMAGES) -> float:
         return images / (self.images_per_s_per_chip * efficiency * chips) / 86400
 
+    def mfu(self, efficiency: float = 1.0) -> float:
+        """The model's FLOPs over peak FLOP/s at `efficiency` of the bound."""
+        return self.physical_s * self.images_per_s_per_chip * efficiency
+
 
 def throughput(plan: CaptionPlan, model: PlannedModel, config: ml_collections.ConfigDict, chip: Chip,
                devices_per_host: int, new_tokens: int) -> Throughput:

@@ -7,6 +7,7 @@ readable, else a built-in config named by `tpu.model` (the paper's LLaVA-LLaMA-3
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 
 import ml_collections
@@ -53,6 +54,8 @@ def _readable(path: str) -> bool:
     if "://" not in path:
         check()
         return answer[0]
+    # The probe thread outlives the wait and gcsfs logs each failed retry with a traceback.
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     thread = threading.Thread(target=check, daemon=True)
     thread.start()
     thread.join(REMOTE_CHECK_S)

@@ -68,7 +68,9 @@ def caption_text(plan: CaptionPlan, chip: Chip, reserve: int, verdict: bool, lar
                   f"physical limit {rate.model_flops / 1e12:.2f} TFLOP/image at peak = {rate.physical_s * 1e3:.1f} ms "
                   f"(bound / limit = {(rate.prefill_s + rate.decode_s) / rate.physical_s:.2f}x)",
                   f"  1.3B images on {chips} chips: {rate.days(chips):.2f} days at the bound, "
-                  f"{rate.days(chips, efficiency):.2f} days at {efficiency:.0%} of it"]
+                  f"{rate.days(chips, efficiency):.2f} days at {efficiency:.0%} of it "
+                  f"({rate.mfu(efficiency):.0%} MFU); {rate.days(chips) * rate.mfu():.2f} days "
+                  "at 100% MFU"]
     return lines
 
 
