@@ -13,6 +13,7 @@ flight; (2) the layer scans inside count one text layer and one vision layer: th
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -138,6 +139,7 @@ def fits(plan: CaptionPlan, chip: Chip, reserve_bytes: int) -> bool:
 
 def _try(config, model, devices, batch: int, chip: Chip, reserve_bytes: int) -> CaptionPlan | None:
     """The plan at this batch size if it compiles and fits, else None."""
+    print(f"[plan] compiling decode.batch_size={batch} to check that it fits ...", file=sys.stderr, flush=True)
     try:
         plan = compile_caption(config, model, devices, batch_size=batch, costs=False)
     except CompilerOutOfMemory:
