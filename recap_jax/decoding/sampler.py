@@ -195,12 +195,28 @@ class DecodePrograms:
 def decode_programs(model: LlavaModel, settings: DecodeSettings, cache_dtype, mesh: Mesh | None
                     ) -> DecodePrograms:
     shardings = decode_state_shardings(mesh) if mesh is not None else None
+    options = cpu_upcast_options(model, mesh)
     return DecodePrograms(
         init=jax.jit(functools.partial(init_state, model, settings, cache_dtype), out_shardings=shardings),
         prefill=jax.jit(functools.partial(prefill_into_slots, model, settings, mesh), out_shardings=shardings,
-                        donate_argnums=(1,)),
+                        donate_argnums=(1,), compiler_options=options),
         decode=jax.jit(functools.partial(decode_steps, model, settings, batch_shards(mesh)),
-                       out_shardings=shardings, donate_argnums=(1,)))
+                       out_shardings=shardings, donate_argnums=(1,), compiler_options=options))
+
+
+def cpu_upcast_options(model: LlavaModel, mesh: Mesh | None) -> dict[str, str] | None:
+    """XLA options that keep the weights' f32 copies one layer at a time on CPU (None elsewhere).
+
+    XLA:CPU computes bf16 in f32: it converts each stacked bf16 weight to f32 where the layer
+    loop slices it, and then hoists that convert, of the whole stack, out of the loop as loop
+    invariant, so every weight had an f32 copy at once (3.3x the params' bytes in the first
+    caption, benchmarks/load_memory.py). Without the hoisting the convert stays fused into the
+    slice of each layer; the ops and their numerics are unchanged. TPU computes bf16 natively:
+    its programs get no options."""
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+    if platform != "cpu" or jnp.dtype(getattr(model, "param_dtype", jnp.float32)) == jnp.float32:
+        return None
+    return {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
 
 
 @dataclasses.dataclass
