@@ -36,11 +36,14 @@ from jax.sharding import Mesh
 
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.decoding.token_choice import choose_tokens
-from recap_jax.models.llama import KV_CACHE_AXES, PREFILL_KV_AXES, KVCache, ring_columns
+from recap_jax.models.llama import KV_CACHE_AXES, PREFILL_KV_AXES, KVCache, head_columns, ring_columns
 from recap_jax.models.llava import LlavaModel
+from recap_jax.models.quantization import mode_of
 from recap_jax.parallel.mesh import logical_sharding, replicated
 
 T = TypeVar("T")
+# On CPU with bf16 weights, the f32 bytes of one slice of the LM head (cpu_upcast_options).
+CPU_HEAD_SLICE_BYTES = 64 * 2**20
 
 
 class DecodeState(NamedTuple):
@@ -196,6 +199,9 @@ def decode_programs(model: LlavaModel, settings: DecodeSettings, cache_dtype, me
                     ) -> DecodePrograms:
     shardings = decode_state_shardings(mesh) if mesh is not None else None
     options = cpu_upcast_options(model, mesh)
+    if options is not None and not mode_of(model):  # Qwix's int8 head has its own dot
+        text = model.config.text
+        model = model.clone(head_columns=head_columns(text.vocab_size, text.hidden_size, CPU_HEAD_SLICE_BYTES))
     return DecodePrograms(
         init=jax.jit(functools.partial(init_state, model, settings, cache_dtype), out_shardings=shardings),
         prefill=jax.jit(functools.partial(prefill_into_slots, model, settings, mesh), out_shardings=shardings,
@@ -211,8 +217,9 @@ def cpu_upcast_options(model: LlavaModel, mesh: Mesh | None) -> dict[str, str] |
     loop slices it, and then hoists that convert, of the whole stack, out of the loop as loop
     invariant, so every weight had an f32 copy at once (3.3x the params' bytes in the first
     caption, benchmarks/load_memory.py). Without the hoisting the convert stays fused into the
-    slice of each layer; the ops and their numerics are unchanged. TPU computes bf16 natively:
-    its programs get no options."""
+    slice of each layer; the ops and their numerics are unchanged (`decode_programs` also
+    computes the LM head in slices of `CPU_HEAD_SLICE_BYTES`). TPU computes bf16 natively: its
+    programs get no options."""
     platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
     if platform != "cpu" or jnp.dtype(getattr(model, "param_dtype", jnp.float32)) == jnp.float32:
         return None
