@@ -94,7 +94,7 @@ def read_leaf(store: ts.TensorStore, target: jax.ShapeDtypeStruct, name: str) ->
     if block == shape or not math.prod(shape):
         return jax.device_put(np.asarray(store.read().result(), dtype), target.sharding)
     out = _zeros(shape, dtype, target.sharding)
-    update = _update_block(target.sharding)
+    update = block_update(target.sharding)
     for start in itertools.product(*(range(0, n, b) for n, b in zip(shape, block))):
         index = tuple(slice(s, min(s + b, n)) for s, b, n in zip(start, block, shape))
         host = np.asarray(store[index].read().result(), dtype)
@@ -145,8 +145,9 @@ def _zeros(shape, dtype, sharding) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=None)
-def _update_block(sharding):
-    # Blocks arrive replicated over the target's mesh; each device keeps its own part of them.
+def block_update(sharding):
+    """`(leaf, block, start) -> leaf` with `block` written at `start`, in place (the leaf is donated).
+    Blocks arrive replicated over the target's mesh; each device keeps its own part of them."""
     block_sharding = NamedSharding(sharding.mesh, PartitionSpec()) if isinstance(sharding, NamedSharding) \
         else sharding
 

@@ -210,20 +210,22 @@ def decode_programs(model: LlavaModel, settings: DecodeSettings, cache_dtype, me
                        out_shardings=shardings, donate_argnums=(1,), compiler_options=options))
 
 
-def cpu_upcast_options(model: LlavaModel, mesh: Mesh | None) -> dict[str, str] | None:
+def cpu_upcast_options(model: LlavaModel, mesh: Mesh | None) -> dict[str, Any] | None:
     """XLA options that keep the weights' f32 copies one layer at a time on CPU (None elsewhere).
 
     XLA:CPU computes bf16 in f32: it converts each stacked bf16 weight to f32 where the layer
     loop slices it, and then hoists that convert, of the whole stack, out of the loop as loop
     invariant, so every weight had an f32 copy at once (3.3x the params' bytes in the first
     caption, benchmarks/load_memory.py). Without the hoisting the convert stays fused into the
-    slice of each layer; the ops and their numerics are unchanged (`decode_programs` also
-    computes the LM head in slices of `CPU_HEAD_SLICE_BYTES`). TPU computes bf16 natively: its
-    programs get no options."""
+    slice of each layer (`decode_programs` also computes the LM head in slices of
+    `CPU_HEAD_SLICE_BYTES`). Excess precision is off too: every bf16 op rounds to bf16, as in HF's
+    bf16, whatever the fusions (with it on, which intermediates kept f32 followed the fusions, and
+    the hoisting changed tokens at near ties). TPU computes bf16 natively: its programs get no
+    options."""
     platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
     if platform != "cpu" or jnp.dtype(getattr(model, "param_dtype", jnp.float32)) == jnp.float32:
         return None
-    return {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+    return {"xla_disable_hlo_passes": "while-loop-invariant-code-motion", "xla_allow_excess_precision": False}
 
 
 @dataclasses.dataclass
