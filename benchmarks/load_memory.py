@@ -200,6 +200,7 @@ def main() -> None:
     parser.add_argument("--ways", default="chunks,orbax_groups",
                         help="loaders to measure, each in a fresh process: chunks (load_captioner), "
                              "orbax_groups (the previous way: ocp.load of ~256 MiB groups)")
+    parser.add_argument("--results", default=str(RESULTS), help="where the JSON goes")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--way", default="chunks", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -231,8 +232,9 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=1))
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    results = pathlib.Path(args.results)
+    results.parent.mkdir(exist_ok=True)
+    results.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
