@@ -200,7 +200,7 @@ def column_chunked_dot(columns: int):
     slice, not the whole LM head (2 GiB for LLaMA-3-8B's); each output column is the same dot."""
 
     def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-        (contract_lhs, contract_rhs), batch = dimension_numbers
+        (_, contract_rhs), batch = dimension_numbers
         if batch != ((), ()) or contract_rhs != (0,) or rhs.ndim != 2 or rhs.shape[1] % columns:
             raise ValueError(f"column_chunked_dot: a [in, out] kernel with out a multiple of {columns}, "
                              f"got {rhs.shape} and {dimension_numbers}")
