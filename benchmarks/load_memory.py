@@ -7,7 +7,9 @@ LLaVA-LLaMA-3 (hidden 2048, GQA 32/8, LLaMA-3's 128,256-token vocabulary, a 4-la
 tower at 336 px), then in a fresh process (1) `load_captioner` with bf16 on a 1-device mesh, as
 the caption job does, recording peak RSS against the params' bytes; (2) the sampler's first
 compile and one caption. On CPU the "device" is host memory, so a load that peaks near 1x the
-params' bytes (plus the interpreter) holds one copy. Writes benchmarks/results/load_memory.json.
+params' bytes (plus the interpreter) holds one copy. Prints, per loader, the load peak, the RSS
+after loading and the first caption's peak (compile included) as multiples of the params' bytes,
+each from the RSS before loading. Writes benchmarks/results/load_memory.json.
 """
 
 from __future__ import annotations
@@ -183,6 +185,7 @@ def measure(checkpoint: str, way: str) -> dict:
     return {"load": way, "params_mib": round(params_mib, 1), "param_dtypes": dtypes,
             "rss_before_load_mib": round(before_load, 1), "load_peak_rss_mib": round(load_peak, 1),
             "load_s": round(load_s, 2), "load_peak_over_params": round((load_peak - before_load) / params_mib, 3),
+            "after_load_over_params": round((before_caption - before_load) / params_mib, 3),
             "rss_before_caption_mib": round(before_caption, 1), "caption_peak_rss_mib": round(caption_peak, 1),
             "first_caption_s": round(caption_s, 2),
             "caption_peak_over_params": round((caption_peak - before_load) / params_mib, 3),
@@ -197,6 +200,7 @@ def main() -> None:
     parser.add_argument("--ways", default="chunks,orbax_groups",
                         help="loaders to measure, each in a fresh process: chunks (load_captioner), "
                              "orbax_groups (the previous way: ocp.load of ~256 MiB groups)")
+    parser.add_argument("--results", default=str(RESULTS), help="where the JSON goes")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--way", default="chunks", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -218,13 +222,19 @@ def main() -> None:
                 raise SystemExit(f"load ({way}) failed (exit {done.returncode}): {done.stderr[-2000:]}")
             runs.append(json.loads(done.stdout.splitlines()[-1]))
             print(json.dumps(runs[-1]), flush=True)
+            r = runs[-1]
+            print(f"{way}: load peak {r['load_peak_over_params']:.2f}x the params' bytes, after load "
+                  f"{r['after_load_over_params']:.2f}x, first caption peak {r['caption_peak_over_params']:.2f}x "
+                  f"(from the RSS before loading; load {r['load_s']:.0f} s, first caption {r['first_caption_s']:.0f} s)",
+                  flush=True)
         result = {"layers": args.layers, "params_bytes": params_bytes, "runs": runs}
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=1))
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    results = pathlib.Path(args.results)
+    results.parent.mkdir(exist_ok=True)
+    results.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -36,11 +36,14 @@ from jax.sharding import Mesh
 
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.decoding.token_choice import choose_tokens
-from recap_jax.models.llama import KV_CACHE_AXES, PREFILL_KV_AXES, KVCache, ring_columns
+from recap_jax.models.llama import KV_CACHE_AXES, PREFILL_KV_AXES, KVCache, head_columns, ring_columns
 from recap_jax.models.llava import LlavaModel
+from recap_jax.models.quantization import mode_of
 from recap_jax.parallel.mesh import logical_sharding, replicated
 
 T = TypeVar("T")
+# On CPU with bf16 weights, the f32 bytes of one slice of the LM head (cpu_upcast_options).
+CPU_HEAD_SLICE_BYTES = 64 * 2**20
 
 
 class DecodeState(NamedTuple):
@@ -195,12 +198,34 @@ class DecodePrograms:
 def decode_programs(model: LlavaModel, settings: DecodeSettings, cache_dtype, mesh: Mesh | None
                     ) -> DecodePrograms:
     shardings = decode_state_shardings(mesh) if mesh is not None else None
+    options = cpu_upcast_options(model, mesh)
+    if options is not None and not mode_of(model):  # Qwix's int8 head has its own dot
+        text = model.config.text
+        model = model.clone(head_columns=head_columns(text.vocab_size, text.hidden_size, CPU_HEAD_SLICE_BYTES))
     return DecodePrograms(
         init=jax.jit(functools.partial(init_state, model, settings, cache_dtype), out_shardings=shardings),
         prefill=jax.jit(functools.partial(prefill_into_slots, model, settings, mesh), out_shardings=shardings,
-                        donate_argnums=(1,)),
+                        donate_argnums=(1,), compiler_options=options),
         decode=jax.jit(functools.partial(decode_steps, model, settings, batch_shards(mesh)),
-                       out_shardings=shardings, donate_argnums=(1,)))
+                       out_shardings=shardings, donate_argnums=(1,), compiler_options=options))
+
+
+def cpu_upcast_options(model: LlavaModel, mesh: Mesh | None) -> dict[str, Any] | None:
+    """XLA options that keep the weights' f32 copies one layer at a time on CPU (None elsewhere).
+
+    XLA:CPU computes bf16 in f32: it converts each stacked bf16 weight to f32 where the layer
+    loop slices it, and then hoists that convert, of the whole stack, out of the loop as loop
+    invariant, so every weight had an f32 copy at once (3.3x the params' bytes in the first
+    caption, benchmarks/load_memory.py). Without the hoisting the convert stays fused into the
+    slice of each layer (`decode_programs` also computes the LM head in slices of
+    `CPU_HEAD_SLICE_BYTES`). Excess precision is off too: every bf16 op rounds to bf16, as in HF's
+    bf16, whatever the fusions (with it on, which intermediates kept f32 followed the fusions, and
+    the hoisting changed tokens at near ties). TPU computes bf16 natively: its programs get no
+    options."""
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+    if platform != "cpu" or jnp.dtype(getattr(model, "param_dtype", jnp.float32)) == jnp.float32:
+        return None
+    return {"xla_disable_hlo_passes": "while-loop-invariant-code-motion", "xla_allow_excess_precision": False}
 
 
 @dataclasses.dataclass

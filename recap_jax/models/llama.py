@@ -194,15 +194,46 @@ class DecoderLayer(nn.Module):
         return x + down, (k, v)
 
 
+def column_chunked_dot(columns: int):
+    """A `lax.dot_general` for `x @ kernel` that loops over `columns` output columns of the kernel
+    at a time. On CPU, where XLA computes bf16 dots in f32, the f32 copy of the kernel is then one
+    slice, not the whole LM head (2 GiB for LLaMA-3-8B's); each output column is the same dot."""
+
+    def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+        (_, contract_rhs), batch = dimension_numbers
+        if batch != ((), ()) or contract_rhs != (0,) or rhs.ndim != 2 or rhs.shape[1] % columns:
+            raise ValueError(f"column_chunked_dot: a [in, out] kernel with out a multiple of {columns}, "
+                             f"got {rhs.shape} and {dimension_numbers}")
+
+        def part(i):
+            kernel = jax.lax.dynamic_slice_in_dim(rhs, i * columns, columns, axis=1)
+            return jax.lax.dot_general(lhs, kernel, dimension_numbers, precision=precision,
+                                       preferred_element_type=preferred_element_type)
+
+        parts = jax.lax.map(part, jnp.arange(rhs.shape[1] // columns))  # [chunks, ..., columns]
+        return jnp.moveaxis(parts, 0, -2).reshape(*parts.shape[1:-1], rhs.shape[1])
+
+    return dot_general
+
+
+def head_columns(vocab_size: int, hidden_size: int, max_bytes: int) -> int:
+    """The most LM-head columns, a divisor of `vocab_size`, whose f32 kernel slice fits `max_bytes`."""
+    most = max(1, max_bytes // (4 * hidden_size))
+    return max(c for c in range(1, min(most, vocab_size) + 1) if vocab_size % c == 0)
+
+
 class LlamaDecoder(nn.Module):
     """Token embeddings, the decoder blocks, final norm and LM head. `remat` is one of
     REMAT_CHOICES; `scan_layers` False unrolls the blocks (the same stacked `[layers, ...]` params,
-    but no loop over layers in the compiled program). The params are the same whatever they are."""
+    but no loop over layers in the compiled program); `head_columns` > 0 computes the LM head
+    that many vocabulary columns at a time (`column_chunked_dot`). The params are the same
+    whatever they are."""
     config: TextConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: str = "none"
     scan_layers: bool = True
+    head_columns: int = 0
 
     def setup(self):
         cfg = self.config
@@ -222,8 +253,9 @@ class LlamaDecoder(nn.Module):
                                   cfg, self.dtype, self.param_dtype)
         self.norm = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype)
         if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype,
-                                    param_dtype=self.param_dtype, kernel_init=_init(("embed", "vocab")))
+            chunked = column_chunked_dot(self.head_columns) if self.head_columns else None
+            self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                                    kernel_init=_init(("embed", "vocab")), dot_general=chunked)
 
     def embed(self, token_ids: jax.Array) -> jax.Array:
         return self.embed_tokens(token_ids)

@@ -53,6 +53,7 @@ class LlavaModel(nn.Module):
     param_dtype: Dtype = jnp.float32
     remat: str = "none"  # decoder-layer checkpointing for training (llama.REMAT_CHOICES)
     scan_layers: bool = True  # False: the decoder's layers unrolled (LlamaDecoder)
+    head_columns: int = 0  # > 0: the LM head computed this many columns at a time (LlamaDecoder)
 
     def setup(self):
         cfg = self.config
@@ -60,7 +61,7 @@ class LlavaModel(nn.Module):
         self.multi_modal_projector = Projector(cfg.text.hidden_size, cfg.projector_bias, self.dtype,
                                                self.param_dtype)
         self.language_model = LlamaDecoder(cfg.text, self.dtype, self.param_dtype, self.remat,
-                                           self.scan_layers)
+                                           self.scan_layers, self.head_columns)
 
     def encode_images(self, pixels: jax.Array) -> jax.Array:
         """pixels [B, H, W, 3] -> projected image features [B, num_image_tokens, D_text]."""
