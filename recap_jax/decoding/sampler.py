@@ -242,7 +242,7 @@ class Sampler(Generic[T]):
     """
 
     def __init__(self, model: LlavaModel, params, settings: DecodeSettings, *, cache_dtype=jnp.float32,
-                 mesh: Mesh | None = None):
+                 mesh: Mesh | None = None, programs: DecodePrograms | None = None):
         self.model, self.params, self.settings = model, params, settings
         self.shards = batch_shards(mesh)
         for field in ("batch_size", "prefill_batch"):
@@ -250,13 +250,24 @@ class Sampler(Generic[T]):
                 raise ValueError(f"decode.{field}={getattr(settings, field)} must be a multiple of the mesh's "
                                  f"batch shards ({self.shards})")
         self._data_sharding = logical_sharding(mesh, ("batch",)) if mesh is not None else None
-        self.programs = decode_programs(model, settings, cache_dtype, mesh)
+        # The decode loop's scalar as the programs are lowered (planning/programs.py): replicated.
+        self._scalar_sharding = replicated(mesh) if mesh is not None else None
+        self._scalars: dict[int, jax.Array] = {}
+        # `programs`: built (and maybe compiled ahead) by the caller with the same arguments.
+        self.programs = programs or decode_programs(model, settings, cache_dtype, mesh)
         self.prefill_tokens = 0  # real (unpadded) prompt tokens prefilled
         self.generated_tokens = 0
         self.device_idle_s = 0.0  # host time with no device call in flight (generate's doc)
 
     def _put(self, array: np.ndarray):
         return jax.device_put(array, self._data_sharding) if self._data_sharding is not None else array
+
+    def _scalar(self, value: int):
+        if self._scalar_sharding is None:
+            return np.int32(value)
+        if value not in self._scalars:  # two values per run: a group's rows, or "all free"
+            self._scalars[value] = jax.device_put(np.int32(value), self._scalar_sharding)
+        return self._scalars[value]
 
     def _prefill_group(self, state: DecodeState, placed: list[tuple[int, Request[T], int]]) -> DecodeState:
         g = _PrefillGroup.build(self.settings, placed, self.settings.batch_size // self.shards)
@@ -301,7 +312,7 @@ class Sampler(Generic[T]):
             # While prompts wait, come back as soon as every shard has room for its rows of a group.
             refill_at = per_shard + 1 if exhausted else rows
             idle_since = self._note_dispatch(idle_since)
-            state = self.programs.decode(self.params, state, np.int32(refill_at))
+            state = self.programs.decode(self.params, state, self._scalar(refill_at))
             yield from ready
             ready = []
             done, counts = jax.device_get((state.done, state.num_generated))

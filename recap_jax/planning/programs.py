@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from recap_jax.decoding.sampler import decode_programs, decode_state_shardings, init_state
+from recap_jax.decoding.sampler import DecodePrograms, decode_programs, decode_state_shardings, init_state
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.llava import LlavaModel
 from recap_jax.models.quantization import abstract_model_params
@@ -44,8 +44,11 @@ def abstract_caption_params(model: LlavaModel, mesh: Mesh, dtype) -> Any:
 
 
 def lower_caption_programs(model: LlavaModel, settings: DecodeSettings, mesh: Mesh, dtype,
-                           buckets: list[int]) -> CaptionPrograms:
-    """Lower the sampler's prefill (one per bucket) and decode loop for this host's mesh."""
+                           buckets: list[int], programs: DecodePrograms | None = None,
+                           pixels_dtype=jnp.float32) -> CaptionPrograms:
+    """Lower the sampler's prefill (one per bucket) and decode loop for this host's mesh.
+    `programs`: the sampler's own jits (a compile of their lowering fills their caches);
+    `pixels_dtype`: the images' dtype as the sampler's requests carry them."""
     params = abstract_caption_params(model, mesh, dtype)
     make_state = functools.partial(init_state, model, settings, dtype)
     state_shapes = jax.eval_shape(make_state)
@@ -53,13 +56,13 @@ def lower_caption_programs(model: LlavaModel, settings: DecodeSettings, mesh: Me
     state = _with_shardings(state_shapes, shardings)
     batch = mesh_lib.logical_sharding(mesh, ("batch",))
     replicated = mesh_lib.replicated(mesh)
-    programs = decode_programs(model, settings, dtype, mesh)
+    programs = programs or decode_programs(model, settings, dtype, mesh)
     p = settings.prefill_batch
     side = model.config.vision.image_size
     prefill = {}
     for seq in buckets:
         args = (jax.ShapeDtypeStruct((p, seq), jnp.int32, sharding=batch),
-                jax.ShapeDtypeStruct((p, side, side, 3), jnp.float32, sharding=batch),
+                jax.ShapeDtypeStruct((p, side, side, 3), pixels_dtype, sharding=batch),
                 jax.ShapeDtypeStruct((p,), jnp.int32, sharding=batch),
                 jax.ShapeDtypeStruct((p,), jnp.int32, sharding=batch),
                 jax.ShapeDtypeStruct((p,), jnp.int32, sharding=batch))  # lengths, slots, sample seeds
