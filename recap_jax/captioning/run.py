@@ -205,8 +205,9 @@ def caption_units(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit
     prompt = CaptionPrompt(spec.prompt_encoder(), config.prompt)
     settings = decode_settings(config, spec.stop_ids).for_prompt(len(prompt.fixed_ids), prompt.conditioned)
     settings.bucket(len(prompt.fixed_ids))  # fails now if the prompt cannot fit any bucket
-    programs = decode_programs(model, settings, dtype, mesh)
-    compiles = compile_ahead(model, settings, mesh, dtype, programs)  # while the weights load
+    # uint8 pixels from the input workers (units.ImagePreparer), normalised in the prefill.
+    programs = decode_programs(model, settings, dtype, mesh, spec.image)
+    compiles = compile_ahead(model, settings, mesh, dtype, programs, pixels_dtype=jnp.uint8)  # while weights load
     spec, params = load_params(config, mesh, spec)
     sampler: Sampler[SampleTag] = Sampler(model, params, settings, cache_dtype=dtype, mesh=mesh, programs=programs)
 

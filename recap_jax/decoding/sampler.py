@@ -39,6 +39,7 @@ from recap_jax.decoding.token_choice import choose_tokens
 from recap_jax.models.llama import KV_CACHE_AXES, PREFILL_KV_AXES, KVCache, ring_columns
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel.mesh import logical_sharding, replicated
+from recap_jax.preprocess.image import ImageSettings, normalise_on_device, normalise_table
 
 T = TypeVar("T")
 
@@ -59,7 +60,7 @@ class DecodeState(NamedTuple):
 class Request(Generic[T]):
     """One image to caption. `tag` travels back with the result (e.g. the sample)."""
     token_ids: np.ndarray  # [S] int32 prompt with image tokens expanded
-    pixels: np.ndarray  # [H, W, 3] float32
+    pixels: np.ndarray  # [H, W, 3]: float32 normalised, or uint8 (`preprocess.image.resize_image`)
     tag: T = None
     sample_seed: int = 0  # token_choice.sample_seed(key): what sampling draws depend on
 
@@ -130,16 +131,23 @@ def _insert_rows(settings: DecodeSettings, state: DecodeState, kv: KVCache, firs
                        put(state.done, done), put(state.sample_seed, seeds), state.column)
 
 
-def prefill_into_slots(model: LlavaModel, settings: DecodeSettings, mesh: Mesh | None, params,
-                       state: DecodeState, token_ids: jax.Array, pixels: jax.Array, lengths: jax.Array,
-                       slots: jax.Array, seeds: jax.Array) -> DecodeState:
+def prefill_into_slots(model: LlavaModel, settings: DecodeSettings, mesh: Mesh | None,
+                       pixel_table: np.ndarray | None, params, state: DecodeState, token_ids: jax.Array,
+                       pixels: jax.Array, lengths: jax.Array, slots: jax.Array, seeds: jax.Array) -> DecodeState:
     """Prefill prompts [P, S] and start them in `slots` [P].
+
+    uint8 `pixels` are normalised here with `pixel_table` (`preprocess.image.normalise_table`):
+    the host sends a quarter of float32's bytes and does no float work on them.
 
     Rows and slots are per batch shard: the i-th of the `batch_shards(mesh)` equal blocks of rows
     goes into the i-th block of slots, and `slots` holds indices inside the block (the block's
     size drops a padding row). So every shard writes its own rows into its own slots: the insert
     moves no K/V across devices (a global slot index made the partitioner all-gather the group's
     K/V on every device)."""
+    if pixels.dtype == jnp.uint8:
+        if pixel_table is None:
+            raise ValueError("uint8 pixels need the image settings' table (Sampler(..., image=...))")
+        pixels = normalise_on_device(pixels, pixel_table)
     # Methods by name: a Qwix-quantised model (models/quantization.py) intercepts them.
     logits, kv = model.apply({"params": params}, token_ids, pixels, lengths, method="prefill")
     first = choose_tokens(settings, logits, seeds, jnp.zeros_like(lengths))
@@ -192,12 +200,14 @@ class DecodePrograms:
     decode: Any  # (params, state, refill_at) -> DecodeState
 
 
-def decode_programs(model: LlavaModel, settings: DecodeSettings, cache_dtype, mesh: Mesh | None
-                    ) -> DecodePrograms:
+def decode_programs(model: LlavaModel, settings: DecodeSettings, cache_dtype, mesh: Mesh | None,
+                    image: ImageSettings | None = None) -> DecodePrograms:
+    """`image`: how the checkpoint normalises images, for a prefill given uint8 pixels."""
+    table = normalise_table(image) if image is not None else None
     shardings = decode_state_shardings(mesh) if mesh is not None else None
     return DecodePrograms(
         init=jax.jit(functools.partial(init_state, model, settings, cache_dtype), out_shardings=shardings),
-        prefill=jax.jit(functools.partial(prefill_into_slots, model, settings, mesh), out_shardings=shardings,
+        prefill=jax.jit(functools.partial(prefill_into_slots, model, settings, mesh, table), out_shardings=shardings,
                         donate_argnums=(1,)),
         decode=jax.jit(functools.partial(decode_steps, model, settings, batch_shards(mesh)),
                        out_shardings=shardings, donate_argnums=(1,)))
@@ -220,7 +230,7 @@ class _PrefillGroup:
         first = placed[0][1]
         length = settings.bucket(max(len(r.token_ids) for _, r, _ in placed))
         out = cls(token_ids=np.zeros((p, length), np.int32),
-                  pixels=np.zeros((p,) + first.pixels.shape, np.float32),
+                  pixels=np.zeros((p,) + first.pixels.shape, first.pixels.dtype),
                   lengths=np.ones((p,), np.int32),
                   slots=np.full((p,), slots_per_shard, np.int32),  # out of range = dropped
                   seeds=np.zeros((p,), np.int32))
@@ -242,7 +252,8 @@ class Sampler(Generic[T]):
     """
 
     def __init__(self, model: LlavaModel, params, settings: DecodeSettings, *, cache_dtype=jnp.float32,
-                 mesh: Mesh | None = None, programs: DecodePrograms | None = None):
+                 mesh: Mesh | None = None, image: ImageSettings | None = None,
+                 programs: DecodePrograms | None = None):
         self.model, self.params, self.settings = model, params, settings
         self.shards = batch_shards(mesh)
         for field in ("batch_size", "prefill_batch"):
@@ -254,7 +265,7 @@ class Sampler(Generic[T]):
         self._scalar_sharding = replicated(mesh) if mesh is not None else None
         self._scalars: dict[int, jax.Array] = {}
         # `programs`: built (and maybe compiled ahead) by the caller with the same arguments.
-        self.programs = programs or decode_programs(model, settings, cache_dtype, mesh)
+        self.programs = programs or decode_programs(model, settings, cache_dtype, mesh, image)
         self.prefill_tokens = 0  # real (unpadded) prompt tokens prefilled
         self.generated_tokens = 0
         self.device_idle_s = 0.0  # host time with no device call in flight (generate's doc)
