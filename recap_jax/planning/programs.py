@@ -22,6 +22,7 @@ from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.llava import LlavaModel
 from recap_jax.models.quantization import abstract_model_params
 from recap_jax.parallel import mesh as mesh_lib
+from recap_jax.preprocess.image import ImageSettings
 
 
 @dataclasses.dataclass
@@ -45,10 +46,11 @@ def abstract_caption_params(model: LlavaModel, mesh: Mesh, dtype) -> Any:
 
 def lower_caption_programs(model: LlavaModel, settings: DecodeSettings, mesh: Mesh, dtype,
                            buckets: list[int], programs: DecodePrograms | None = None,
-                           pixels_dtype=jnp.float32) -> CaptionPrograms:
+                           pixels_dtype=jnp.uint8) -> CaptionPrograms:
     """Lower the sampler's prefill (one per bucket) and decode loop for this host's mesh.
     `programs`: the sampler's own jits (a compile of their lowering fills their caches);
-    `pixels_dtype`: the images' dtype as the sampler's requests carry them."""
+    `pixels_dtype`: the images' dtype as the sampler's requests carry them (the caption job:
+    uint8, normalised in the prefill)."""
     params = abstract_caption_params(model, mesh, dtype)
     make_state = functools.partial(init_state, model, settings, dtype)
     state_shapes = jax.eval_shape(make_state)
@@ -56,7 +58,9 @@ def lower_caption_programs(model: LlavaModel, settings: DecodeSettings, mesh: Me
     state = _with_shardings(state_shapes, shardings)
     batch = mesh_lib.logical_sharding(mesh, ("batch",))
     replicated = mesh_lib.replicated(mesh)
-    programs = programs or decode_programs(model, settings, dtype, mesh)
+    # Without the job's programs: the CLIP mean/std (other values do not change the program).
+    programs = programs or decode_programs(model, settings, dtype, mesh,
+                                           ImageSettings(size=model.config.vision.image_size))
     p = settings.prefill_batch
     side = model.config.vision.image_size
     prefill = {}
