@@ -27,19 +27,19 @@ class CompileAhead:
     that races its own compile would compile the program a second time)."""
 
     def __init__(self, model: LlavaModel, settings: DecodeSettings, mesh: Mesh, dtype,
-                 programs: DecodePrograms, pixels_dtype):
+                 programs: DecodePrograms, pixels_dtype, boxed_params=None):
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=3, thread_name_prefix="compile")
         self._futures: list[concurrent.futures.Future] = []
         # The smallest bucket only: the prompt's own length (an `{org_caption}` prompt's other
         # buckets compile when a longer alt-text first needs one).
         bucket = min(settings.prompt_buckets)
         self._lowering = self._pool.submit(self._lower_and_compile, model, settings, mesh, dtype, programs,
-                                           bucket, pixels_dtype)
+                                           bucket, pixels_dtype, boxed_params)
 
-    def _lower_and_compile(self, model, settings, mesh, dtype, programs, bucket, pixels_dtype) -> None:
+    def _lower_and_compile(self, model, settings, mesh, dtype, programs, bucket, pixels_dtype, boxed_params):
         self._futures.append(self._pool.submit(lambda: programs.init.lower().compile()))
         lowered = lower_caption_programs(model, settings, mesh, dtype, [bucket], programs=programs,
-                                         pixels_dtype=pixels_dtype)
+                                         pixels_dtype=pixels_dtype, boxed_params=boxed_params)
         # Decode first: the larger compile, started while prefill is still being lowered.
         self._futures.append(self._pool.submit(lowered.decode.compile))
         self._futures.append(self._pool.submit(lowered.prefill[bucket].compile))
@@ -53,9 +53,10 @@ class CompileAhead:
 
 
 def compile_ahead(model: LlavaModel, settings: DecodeSettings, mesh: Mesh, dtype, programs: DecodePrograms,
-                  pixels_dtype=jax.numpy.float32) -> CompileAhead:
-    """Start compiling `programs` for the caption job (see `CompileAhead`)."""
-    return CompileAhead(model, settings, mesh, dtype, programs, pixels_dtype)
+                  pixels_dtype=jax.numpy.float32, boxed_params=None) -> CompileAhead:
+    """Start compiling `programs` for the caption job (see `CompileAhead`); `boxed_params`: the
+    model's boxed abstract params if the caller has them (else traced here)."""
+    return CompileAhead(model, settings, mesh, dtype, programs, pixels_dtype, boxed_params)
 
 
 def use_compile_cache(path: str) -> None:

@@ -35,6 +35,7 @@ from recap_jax.captioning.prompts import CaptionPrompt
 from recap_jax.captioning.units import (ImagePreparer, InputWait, SampleTag, UnitAssembler,
                                         caption_record)
 from recap_jax.conversion.bundle import DTYPES, CaptionerSpec, param_dtype
+from recap_jax.conversion.llava import abstract_params
 from recap_jax.data import inputs, pipeline
 from recap_jax.data.inputs import Failure
 from recap_jax.data.storage import is_local
@@ -207,7 +208,10 @@ def caption_units(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit
     settings.bucket(len(prompt.fixed_ids))  # fails now if the prompt cannot fit any bucket
     # uint8 pixels from the input workers (units.ImagePreparer), normalised in the prefill.
     programs = decode_programs(model, settings, dtype, mesh, spec.image)
-    compiles = compile_ahead(model, settings, mesh, dtype, programs, pixels_dtype=jnp.uint8)  # while weights load
+    # The loader's abstract params (cached: traced once for both) unless Qwix changes the leaves.
+    boxed = None if config.model.quantize else abstract_params(spec.config, dtype)
+    compiles = compile_ahead(model, settings, mesh, dtype, programs, pixels_dtype=jnp.uint8,
+                             boxed_params=boxed)  # while the weights load
     spec, params = load_params(config, mesh, spec)
     sampler: Sampler[SampleTag] = Sampler(model, params, settings, cache_dtype=dtype, mesh=mesh, programs=programs)
 

@@ -38,20 +38,22 @@ def _with_shardings(shapes, shardings):
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def abstract_caption_params(model: LlavaModel, mesh: Mesh, dtype) -> Any:
-    """The params as the caption job places them (`mesh_lib.params_shardings`), without memory."""
-    boxed = abstract_model_params(model, dtype)  # int8 leaves for a quantised model
+def abstract_caption_params(model: LlavaModel, mesh: Mesh, dtype, boxed: Any = None) -> Any:
+    """The params as the caption job places them (`mesh_lib.params_shardings`), without memory.
+    `boxed`: the model's boxed abstract params if the caller has them (tracing them takes seconds)."""
+    if boxed is None:
+        boxed = abstract_model_params(model, dtype)  # int8 leaves for a quantised model
     return _with_shardings(nn.unbox(boxed), nn.unbox(mesh_lib.params_shardings(mesh, boxed)))
 
 
 def lower_caption_programs(model: LlavaModel, settings: DecodeSettings, mesh: Mesh, dtype,
                            buckets: list[int], programs: DecodePrograms | None = None,
-                           pixels_dtype=jnp.uint8) -> CaptionPrograms:
+                           pixels_dtype=jnp.uint8, boxed_params: Any = None) -> CaptionPrograms:
     """Lower the sampler's prefill (one per bucket) and decode loop for this host's mesh.
     `programs`: the sampler's own jits (a compile of their lowering fills their caches);
     `pixels_dtype`: the images' dtype as the sampler's requests carry them (the caption job:
-    uint8, normalised in the prefill)."""
-    params = abstract_caption_params(model, mesh, dtype)
+    uint8, normalised in the prefill); `boxed_params`: as for `abstract_caption_params`."""
+    params = abstract_caption_params(model, mesh, dtype, boxed_params)
     make_state = functools.partial(init_state, model, settings, dtype)
     state_shapes = jax.eval_shape(make_state)
     shardings = decode_state_shardings(mesh)
