@@ -256,11 +256,11 @@ def equal_work(args, folder: pathlib.Path) -> dict:
                 f"--config.compile_cache_dir={work / 'xla_cache'}", "--config.output.overwrite=true"]
     hf_cmd = [sys.executable, __file__, "--side", "hf_folder", f"--checkpoint={folder}", f"--batch={args.batch}",
               f"--new-tokens={args.new_tokens}", f"--images_dir={images_dir}"]
-    walls, outputs = {}, {}
+    walls, cpu, outputs = {}, {}, {}
     for side, cmd in (("ours_cold", ours_cmd), ("hf", hf_cmd), ("ours_warm", ours_cmd)):
-        start = time.perf_counter()
+        start, used = time.perf_counter(), children_cpu_s()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE.parent)
-        walls[side] = time.perf_counter() - start
+        walls[side], cpu[side] = time.perf_counter() - start, children_cpu_s() - used
         if proc.returncode:
             sys.exit(f"{side} (equal work) failed:\n{proc.stderr[-4000:]}")
         outputs[side] = proc.stdout
@@ -272,7 +272,15 @@ def equal_work(args, folder: pathlib.Path) -> dict:
             "ours_warm_generated_tokens": summary_tokens(outputs["ours_warm"]),
             "hf_generated_tokens": hf["generated_tokens"],
             "ours_summary": summary_line(outputs["ours_cold"]), "ours_warm_summary": summary_line(outputs["ours_warm"]),
-            "images": args.images, "load_average": os.getloadavg()}
+            "images": args.images, "load_average": os.getloadavg(),
+            # user + system CPU seconds of each whole process (all its threads)
+            "cpu_s": cpu}
+
+
+def children_cpu_s() -> float:
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def summary_line(stdout: str) -> dict:
@@ -393,7 +401,9 @@ def report(args, sides: dict, equal: dict | None) -> None:
               f"ours/HF = {equal['ratio_cold']:.2f}x\n"
               f"  python -m recap_jax.caption, warm compile cache {equal['ours_warm_wall_s']:.1f} s: "
               f"ours/HF = {equal['ratio_warm']:.2f}x\n"
-              f"  load average during it (1/5/15 min): {', '.join(f'{x:.2f}' for x in equal['load_average'])}")
+              f"  CPU seconds (user + system): HF {equal['cpu_s']['hf']:.1f}, ours cold "
+              f"{equal['cpu_s']['ours_cold']:.1f}, warm {equal['cpu_s']['ours_warm']:.1f}\n"
+              f"  load average after it (1/5/15 min): {', '.join(f'{x:.2f}' for x in equal['load_average'])}")
     result = {"args": vars(args), "rows": rows, "equal_work": equal, "same_tokens": same, "images": n, "roofline": roofline,
               "phases": ph, "ratio_images_per_s": rows["ours"]["images_per_s"] / rows["hf"]["images_per_s"]}
     out = pathlib.Path(args.out)
