@@ -62,5 +62,4 @@ def compile_ahead(model: LlavaModel, settings: DecodeSettings, mesh: Mesh, dtype
 def use_compile_cache(path: str) -> None:
     """Keep compiled programs in `path` (`compile_cache_dir`; "" = no cache). Call it before the
     process's first compile: JAX decides once per process whether it has a cache."""
-    if path:
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path) if path else None)
