@@ -248,6 +248,7 @@ def equal_work(args, folder: pathlib.Path) -> dict:
     images_dir = work / "images"
     write_jpegs(images_dir, args.images)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # it would win over the run's compile_cache_dir
     ours_cmd = [sys.executable, "-m", "recap_jax.caption", f"--config={HERE.parent / 'configs' / 'cpu_small.py'}",
                 f"--config.model.hf_dir={folder}", f"--config.input.paths={images_dir}",
                 f"--config.output.dir={work / 'out'}", f"--config.decode.max_new_tokens={args.new_tokens}",

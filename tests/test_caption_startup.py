@@ -123,7 +123,10 @@ def test_compile_cache_dir_reaches_jax(tmp_path, monkeypatch):
     before = jax.config.jax_compilation_cache_dir
     monkeypatch.setenv("HOME", str(tmp_path))
     try:
+        jax.config.update("jax_compilation_cache_dir", None)
         use_compile_cache("~/xla")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+        use_compile_cache("~/other")  # a folder JAX already has (JAX_COMPILATION_CACHE_DIR) wins
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
         use_compile_cache("")  # off
         assert jax.config.jax_compilation_cache_dir is None

@@ -60,6 +60,10 @@ def compile_ahead(model: LlavaModel, settings: DecodeSettings, mesh: Mesh, dtype
 
 
 def use_compile_cache(path: str) -> None:
-    """Keep compiled programs in `path` (`compile_cache_dir`; "" = no cache). Call it before the
+    """Keep compiled programs in `path` (`compile_cache_dir`; "" = no cache). A cache folder JAX
+    already has (JAX_COMPILATION_CACHE_DIR) wins over a non-empty `path`. Call it before the
     process's first compile: JAX decides once per process whether it has a cache."""
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path) if path else None)
+    if not path:
+        jax.config.update("jax_compilation_cache_dir", None)
+    elif not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
