@@ -17,7 +17,9 @@ machine's dense float32 matmul FLOP/s measured here with `jnp.dot`.
 Then the equal-work run (`equal_work`): --equal-work-images JPEGs (default --images; 0 skips it),
 every caption exactly --new-tokens tokens, `python -m recap_jax.caption --config configs/cpu_small.py`
 (decode.batch_size = --batch) vs HF `generate` reading the same JPEGs, each timed as a whole
-process (imports, loading, compiles included); both ratios are printed.
+process (imports, loading, compiles included): ours twice, with an empty XLA compilation cache
+(cold: it compiles and fills the cache) and then with that cache (warm), HF in between. The
+variable-length ratio and both equal-work ratios are printed.
 Writes benchmarks/results/caption_vs_hf.json (--out).
 """
 
@@ -109,7 +111,7 @@ def run_ours(folder: str, n: int, batch: int, new_tokens: int, prefill_batch: in
     from recap_jax.decoding.sampler import Request, Sampler
     from recap_jax.decoding.settings import DecodeSettings
     from recap_jax.models.llava import LlavaModel
-    from recap_jax.preprocess.image import preprocess_image
+    from recap_jax.preprocess.image import resize_image
 
     spec, params = model_loading.load_captioner(hf_dir=folder)
     model = LlavaModel(spec.config)
@@ -119,10 +121,10 @@ def run_ours(folder: str, n: int, batch: int, new_tokens: int, prefill_batch: in
     settings = DecodeSettings(max_new_tokens=new_tokens, batch_size=batch, prefill_batch=prefill_batch,
                               prompt_buckets=(bucket,), steps_per_sync=steps,
                               stop_ids=tuple(stop_ids) or spec.stop_ids)
-    sampler = Sampler(model, params, settings)
+    sampler = Sampler(model, params, settings, image=spec.image)
 
-    def requests(imgs):
-        return [Request(prompt_ids, preprocess_image(im.convert("RGB"), spec.image), i) for i, im in enumerate(imgs)]
+    def requests(imgs):  # uint8 pixels, normalised in the prefill (as the caption job does)
+        return [Request(prompt_ids, resize_image(im.convert("RGB"), spec.image), i) for i, im in enumerate(imgs)]
 
     start = time.perf_counter()
     list(sampler.generate(requests(images[:2])))  # compiles prefill + decode
@@ -134,7 +136,7 @@ def run_ours(folder: str, n: int, batch: int, new_tokens: int, prefill_batch: in
         free = [r.tokens.tolist() for r in sampler.generate(requests(images))]
         stop_ids = pick_stop_tokens(free, new_tokens)
         settings = dataclasses.replace(settings, stop_ids=tuple(stop_ids))
-        sampler = Sampler(model, params, settings)
+        sampler = Sampler(model, params, settings, image=spec.image)
         list(sampler.generate(requests(images[:2])))
     sampler.generated_tokens = sampler.prefill_tokens = 0
     start = time.perf_counter()
@@ -246,27 +248,40 @@ def equal_work(args, folder: pathlib.Path) -> dict:
     images_dir = work / "images"
     write_jpegs(images_dir, args.images)
     env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # it would win over the run's compile_cache_dir
     ours_cmd = [sys.executable, "-m", "recap_jax.caption", f"--config={HERE.parent / 'configs' / 'cpu_small.py'}",
                 f"--config.model.hf_dir={folder}", f"--config.input.paths={images_dir}",
                 f"--config.output.dir={work / 'out'}", f"--config.decode.max_new_tokens={args.new_tokens}",
-                f"--config.decode.batch_size={args.batch}", "--config.distributed.mode=off"]
+                f"--config.decode.batch_size={args.batch}", "--config.distributed.mode=off",
+                # an empty cache: the cold run compiles and fills it, the warm run reads it
+                f"--config.compile_cache_dir={work / 'xla_cache'}", "--config.output.overwrite=true"]
     hf_cmd = [sys.executable, __file__, "--side", "hf_folder", f"--checkpoint={folder}", f"--batch={args.batch}",
               f"--new-tokens={args.new_tokens}", f"--images_dir={images_dir}"]
-    walls, outputs = {}, {}
-    for side, cmd in (("ours", ours_cmd), ("hf", hf_cmd)):
-        start = time.perf_counter()
+    walls, cpu, outputs = {}, {}, {}
+    for side, cmd in (("ours_cold", ours_cmd), ("hf", hf_cmd), ("ours_warm", ours_cmd)):
+        start, used = time.perf_counter(), children_cpu_s()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE.parent)
-        walls[side] = time.perf_counter() - start
+        walls[side], cpu[side] = time.perf_counter() - start, children_cpu_s() - used
         if proc.returncode:
             sys.exit(f"{side} (equal work) failed:\n{proc.stderr[-4000:]}")
         outputs[side] = proc.stdout
-    summary = json.loads((work / "out" / "summary.json").read_text()) if (work / "out" / "summary.json").exists() \
-        else {}
     hf = json.loads(outputs["hf"].split("RESULT", 1)[1])
     shutil.rmtree(work, ignore_errors=True)
-    return {"ours_wall_s": walls["ours"], "hf_wall_s": walls["hf"], "ratio": walls["hf"] / walls["ours"],
-            "ours_generated_tokens": summary_tokens(outputs["ours"]), "hf_generated_tokens": hf["generated_tokens"],
-            "ours_summary": summary_line(outputs["ours"]), "images": args.images}
+    return {"ours_cold_wall_s": walls["ours_cold"], "ours_warm_wall_s": walls["ours_warm"], "hf_wall_s": walls["hf"],
+            "ratio_cold": walls["hf"] / walls["ours_cold"], "ratio_warm": walls["hf"] / walls["ours_warm"],
+            "ours_generated_tokens": summary_tokens(outputs["ours_cold"]),
+            "ours_warm_generated_tokens": summary_tokens(outputs["ours_warm"]),
+            "hf_generated_tokens": hf["generated_tokens"],
+            "ours_summary": summary_line(outputs["ours_cold"]), "ours_warm_summary": summary_line(outputs["ours_warm"]),
+            "images": args.images, "load_average": os.getloadavg(),
+            # user + system CPU seconds of each whole process (all its threads)
+            "cpu_s": cpu}
+
+
+def children_cpu_s() -> float:
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def summary_line(stdout: str) -> dict:
@@ -381,9 +396,15 @@ def report(args, sides: dict, equal: dict | None) -> None:
           f"{rows['ours']['images_per_s'] / rows['hf']['images_per_s']:.2f}x")
     if equal:
         print(f"equal work ({equal['images']} JPEGs, every caption {args.new_tokens} tokens, batch {args.batch}, "
-              f"whole processes): python -m recap_jax.caption {equal['ours_wall_s']:.1f} s, HF generate "
-              f"{equal['hf_wall_s']:.1f} s: ours/HF = {equal['ratio']:.2f}x (generated tokens: ours "
-              f"{equal['ours_generated_tokens']}, HF {equal['hf_generated_tokens']})")
+              f"whole processes; generated tokens: ours {equal['ours_generated_tokens']}, HF "
+              f"{equal['hf_generated_tokens']}): HF generate {equal['hf_wall_s']:.1f} s;\n"
+              f"  python -m recap_jax.caption, cold compile cache {equal['ours_cold_wall_s']:.1f} s: "
+              f"ours/HF = {equal['ratio_cold']:.2f}x\n"
+              f"  python -m recap_jax.caption, warm compile cache {equal['ours_warm_wall_s']:.1f} s: "
+              f"ours/HF = {equal['ratio_warm']:.2f}x\n"
+              f"  CPU seconds (user + system): HF {equal['cpu_s']['hf']:.1f}, ours cold "
+              f"{equal['cpu_s']['ours_cold']:.1f}, warm {equal['cpu_s']['ours_warm']:.1f}\n"
+              f"  load average after it (1/5/15 min): {', '.join(f'{x:.2f}' for x in equal['load_average'])}")
     result = {"args": vars(args), "rows": rows, "equal_work": equal, "same_tokens": same, "images": n, "roofline": roofline,
               "phases": ph, "ratio_images_per_s": rows["ours"]["images_per_s"] / rows["hf"]["images_per_s"]}
     out = pathlib.Path(args.out)

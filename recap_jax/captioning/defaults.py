@@ -79,5 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed = distributed_config()
 
     c.progress_every_s = 30.0  # seconds between progress lines
+    # Persistent XLA compilation cache: the compiled prefill and decode programs are kept here
+    # and a later run with the same model, shapes and jax reads them instead of compiling
+    # (seconds of start-up). Local and per user: JAX trusts what it reads there. "" = off;
+    # JAX_COMPILATION_CACHE_DIR, when set, is used instead.
+    c.compile_cache_dir = "~/.cache/recap_jax/xla"
     c.gcs_timeout_s = 20.0  # start-up probe of each gs:// path: fail after this many seconds
     return c

@@ -53,16 +53,18 @@ def restore_params(checkpoint: epath.PathLike, config: LlavaConfig, dtype: str,
 
 def load_captioner(*, checkpoint: str | None = None, hf_dir: str | None = None,
                    tokenizer: str | None = None, template: str | None = None, dtype: str = "float32",
-                   shardings_fn: Callable[[Any], Any] | None = None, quantize: str = ""
-                   ) -> tuple[CaptionerSpec, Any]:
+                   shardings_fn: Callable[[Any], Any] | None = None, quantize: str = "",
+                   spec: CaptionerSpec | None = None) -> tuple[CaptionerSpec, Any]:
     """(spec, params) from a converted checkpoint or a llava-hf folder.
 
     `shardings_fn(boxed_abstract_params) -> shardings` places the params on a mesh. `quantize`
     ("int8"): the params of `models.quantization.quantized_model`, quantised as they are read.
+    `spec`: the checkpoint's spec already read with the same arguments (not read again).
     """
     numpy_dtype = param_dtype(dtype)
     if checkpoint:
-        spec, _ = read_converted_spec(checkpoint, tokenizer or hf_dir)
+        if spec is None:
+            spec, _ = read_converted_spec(checkpoint, tokenizer or hf_dir)
         if template:
             spec.template = template
         shardings = shardings_fn(abstract_params(spec.config, jnp.dtype(numpy_dtype))) if shardings_fn else None
@@ -70,7 +72,7 @@ def load_captioner(*, checkpoint: str | None = None, hf_dir: str | None = None,
         return spec, restore_params(checkpoint, spec.config, dtype, shardings, quantizer)
     if not hf_dir:
         raise ValueError("model: set model.checkpoint (a converted checkpoint) or model.hf_dir")
-    spec = read_llava_hf_spec(hf_dir, tokenizer, template)
+    spec = spec or read_llava_hf_spec(hf_dir, tokenizer, template)
     host_params = convert_params(spec.config, llava_hf_tensors(hf_dir), numpy_dtype)
     if shardings_fn:
         shardings = nn.unbox(shardings_fn(abstract_params(spec.config, jnp.dtype(numpy_dtype))))

@@ -28,18 +28,20 @@ import ml_collections
 from etils import epath
 
 from recap_jax.captioning import identity, output_lease, startup
+from recap_jax.captioning.compile_ahead import compile_ahead, use_compile_cache
 from recap_jax.captioning.model_loading import load_captioner
 from recap_jax.captioning.progress import Progress
 from recap_jax.captioning.prompts import CaptionPrompt
 from recap_jax.captioning.units import (ImagePreparer, InputWait, SampleTag, UnitAssembler,
                                         caption_record)
 from recap_jax.conversion.bundle import DTYPES, CaptionerSpec, param_dtype
+from recap_jax.conversion.llava import abstract_params
 from recap_jax.data import inputs, pipeline
 from recap_jax.data.inputs import Failure
 from recap_jax.data.storage import is_local
 from recap_jax.data.schema import record_features
 from recap_jax.data.writer import OutputDataset
-from recap_jax.decoding.sampler import Request, Sampler
+from recap_jax.decoding.sampler import Request, Sampler, decode_programs
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.decoding.token_choice import sample_seed
 from recap_jax.errors import ConfigError
@@ -84,11 +86,13 @@ def decode_settings(config: ml_collections.ConfigDict, stop_ids: tuple[int, ...]
 def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Caption this host's share of the input; returns the run summary."""
     validate(config)
+    use_compile_cache(config.compile_cache_dir)
     initialize_distributed(config.distributed)
     startup.check_mesh(config)  # the first device query, after jax.distributed starts
     startup.check_remote(config, config.gcs_timeout_s)
     ensure_demo_checkpoint(config)
-    startup.check_limits(config, startup.read_spec(config))  # before loading any weights
+    spec = startup.read_spec(config)
+    startup.check_limits(config, spec)  # before loading any weights
     input_config = config.input.to_dict()
     input_config["paths"] = identity.absolute_paths(config.input.paths)
     units = inputs.plan_from_config(ml_collections.ConfigDict(input_config))
@@ -101,7 +105,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 config.output.dir, len(units), features=record_features(config.output.store_images),
                 fingerprint=run_identity,
                 overwrite=config.output.overwrite and jax.process_index() == 0), "output.dir")
-            return _caption_share(config, units, output, lease)
+            return _caption_share(config, units, output, lease, spec)
     except BaseException:
         if created and out_dir.exists() and not list((out_dir / ".units").glob("*.json")):
             out_dir.rmtree()  # a run that failed before its first unit leaves no stub folder
@@ -109,7 +113,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _caption_share(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit], output: OutputDataset,
-                   lease) -> dict[str, Any]:
+                   lease, spec: CaptionerSpec) -> dict[str, Any]:
     mine = inputs.units_for_host(units, jax.process_index(), jax.process_count())
     todo = [u for u in mine if not output.is_done(u.index)]
     print(f"[caption] host {jax.process_index()}/{jax.process_count()}: {len(mine)} of {len(units)} units, "
@@ -121,7 +125,7 @@ def _caption_share(config: ml_collections.ConfigDict, units: list[inputs.WorkUni
     stats = {"captioned": 0, "failed": 0, "generated_tokens": 0, "prefill_tokens": 0, "input_wait_s": 0.0,
              "input_wait_first_s": 0.0, "captioning_s": 0.0, "device_idle_s": 0.0, "device_idle_share": 0.0}
     if todo:
-        stats = caption_units(config, todo, output)
+        stats = caption_units(config, todo, output, spec)
     wall = time.time() - start
     summary = {"host": jax.process_index(), "units": len(mine), "units_captioned_now": len(todo),
                **stats, "wall_s": round(wall, 2),
@@ -153,18 +157,23 @@ def ensure_demo_checkpoint(config: ml_collections.ConfigDict) -> None:
         build_tiny_checkpoint(m.checkpoint)
 
 
-def load_model(config: ml_collections.ConfigDict, mesh) -> tuple[CaptionerSpec, Any, LlavaModel, Any]:
-    """(spec, params placed on `mesh`, model, compute dtype); the tiny demo model is built first
-    if the config asks for it."""
+def compute_model(config: ml_collections.ConfigDict, spec: CaptionerSpec) -> tuple[LlavaModel, Any]:
+    """The model the job runs (dtype, quantisation, layer layout of the config) and its dtype."""
+    dtype = jnp.dtype(param_dtype(config.model.dtype))
+    return caption_model(spec.config, dtype, config.model.quantize, config.model.scan_layers), dtype
+
+
+def load_params(config: ml_collections.ConfigDict, mesh, spec: CaptionerSpec | None = None
+                ) -> tuple[CaptionerSpec, Any]:
+    """(spec, params placed on `mesh`); `spec`: the checkpoint's, if already read. The tiny demo
+    model is built first if the config asks for it."""
     m = config.model
     ensure_demo_checkpoint(config)
-    dtype = jnp.dtype(param_dtype(m.dtype))
     with startup.weights_errors(config):
-        spec, params = load_captioner(
+        return load_captioner(
             checkpoint=m.checkpoint or None, hf_dir=m.hf_dir or None, tokenizer=m.tokenizer or None,
             template=m.template or None, dtype=m.dtype,
-            shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed), quantize=m.quantize)
-    return spec, params, caption_model(spec.config, dtype, m.quantize, m.scan_layers), dtype
+            shardings_fn=lambda boxed: mesh_lib.params_shardings(mesh, boxed), quantize=m.quantize, spec=spec)
 
 
 def caption_requests(entries: Iterable[pipeline.UnitItem | pipeline.UnitEnd], prompt: CaptionPrompt,
@@ -189,14 +198,22 @@ def caption_requests(entries: Iterable[pipeline.UnitItem | pipeline.UnitEnd], pr
 
 
 def caption_units(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit],
-                  output: OutputDataset) -> dict[str, Any]:
+                  output: OutputDataset, spec: CaptionerSpec | None = None) -> dict[str, Any]:
     mesh = startup.check_mesh(config)
     check_fits_on_tpu(config, mesh)  # before reading any weights
-    spec, params, model, dtype = load_model(config, mesh)
+    spec = spec or startup.read_spec(config)
+    model, dtype = compute_model(config, spec)
     prompt = CaptionPrompt(spec.prompt_encoder(), config.prompt)
     settings = decode_settings(config, spec.stop_ids).for_prompt(len(prompt.fixed_ids), prompt.conditioned)
     settings.bucket(len(prompt.fixed_ids))  # fails now if the prompt cannot fit any bucket
-    sampler: Sampler[SampleTag] = Sampler(model, params, settings, cache_dtype=dtype, mesh=mesh)
+    # uint8 pixels from the input workers (units.ImagePreparer), normalised in the prefill.
+    programs = decode_programs(model, settings, dtype, mesh, spec.image)
+    # The loader's abstract params (cached: traced once for both) unless Qwix changes the leaves.
+    boxed = None if config.model.quantize else abstract_params(spec.config, dtype)
+    compiles = compile_ahead(model, settings, mesh, dtype, programs, pixels_dtype=jnp.uint8,
+                             boxed_params=boxed)  # while the weights load
+    spec, params = load_params(config, mesh, spec)
+    sampler: Sampler[SampleTag] = Sampler(model, params, settings, cache_dtype=dtype, mesh=mesh, programs=programs)
 
     meter = Progress(total_units=len(units), every_s=config.progress_every_s)
     assembler = UnitAssembler(units, output, meter)
@@ -204,6 +221,7 @@ def caption_units(config: ml_collections.ConfigDict, units: list[inputs.WorkUnit
     # One stream over all units: worker threads keep decoding across unit boundaries.
     entries = pipeline.prepared_units(units, ImagePreparer(spec.image, config.input.max_pixels),
                                       num_workers=config.input.num_workers, prefetch=config.input.prefetch)
+    compiles.wait()
     for result in sampler.generate(caption_requests(wait.timed(entries), prompt, settings, assembler)):
         tag = result.tag
         record = caption_record(spec.tokenizer, tag, result)

@@ -16,27 +16,27 @@ from recap_jax.data.inputs import Failure, Sample, WorkUnit
 from recap_jax.data.schema import image_sha256
 from recap_jax.data.writer import OutputDataset
 from recap_jax.decoding.sampler import Result
-from recap_jax.preprocess.image import ImageSettings, preprocess_image
+from recap_jax.preprocess.image import ImageSettings, resize_image
 
 T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
 class PreparedImage:
-    pixels: np.ndarray  # pre-processed for the vision tower
+    pixels: np.ndarray  # uint8, resized/cropped for the vision tower (normalised on the device)
     width: int  # of the original image
     height: int
 
 
 @dataclasses.dataclass(frozen=True)
 class ImagePreparer:
-    """The worker threads' job for one sample: decode (robustly) and pre-process its image."""
+    """The worker threads' job for one sample: decode (robustly), resize and crop its image."""
     settings: ImageSettings
     max_pixels: int
 
     def __call__(self, sample: Sample) -> PreparedImage:
         image = images.decode_image(sample.image_bytes, max_pixels=self.max_pixels)
-        return PreparedImage(preprocess_image(image, self.settings), *images.image_size(image))
+        return PreparedImage(resize_image(image, self.settings), *images.image_size(image))
 
 
 @dataclasses.dataclass(frozen=True)

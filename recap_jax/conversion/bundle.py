@@ -71,17 +71,31 @@ def param_dtype(name: str):
     return DTYPES[name]
 
 
+# tokenizer_config.json classes that are the `tokenizers` backend itself: loaded as that class,
+# which is what AutoTokenizer builds for them, without AutoTokenizer's import of PyTorch
+# (seconds of the caption command's start-up when torch is installed).
+FAST_TOKENIZER_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
+
+
 def load_tokenizer(folder: epath.PathLike) -> transformers.PreTrainedTokenizerBase:
     folder = epath.Path(folder)
     if not (folder / "tokenizer.json").exists() and not (folder / "tokenizer_config.json").exists():
         raise FileNotFoundError(f"{folder}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
     if is_local(os.fspath(folder)):
-        return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return _tokenizer_from_local(folder)
     local = local_copy(folder)
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(local), local_files_only=True)
+        return _tokenizer_from_local(local)
     finally:
         shutil.rmtree(local, ignore_errors=True)
+
+
+def _tokenizer_from_local(folder: epath.Path) -> transformers.PreTrainedTokenizerBase:
+    config = folder / "tokenizer_config.json"
+    named = read_json(config).get("tokenizer_class") if config.exists() else None
+    if named in FAST_TOKENIZER_CLASSES and (folder / "tokenizer.json").exists():
+        return transformers.PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
 def local_copy(folder: epath.Path) -> epath.Path:

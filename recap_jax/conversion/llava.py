@@ -5,6 +5,7 @@ The rules of every LLaVA parameter; checking and reading them is `rules.py`'s jo
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 
@@ -66,6 +67,13 @@ _UNUSED = (re.compile(r"vision:post_layernorm\..*"), re.compile(r"vision:embeddi
 
 def abstract_params(config: LlavaConfig, dtype=jnp.float32):
     """Shapes (ShapeDtypeStruct) and logical axis names (boxed) of the params, without memory."""
+    return _abstract_params(config, jnp.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_params(config: LlavaConfig, dtype: jnp.dtype):
+    # Tracing the model's init takes seconds on a small CPU; loading asks for the same shapes
+    # several times (the conversion plan, the shardings).
     model = LlavaModel(config, param_dtype=dtype)
     side = config.vision.image_size
     tokens = jnp.zeros((1, config.num_image_tokens + 1), jnp.int32)

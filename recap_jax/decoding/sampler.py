@@ -40,6 +40,7 @@ from recap_jax.models.llama import KV_CACHE_AXES, PREFILL_KV_AXES, KVCache, head
 from recap_jax.models.llava import LlavaModel
 from recap_jax.models.quantization import mode_of
 from recap_jax.parallel.mesh import logical_sharding, replicated
+from recap_jax.preprocess.image import ImageSettings, normalise_on_device, normalise_table
 
 T = TypeVar("T")
 # On CPU with bf16 weights, the f32 bytes of one slice of the LM head (cpu_upcast_options).
@@ -62,7 +63,7 @@ class DecodeState(NamedTuple):
 class Request(Generic[T]):
     """One image to caption. `tag` travels back with the result (e.g. the sample)."""
     token_ids: np.ndarray  # [S] int32 prompt with image tokens expanded
-    pixels: np.ndarray  # [H, W, 3] float32
+    pixels: np.ndarray  # [H, W, 3]: float32 normalised, or uint8 (`preprocess.image.resize_image`)
     tag: T = None
     sample_seed: int = 0  # token_choice.sample_seed(key): what sampling draws depend on
 
@@ -133,16 +134,23 @@ def _insert_rows(settings: DecodeSettings, state: DecodeState, kv: KVCache, firs
                        put(state.done, done), put(state.sample_seed, seeds), state.column)
 
 
-def prefill_into_slots(model: LlavaModel, settings: DecodeSettings, mesh: Mesh | None, params,
-                       state: DecodeState, token_ids: jax.Array, pixels: jax.Array, lengths: jax.Array,
-                       slots: jax.Array, seeds: jax.Array) -> DecodeState:
+def prefill_into_slots(model: LlavaModel, settings: DecodeSettings, mesh: Mesh | None,
+                       pixel_table: np.ndarray | None, params, state: DecodeState, token_ids: jax.Array,
+                       pixels: jax.Array, lengths: jax.Array, slots: jax.Array, seeds: jax.Array) -> DecodeState:
     """Prefill prompts [P, S] and start them in `slots` [P].
+
+    uint8 `pixels` are normalised here with `pixel_table` (`preprocess.image.normalise_table`):
+    the host sends a quarter of float32's bytes and does no float work on them.
 
     Rows and slots are per batch shard: the i-th of the `batch_shards(mesh)` equal blocks of rows
     goes into the i-th block of slots, and `slots` holds indices inside the block (the block's
     size drops a padding row). So every shard writes its own rows into its own slots: the insert
     moves no K/V across devices (a global slot index made the partitioner all-gather the group's
     K/V on every device)."""
+    if pixels.dtype == jnp.uint8:
+        if pixel_table is None:
+            raise ValueError("uint8 pixels need the image settings' table (Sampler(..., image=...))")
+        pixels = normalise_on_device(pixels, pixel_table)
     # Methods by name: a Qwix-quantised model (models/quantization.py) intercepts them.
     logits, kv = model.apply({"params": params}, token_ids, pixels, lengths, method="prefill")
     first = choose_tokens(settings, logits, seeds, jnp.zeros_like(lengths))
@@ -195,8 +203,10 @@ class DecodePrograms:
     decode: Any  # (params, state, refill_at) -> DecodeState
 
 
-def decode_programs(model: LlavaModel, settings: DecodeSettings, cache_dtype, mesh: Mesh | None
-                    ) -> DecodePrograms:
+def decode_programs(model: LlavaModel, settings: DecodeSettings, cache_dtype, mesh: Mesh | None,
+                    image: ImageSettings | None = None) -> DecodePrograms:
+    """`image`: how the checkpoint normalises images, for a prefill given uint8 pixels."""
+    table = normalise_table(image) if image is not None else None
     shardings = decode_state_shardings(mesh) if mesh is not None else None
     options = cpu_upcast_options(model, mesh)
     if options is not None and not mode_of(model):  # Qwix's int8 head has its own dot
@@ -204,8 +214,8 @@ def decode_programs(model: LlavaModel, settings: DecodeSettings, cache_dtype, me
         model = model.clone(head_columns=head_columns(text.vocab_size, text.hidden_size, CPU_HEAD_SLICE_BYTES))
     return DecodePrograms(
         init=jax.jit(functools.partial(init_state, model, settings, cache_dtype), out_shardings=shardings),
-        prefill=jax.jit(functools.partial(prefill_into_slots, model, settings, mesh), out_shardings=shardings,
-                        donate_argnums=(1,), compiler_options=options),
+        prefill=jax.jit(functools.partial(prefill_into_slots, model, settings, mesh, table),
+                        out_shardings=shardings, donate_argnums=(1,), compiler_options=options),
         decode=jax.jit(functools.partial(decode_steps, model, settings, batch_shards(mesh)),
                        out_shardings=shardings, donate_argnums=(1,), compiler_options=options))
 
@@ -245,7 +255,7 @@ class _PrefillGroup:
         first = placed[0][1]
         length = settings.bucket(max(len(r.token_ids) for _, r, _ in placed))
         out = cls(token_ids=np.zeros((p, length), np.int32),
-                  pixels=np.zeros((p,) + first.pixels.shape, np.float32),
+                  pixels=np.zeros((p,) + first.pixels.shape, first.pixels.dtype),
                   lengths=np.ones((p,), np.int32),
                   slots=np.full((p,), slots_per_shard, np.int32),  # out of range = dropped
                   seeds=np.zeros((p,), np.int32))
@@ -267,7 +277,8 @@ class Sampler(Generic[T]):
     """
 
     def __init__(self, model: LlavaModel, params, settings: DecodeSettings, *, cache_dtype=jnp.float32,
-                 mesh: Mesh | None = None):
+                 mesh: Mesh | None = None, image: ImageSettings | None = None,
+                 programs: DecodePrograms | None = None):
         self.model, self.params, self.settings = model, params, settings
         self.shards = batch_shards(mesh)
         for field in ("batch_size", "prefill_batch"):
@@ -275,13 +286,24 @@ class Sampler(Generic[T]):
                 raise ValueError(f"decode.{field}={getattr(settings, field)} must be a multiple of the mesh's "
                                  f"batch shards ({self.shards})")
         self._data_sharding = logical_sharding(mesh, ("batch",)) if mesh is not None else None
-        self.programs = decode_programs(model, settings, cache_dtype, mesh)
+        # The decode loop's scalar as the programs are lowered (planning/programs.py): replicated.
+        self._scalar_sharding = replicated(mesh) if mesh is not None else None
+        self._scalars: dict[int, jax.Array] = {}
+        # `programs`: built (and maybe compiled ahead) by the caller with the same arguments.
+        self.programs = programs or decode_programs(model, settings, cache_dtype, mesh, image)
         self.prefill_tokens = 0  # real (unpadded) prompt tokens prefilled
         self.generated_tokens = 0
         self.device_idle_s = 0.0  # host time with no device call in flight (generate's doc)
 
     def _put(self, array: np.ndarray):
         return jax.device_put(array, self._data_sharding) if self._data_sharding is not None else array
+
+    def _scalar(self, value: int):
+        if self._scalar_sharding is None:
+            return np.int32(value)
+        if value not in self._scalars:  # two values per run: a group's rows, or "all free"
+            self._scalars[value] = jax.device_put(np.int32(value), self._scalar_sharding)
+        return self._scalars[value]
 
     def _prefill_group(self, state: DecodeState, placed: list[tuple[int, Request[T], int]]) -> DecodeState:
         g = _PrefillGroup.build(self.settings, placed, self.settings.batch_size // self.shards)
@@ -326,7 +348,7 @@ class Sampler(Generic[T]):
             # While prompts wait, come back as soon as every shard has room for its rows of a group.
             refill_at = per_shard + 1 if exhausted else rows
             idle_since = self._note_dispatch(idle_since)
-            state = self.programs.decode(self.params, state, np.int32(refill_at))
+            state = self.programs.decode(self.params, state, self._scalar(refill_at))
             yield from ready
             ready = []
             done, counts = jax.device_get((state.done, state.num_generated))

@@ -4,7 +4,9 @@
   square with the processor's mean colour, then resize. No part of the image is lost.
 - "crop": llava-hf's CLIP default: resize the shortest edge, then centre-crop.
 Input is an RGB PIL image (see `recap_jax.data.images.decode_image` for robust decoding);
-output is float32 [H, W, 3], normalised, channels last (the layout the vision tower takes).
+output is float32 [H, W, 3], normalised, channels last (the layout the vision tower takes):
+`preprocess_image` on the host, or `resize_image` (uint8) on the host and `normalise_on_device`
+inside the jitted prefill (the caption job), with the same values.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import dataclasses
 import functools
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -88,27 +92,51 @@ def centre_crop(pixels: np.ndarray, size: int) -> np.ndarray:
     return pixels[top:top + size, left:left + size]
 
 
-def preprocess_image(image: Image.Image, settings: ImageSettings) -> np.ndarray:
-    """RGB PIL image -> normalised float32 [size, size, 3]."""
+def resize_image(image: Image.Image, settings: ImageSettings) -> np.ndarray:
+    """RGB PIL image -> uint8 [size, size, 3]: the processor's pad/resize/crop, not yet normalised
+    (what the caption job hands the device: a quarter of float32's bytes)."""
     if image.mode != "RGB":
         raise ValueError(f"preprocess_image takes RGB images, got mode {image.mode!r}")
     if settings.mode == "pad":
         image = pad_to_square(image, settings.pad_colour)
     image = resize_shortest_edge(image, settings.size, settings.resample)
-    pixels = centre_crop(np.asarray(image), settings.size)
-    # Each output value depends only on (uint8 value, channel): a 256 x 3 lookup table is
-    # bit-identical to the float64 arithmetic and cheaper per pixel.
-    table = _normalise_table(float(settings.rescale_factor), tuple(settings.mean), tuple(settings.std))
+    return centre_crop(np.asarray(image), settings.size)
+
+
+def normalise_pixels(pixels: np.ndarray, settings: ImageSettings) -> np.ndarray:
+    """uint8 [..., 3] (from `resize_image`) -> normalised float32, on the host."""
+    table = normalise_table(settings)
     out = np.empty(pixels.shape, np.float32)
     for channel in range(3):
         np.take(table[channel], pixels[..., channel], out=out[..., channel])
     return out
 
 
+def normalise_on_device(pixels: jax.Array, table: np.ndarray) -> jax.Array:
+    """uint8 [..., 3] -> normalised float32 inside a jitted function: `table` is
+    `normalise_table(settings)`, so the values are bit-identical to `normalise_pixels`'."""
+    return jnp.asarray(table.T)[pixels.astype(jnp.int32), jnp.arange(3)]
+
+
+def preprocess_image(image: Image.Image, settings: ImageSettings) -> np.ndarray:
+    """RGB PIL image -> normalised float32 [size, size, 3]."""
+    return normalise_pixels(resize_image(image, settings), settings)
+
+
+def normalise_table(settings: ImageSettings) -> np.ndarray:
+    """[3, 256] float32: channel c, uint8 value v -> the normalised value.
+
+    Each output value depends only on (value, channel), so a lookup gives HF's arithmetic
+    exactly: rescale in float64, cast to float32, then subtract the mean and divide by the std in
+    float32. (float32 arithmetic on the device would not: f32(v) * f32(1/255) differs from the
+    float64 rescale in the last bit for half the values, and XLA's CPU division differs too.)"""
+    return _normalise_table(float(settings.rescale_factor), tuple(settings.mean), tuple(settings.std))
+
+
 @functools.lru_cache(maxsize=16)
 def _normalise_table(rescale_factor: float, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """[3, 256] float32: channel c, value v -> the normalised value, with HF's arithmetic: rescale
-    in float64, cast to float32, then subtract the mean and divide by the std in float32."""
     values = (np.arange(256, dtype=np.float64) * rescale_factor).astype(np.float32)[:, None]
     table = (values - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(table.T)
+    table = np.ascontiguousarray(table.T)
+    table.setflags(write=False)  # shared by every caller (cached)
+    return table
