@@ -11,10 +11,10 @@ ArrayRecord dataset written by our own `OutputDataset` (the captioner's output, 
 Compared, interleaved in rounds (plain, then each of ours, --repeats times; best round reported,
 since the machine may be shared):
 - plain: a single-threaded loop over the files: read the bytes, `Image.open`, `.convert("RGB")`,
-  pad to a square with the mean colour (LLaVA's expand2square), bicubic resize to 336x336,
-  float32 rescale + normalise: the same output (float32 [336, 336, 3]) as ours.
+  pad to a square with the mean colour (LLaVA's expand2square), bicubic resize to 336x336: the
+  same output (uint8 [336, 336, 3]; the caption job normalises on the device) as ours.
 - ours: the caption job's own path (`sources.plan_work_units` -> `pipeline.prepared_units` with
-  `run.make_prepare`, i.e. robust `decode_image` + `preprocess_image`, and the job's `prefetch`)
+  `units.ImagePreparer`, i.e. robust `decode_image` + `resize_image`, and the job's `prefetch`)
   from the tars and from the ArrayRecord dataset, with 1 worker (like for like with the loop: the
   overhead) and with --workers (the job's default, 8: the throughput).
 Both sides decode JPEGs fully: the caption job does not use `decode_image(draft_size=...)`.
@@ -108,9 +108,8 @@ def build_data(root: pathlib.Path, n: int, per_shard: int, seed: int) -> dict:
 
 
 def plain_loop(files: list[str]) -> int:
-    """The baseline: PIL decode + pad-to-square + resize + normalise, one file after the other."""
-    from recap_jax.preprocess.image import CLIP_MEAN, CLIP_STD
-    mean, std = np.asarray(CLIP_MEAN, np.float32), np.asarray(CLIP_STD, np.float32)
+    """The baseline: PIL decode + pad-to-square + resize, one file after the other."""
+    from recap_jax.preprocess.image import CLIP_MEAN
     colour = tuple(int(m * 255) for m in CLIP_MEAN)
     count = 0
     for path in files:
@@ -121,21 +120,21 @@ def plain_loop(files: list[str]) -> int:
         side = max(width, height)
         square = Image.new("RGB", (side, side), colour)
         square.paste(image, ((side - width) // 2, (side - height) // 2))
-        pixels = np.asarray(square.resize((SIDE, SIDE), Image.Resampling.BICUBIC), np.float32)
-        out = (pixels * np.float32(1 / 255) - mean) / std
-        count += out.shape[0] > 0
+        pixels = np.asarray(square.resize((SIDE, SIDE), Image.Resampling.BICUBIC))
+        count += pixels.shape == (SIDE, SIDE, 3)
     return count
 
 
 def ours(fmt: str, paths: str, workers: int, per_shard: int) -> int:
-    """The caption job's path: plan units -> prepared_units(make_prepare) -> consume in order."""
-    from recap_jax.captioning import defaults, run
+    """The caption job's path: plan units -> prepared_units(ImagePreparer) -> consume in order."""
+    from recap_jax.captioning import defaults
+    from recap_jax.captioning.units import ImagePreparer
     from recap_jax.data import inputs as sources, pipeline
     from recap_jax.preprocess.image import ImageSettings
 
     config = defaults.base_config()
     units = sources.plan_work_units(fmt, paths, records_per_unit=per_shard)
-    prepare = run.make_prepare(config, ImageSettings(size=SIDE, mode="pad"))
+    prepare = ImagePreparer(ImageSettings(size=SIDE, mode="pad"), config.input.max_pixels)
     count = 0
     for entry in pipeline.prepared_units(units, prepare, num_workers=workers, prefetch=config.input.prefetch):
         if isinstance(entry, pipeline.UnitItem):
