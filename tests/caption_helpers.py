@@ -73,3 +73,18 @@ def read_failures(out: pathlib.Path) -> list[dict]:
 
 def text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def chunked_tiny_checkpoint(folder: pathlib.Path, seed: int):
+    """The tiny demo checkpoint written with several small storage chunks per leaf (reads in blocks)."""
+    import pytest
+
+    from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
+    from recap_jax.conversion import bundle
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(bundle, "STORAGE_CHUNK_BYTES", 3000)
+    try:
+        return build_tiny_checkpoint(str(folder / "tiny"), seed=seed)
+    finally:
+        patch.undo()

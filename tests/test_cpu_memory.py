@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from caption_helpers import chunked_tiny_checkpoint
 from recap_jax.captioning import model_loading, param_reads
-from recap_jax.captioning.tiny_demo import build_tiny_checkpoint, tiny_llava_hf_config
+from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
 from recap_jax.conversion import bundle
 from recap_jax.conversion.llava import abstract_params
 from recap_jax.decoding import sampler as sampler_lib
@@ -27,12 +28,7 @@ CPU = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    patch = pytest.MonkeyPatch()
-    patch.setattr(bundle, "STORAGE_CHUNK_BYTES", 3000)  # several storage chunks per leaf
-    try:
-        return build_tiny_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny"), seed=3)
-    finally:
-        patch.undo()
+    return chunked_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), seed=3)
 
 
 def test_block_update_writes_bf16_in_place():

@@ -7,8 +7,8 @@ import orbax.checkpoint.experimental.v1 as ocp
 import pytest
 from flax import traverse_util
 
+from caption_helpers import chunked_tiny_checkpoint
 from recap_jax.captioning import model_loading, param_reads
-from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
 from recap_jax.conversion import bundle
 from recap_jax.errors import ConversionError
 from recap_jax.parallel import mesh as mesh_lib
@@ -16,12 +16,7 @@ from recap_jax.parallel import mesh as mesh_lib
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    patch = pytest.MonkeyPatch()
-    patch.setattr(bundle, "STORAGE_CHUNK_BYTES", 3000)  # several storage chunks per leaf
-    try:
-        return build_tiny_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny"), seed=1)
-    finally:
-        patch.undo()
+    return chunked_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), seed=1)
 
 
 def reference(checkpoint):
