@@ -43,6 +43,11 @@ EXIT_DOES_NOT_FIT = 3
 def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {list(argv[1:])}; see --help")
+    if not 0 < _EFFICIENCY.value <= 1:
+        raise ConfigError(f"--efficiency={_EFFICIENCY.value}: expected a fraction of the bound in (0, 1]")
+    if _NEW_TOKENS.value < 1 or _RESERVE.value < 0:
+        raise ConfigError(f"--new_tokens={_NEW_TOKENS.value} / --reserve_gib={_RESERVE.value}: expected "
+                          ">= 1 token and >= 0 GiB")
     if _CONFIG.value is None and _CLIP.value is None:
         raise ConfigError("--config (a caption config, e.g. configs/v4_256.py) and/or --clip_config is required")
     if _CONFIG.value is None:

@@ -101,6 +101,8 @@ def _cases():
          "error: {root}/nope: no config.json", "c1"),
         ("convert-out-exists", "recap_jax.convert", ["--hf_dir", "{root}/hf", "--out", "{root}/ckpt"],
          "error: --out {root}/ckpt exists; pass --overwrite", None),
+        ("plan-bad-efficiency", "recap_jax.plan", ["--config", "configs/v4_256.py", "--efficiency=0"],
+         "error: --efficiency=0.0: expected a fraction of the bound in (0, 1]", None),
         ("convert-wrong-shape", "recap_jax.convert", ["--hf_dir", "{root}/hf_bad", "--out", "{root}/c2"],
          "error: tensor ", "c2"),
     ]
