@@ -74,7 +74,7 @@ def open_leaf(pytree_dir: epath.Path, path: tuple[str, ...], context: ts.Context
     """The stored array of one param (Orbax names a leaf by its dotted key path); `context`:
     Orbax's TensorStore context (shared by the leaves of one load)."""
     context = context or ocp_v0.type_handlers.get_ts_context(use_ocdbt=True)
-    info = ocp_v0.type_handlers.ParamInfo(name=".".join(path), parent_dir=pytree_dir,
+    info = ocp_v0.type_handlers.ParamInfo(name=".".join(path), parent_dir=pytree_dir, ts_context=context,
                                           is_ocdbt_checkpoint=True, use_zarr3=True)
     spec = ocp_v0.type_handlers.get_json_tspec_read(info, use_ocdbt=True)
     try:
