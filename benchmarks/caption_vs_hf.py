@@ -191,12 +191,12 @@ def time_phases(sampler, model, params, settings, group) -> dict:
     def all_live(s):
         return s._replace(done=jax.numpy.zeros_like(s.done), num_generated=jax.numpy.zeros_like(s.num_generated))
 
-    state = programs.decode(params, all_live(state), never)  # warm
+    state = programs.decode(sampler.params, all_live(state), never)  # warm
     jax.block_until_ready(state)
     start = time.perf_counter()
     calls = 3
     for _ in range(calls):
-        state = programs.decode(params, all_live(state), never)
+        state = programs.decode(sampler.params, all_live(state), never)
     jax.block_until_ready(state)
     step_s = (time.perf_counter() - start) / (calls * settings.steps_per_sync)
     return {"prefill_s_per_image": prefill_s, "decode_step_s": step_s, "decode_batch": settings.batch_size}

@@ -39,12 +39,12 @@ def time_decode_step(model, params, batch: int, bucket: int, new_tokens: int) ->
 
     state = all_live(state._replace(position=jnp.full_like(state.position, bucket - 8)))
     never = np.int32(batch + 1)  # no early return for a refill
-    state = sampler.programs.decode(params, state, never)
+    state = sampler.programs.decode(sampler.params, state, never)
     jax.block_until_ready(state)
     calls = 3
     start = time.perf_counter()
     for _ in range(calls):
-        state = sampler.programs.decode(params, all_live(state), never)
+        state = sampler.programs.decode(sampler.params, all_live(state), never)
     jax.block_until_ready(state)
     return (time.perf_counter() - start) / (calls * settings.steps_per_sync)
 

@@ -36,7 +36,8 @@ from jax.sharding import Mesh
 
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.decoding.token_choice import choose_tokens
-from recap_jax.models.llama import KV_CACHE_AXES, PREFILL_KV_AXES, KVCache, head_columns, ring_columns
+from recap_jax.models.llama import (KV_CACHE_AXES, PREFILL_KV_AXES, KVCache, head_columns, ring_columns,
+                                    split_layer_params)
 from recap_jax.models.llava import LlavaModel
 from recap_jax.models.quantization import mode_of
 from recap_jax.parallel.mesh import logical_sharding, replicated
@@ -201,6 +202,17 @@ class DecodePrograms:
     init: Any  # () -> DecodeState
     prefill: Any  # (params, state, token_ids, pixels, lengths, slots, seeds) -> DecodeState
     decode: Any  # (params, state, refill_at) -> DecodeState
+    # The model's params tree -> the tree `prefill` and `decode` take (arrays or abstract ones).
+    arrange_params: Any = lambda params: params
+
+
+def split_decoder_layers(params: dict) -> dict:
+    """`params` for a `split_layers` model (models/llama.py::split_layer_params), sharing memory."""
+    decoder = split_layer_params(params["language_model"])
+    if decoder is None:
+        raise ValueError("the decoder's stacked params are split over devices along their layers axis; "
+                         "they cannot be viewed one layer at a time")
+    return {**params, "language_model": decoder}
 
 
 def decode_programs(model: LlavaModel, settings: DecodeSettings, cache_dtype, mesh: Mesh | None,
@@ -212,12 +224,23 @@ def decode_programs(model: LlavaModel, settings: DecodeSettings, cache_dtype, me
     if options is not None and not mode_of(model):  # Qwix's int8 head has its own dot
         text = model.config.text
         model = model.clone(head_columns=head_columns(text.vocab_size, text.hidden_size, CPU_HEAD_SLICE_BYTES))
+    arrange_params = DecodePrograms.arrange_params
+    if _platform(mesh) == "cpu" and options is None and not mode_of(model):
+        # XLA:CPU copies a layer's weights out of the stack before its dots, every step. In bf16
+        # that copy is the f32 conversion XLA:CPU makes anyway, one layer at a time (unrolled
+        # per-layer weights would all be converted at once): only float32 weights are split.
+        model, arrange_params = model.clone(split_layers=True), split_decoder_layers
     return DecodePrograms(
         init=jax.jit(functools.partial(init_state, model, settings, cache_dtype), out_shardings=shardings),
         prefill=jax.jit(functools.partial(prefill_into_slots, model, settings, mesh, table),
                         out_shardings=shardings, donate_argnums=(1,), compiler_options=options),
         decode=jax.jit(functools.partial(decode_steps, model, settings, batch_shards(mesh)),
-                       out_shardings=shardings, donate_argnums=(1,), compiler_options=options))
+                       out_shardings=shardings, donate_argnums=(1,), compiler_options=options),
+        arrange_params=arrange_params)
+
+
+def _platform(mesh: Mesh | None) -> str:
+    return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
 
 
 def cpu_upcast_options(model: LlavaModel, mesh: Mesh | None) -> dict[str, Any] | None:
@@ -232,8 +255,7 @@ def cpu_upcast_options(model: LlavaModel, mesh: Mesh | None) -> dict[str, Any] |
     bf16, whatever the fusions (with it on, which intermediates kept f32 followed the fusions, and
     the hoisting changed tokens at near ties). TPU computes bf16 natively: its programs get no
     options."""
-    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-    if platform != "cpu" or jnp.dtype(getattr(model, "param_dtype", jnp.float32)) == jnp.float32:
+    if _platform(mesh) != "cpu" or jnp.dtype(getattr(model, "param_dtype", jnp.float32)) == jnp.float32:
         return None
     return {"xla_disable_hlo_passes": "while-loop-invariant-code-motion", "xla_allow_excess_precision": False}
 
@@ -279,7 +301,7 @@ class Sampler(Generic[T]):
     def __init__(self, model: LlavaModel, params, settings: DecodeSettings, *, cache_dtype=jnp.float32,
                  mesh: Mesh | None = None, image: ImageSettings | None = None,
                  programs: DecodePrograms | None = None):
-        self.model, self.params, self.settings = model, params, settings
+        self.model, self.settings = model, settings
         self.shards = batch_shards(mesh)
         for field in ("batch_size", "prefill_batch"):
             if getattr(settings, field) % self.shards:
@@ -291,6 +313,7 @@ class Sampler(Generic[T]):
         self._scalars: dict[int, jax.Array] = {}
         # `programs`: built (and maybe compiled ahead) by the caller with the same arguments.
         self.programs = programs or decode_programs(model, settings, cache_dtype, mesh, image)
+        self.params = self.programs.arrange_params(params)
         self.prefill_tokens = 0  # real (unpadded) prompt tokens prefilled
         self.generated_tokens = 0
         self.device_idle_s = 0.0  # host time with no device call in flight (generate's doc)

@@ -19,6 +19,7 @@ import numpy as np
 from flax import linen as nn
 
 from recap_jax.models.config import TextConfig
+from recap_jax.parallel.layer_views import layer_views
 
 Dtype = Any
 
@@ -222,18 +223,37 @@ def head_columns(vocab_size: int, hidden_size: int, max_bytes: int) -> int:
     return max(c for c in range(1, min(most, vocab_size) + 1) if vocab_size % c == 0)
 
 
+def split_layer_params(decoder_params: dict) -> dict | None:
+    """A `LlamaDecoder`'s params for `split_layers=True`: the stacked `layers` subtree as one
+    subtree per layer, `blocks_{i}`, each a view of the stack's memory (`layer_views`). None when
+    a stacked leaf cannot be viewed per layer (its layers split across devices)."""
+    stacked = decoder_params["layers"]
+    leaves, treedef = jax.tree.flatten(stacked)
+    views = [layer_views(leaf) for leaf in leaves]
+    if any(v is None for v in views):
+        return None
+    split = {k: v for k, v in decoder_params.items() if k != "layers"}
+    for i in range(len(views[0]) if views else 0):
+        split[f"blocks_{i}"] = jax.tree.unflatten(treedef, [v[i] for v in views])
+    return split
+
+
 class LlamaDecoder(nn.Module):
     """Token embeddings, the decoder blocks, final norm and LM head. `remat` is one of
     REMAT_CHOICES; `scan_layers` False unrolls the blocks (the same stacked `[layers, ...]` params,
     but no loop over layers in the compiled program); `head_columns` > 0 computes the LM head
     that many vocabulary columns at a time (`column_chunked_dot`). The params are the same
-    whatever they are."""
+    whatever these are, except with `split_layers`: then the blocks are unrolled and each has its
+    own params, `blocks_{i}` (`split_layer_params` of the stacked tree). XLA:CPU copies a layer's
+    weights out of a stack before each dot (a slice is a new buffer there), every step; per-layer
+    params are the dots' operands as they are."""
     config: TextConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     remat: str = "none"
     scan_layers: bool = True
     head_columns: int = 0
+    split_layers: bool = False
 
     def setup(self):
         cfg = self.config
@@ -246,11 +266,14 @@ class LlamaDecoder(nn.Module):
         self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype,
                                      param_dtype=self.param_dtype,
                                      embedding_init=_init(("vocab", "embed")))
-        self.layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                              in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
-                              unroll=1 if self.scan_layers else cfg.num_layers,
-                              metadata_params={nn.PARTITION_NAME: "layers"})(
-                                  cfg, self.dtype, self.param_dtype)
+        if self.split_layers:
+            self.blocks = [layer(cfg, self.dtype, self.param_dtype) for _ in range(cfg.num_layers)]
+        else:
+            self.layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
+                                  in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                                  unroll=1 if self.scan_layers else cfg.num_layers,
+                                  metadata_params={nn.PARTITION_NAME: "layers"})(
+                                      cfg, self.dtype, self.param_dtype)
         self.norm = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype)
         if not cfg.tie_word_embeddings:
             chunked = column_chunked_dot(self.head_columns) if self.head_columns else None
@@ -259,6 +282,19 @@ class LlamaDecoder(nn.Module):
 
     def embed(self, token_ids: jax.Array) -> jax.Array:
         return self.embed_tokens(token_ids)
+
+    def run_layers(self, x: jax.Array, cache: tuple | None, positions: jax.Array,
+                   visible: jax.Array | None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """Every block in turn (`DecoderLayer`); cache (k, v) [L, ...] or None. Returns (x, the
+        blocks' new (k, v) stacked [L, ...])."""
+        if not self.split_layers:
+            return self.layers(x, cache, positions, visible)
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            x, (k, v) = block(x, None if cache is None else (cache[0][i], cache[1][i]), positions, visible)
+            keys.append(k)
+            values.append(v)
+        return x, (jnp.stack(keys), jnp.stack(values))
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Final hidden states (before the norm) -> logits in float32."""
@@ -275,7 +311,7 @@ class LlamaDecoder(nn.Module):
 
     def prefill(self, embeds: jax.Array, positions: jax.Array) -> tuple[jax.Array, KVCache]:
         """embeds [B, S, D] -> (final hidden states [B, S, D] before the norm, K/V [L, B, S, KVH, Dh])."""
-        hidden, (k, v) = self.layers(embeds, None, positions, None)
+        hidden, (k, v) = self.run_layers(embeds, None, positions, None)
         return hidden, KVCache(k, v)
 
     def decode(self, embeds: jax.Array, positions: jax.Array, cache: KVCache, column: jax.Array
@@ -288,7 +324,7 @@ class LlamaDecoder(nn.Module):
         whose preferred TPU layout is the transpose of the attention dots', so the compiled
         decode step copied the whole cache into the other layout every step."""
         visible = ring_visible(positions, column, cache.k.shape[3])
-        hidden, (k, v) = self.layers(embeds, (cache.k, cache.v), positions[:, None], visible)  # [L, B, 1, KVH, Dh]
+        hidden, (k, v) = self.run_layers(embeds, (cache.k, cache.v), positions[:, None], visible)  # [L, B, 1, KVH, Dh]
         k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.swapaxes(2, 3).astype(cache.k.dtype), column, axis=3)
         v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.swapaxes(2, 3).astype(cache.v.dtype), column, axis=3)
         return self.logits(hidden[:, 0]), KVCache(k, v)

@@ -54,6 +54,7 @@ class LlavaModel(nn.Module):
     remat: str = "none"  # decoder-layer checkpointing for training (llama.REMAT_CHOICES)
     scan_layers: bool = True  # False: the decoder's layers unrolled (LlamaDecoder)
     head_columns: int = 0  # > 0: the LM head computed this many columns at a time (LlamaDecoder)
+    split_layers: bool = False  # per-layer decoder params (LlamaDecoder; models.llama.split_layer_params)
 
     def setup(self):
         cfg = self.config
@@ -61,7 +62,7 @@ class LlavaModel(nn.Module):
         self.multi_modal_projector = Projector(cfg.text.hidden_size, cfg.projector_bias, self.dtype,
                                                self.param_dtype)
         self.language_model = LlamaDecoder(cfg.text, self.dtype, self.param_dtype, self.remat,
-                                           self.scan_layers, self.head_columns)
+                                           self.scan_layers, self.head_columns, self.split_layers)
 
     def encode_images(self, pixels: jax.Array) -> jax.Array:
         """pixels [B, H, W, 3] -> projected image features [B, num_image_tokens, D_text]."""

@@ -63,6 +63,7 @@ def lower_caption_programs(model: LlavaModel, settings: DecodeSettings, mesh: Me
     # Without the job's programs: the CLIP mean/std (other values do not change the program).
     programs = programs or decode_programs(model, settings, dtype, mesh,
                                            ImageSettings(size=model.config.vision.image_size))
+    params = programs.arrange_params(params)
     p = settings.prefill_batch
     side = model.config.vision.image_size
     prefill = {}
