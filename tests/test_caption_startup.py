@@ -20,8 +20,8 @@ from recap_jax.decoding.sampler import Request, Sampler, decode_programs
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
-from recap_jax.preprocess.image import (ImageSettings, normalise_on_device, normalise_table, preprocess_image,
-                                        resize_image)
+from recap_jax.preprocess.image import (ImageSettings, normalise_by_matching, normalise_on_device, normalise_table,
+                                       preprocess_image, resize_image)
 from tiny_llava import sample_images, save_tiny_llava
 
 PROMPTS = ["describe the image .", "what is in this picture ?", "a photo of", "describe the scene ."]
@@ -43,6 +43,11 @@ def test_device_normalisation_equals_host(mode):
     assert raw.dtype == np.uint8
     device = np.asarray(jax.jit(lambda x: normalise_on_device(x, normalise_table(settings)))(raw))
     np.testing.assert_array_equal(device, host)  # bit-identical, not close
+    # The form other platforms compile (no gather), run here: every uint8 value of each channel.
+    every = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    table = normalise_table(settings)
+    matched = jax.jit(lambda x: normalise_by_matching(x, table))(every)
+    np.testing.assert_array_equal(np.asarray(matched), table.T)
 
 
 def _requests(spec, pixels_of):

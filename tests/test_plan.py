@@ -152,3 +152,17 @@ def test_a_program_the_tpu_compiler_refuses_is_reported_as_not_fitting():
 
     with pytest.raises(caption_plan.CompilerOutOfMemory, match="45.43G"):
         caption_plan.compile_stats(Refused())
+
+
+def test_uint8_pixels_cost_the_prefill_no_more_than_float32(v4_host, tiny_plan):
+    """The prefill normalises uint8 pixels on the TPU without a gather (preprocess/image.py): its
+    compiled bytes stay those of the float32-pixel prefill (a gather counted 17x at the 8B's size)."""
+    config, model = tiny_job()
+    import jax.numpy as jnp
+    from recap_jax.models.llava import LlavaModel
+    llava = LlavaModel(model.config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    lowered = lower_caption_programs(llava, caption_plan.settings_of(config, model.prompt_length),
+                                     make_mesh({"data": 4}, v4_host), jnp.bfloat16, buckets=[64],
+                                     pixels_dtype=jnp.float32)
+    floats = hlo.compiled_stats(lowered.prefill[64].compile())
+    assert tiny_plan.functions["prefill_64"].bytes_accessed <= 1.05 * floats.bytes_accessed

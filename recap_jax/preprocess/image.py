@@ -114,8 +114,23 @@ def normalise_pixels(pixels: np.ndarray, settings: ImageSettings) -> np.ndarray:
 
 def normalise_on_device(pixels: jax.Array, table: np.ndarray) -> jax.Array:
     """uint8 [..., 3] -> normalised float32 inside a jitted function: `table` is
-    `normalise_table(settings)`, so the values are bit-identical to `normalise_pixels`'."""
+    `normalise_table(settings)`, so the values are bit-identical to `normalise_pixels`'.
+    `normalise_by_lookup` on CPU, `normalise_by_matching` elsewhere (both exact)."""
+    return jax.lax.platform_dependent(pixels, table, cpu=normalise_by_lookup, default=normalise_by_matching)
+
+
+def normalise_by_lookup(pixels: jax.Array, table: np.ndarray) -> jax.Array:
+    """`table`'s entry for each value: a gather, fast on CPU. A TPU gathers element by element: its
+    compiled v4 prefill counted 236 GiB accessed for one group's gather where the rest of the
+    prefill reads 13 GiB (docs/tpu_plan.md)."""
     return jnp.asarray(table.T)[pixels.astype(jnp.int32), jnp.arange(3)]
+
+
+def normalise_by_matching(pixels: jax.Array, table: np.ndarray) -> jax.Array:
+    """`table`'s entry for each value as a sum over the table of the value's one match: the other
+    255 terms are +0.0, so the sum is the entry exactly; elementwise work a TPU fuses (slow on CPU)."""
+    match = pixels[..., None] == jnp.arange(256, dtype=pixels.dtype)  # [..., 3, 256]
+    return jnp.sum(jnp.where(match, jnp.asarray(table), 0.0), axis=-1)
 
 
 def preprocess_image(image: Image.Image, settings: ImageSettings) -> np.ndarray:
