@@ -2,7 +2,7 @@
 
 The decode cache of one layer is a ring [B, KVH, T, D]: slot b's earlier tokens are the `length[b]`
 columns from `start[b]` on, wrapping mod T (`models/llama.py::ring_window`). The kernel's grid is
-(B, KVH, T // block); grid step i of slot b reads the i-th cache block that intersects b's window
+(B, T // block); grid step i of slot b reads the i-th cache block (all kv heads) that intersects b's window
 (counted from the block holding `start[b]`, wrapping), so a slot with a short window stops after its
 live blocks: past them the block index stays on the last live block, which the pipeline does not
 copy again, and the body does nothing. Columns of a block outside the window are masked.
@@ -64,7 +64,7 @@ def block_at(i: jax.Array, start: jax.Array, length: jax.Array, block: int, bloc
 
 def _kernel(layer_ref, start_ref, length_ref, q_ref, k_ref, v_ref, acc_ref, max_ref, sum_ref, *, block: int,
             cache_length: int, scale: float):
-    b, i = pl.program_id(0), pl.program_id(2)
+    b, i = pl.program_id(0), pl.program_id(1)
     blocks = cache_length // block
     start, length = start_ref[b], length_ref[b]
 
@@ -76,23 +76,24 @@ def _kernel(layer_ref, start_ref, length_ref, q_ref, k_ref, v_ref, acc_ref, max_
 
     @pl.when(i < live_blocks(start, length, block, blocks)[1])
     def _accumulate():
-        q = q_ref[0, 0]  # [G, D]
-        k, v = k_ref[0, 0, 0].astype(q.dtype), v_ref[0, 0, 0].astype(q.dtype)  # [block, D]
-        scores = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())),
-                                     preferred_element_type=jnp.float32) * scale  # [G, block]
         column = block_at(i, start, length, block, blocks) * block + jax.lax.broadcasted_iota(
-            jnp.int32, scores.shape, 1)
+            jnp.int32, (q_ref.shape[2], block), 1)
         offset = column - start  # in (-T, T): the column's place in the window, mod T
-        live = jnp.where(offset < 0, offset + cache_length, offset) < length
-        scores = jnp.where(live, scores, MASK_VALUE)
-        previous = max_ref[0, 0]  # [G, 1]
-        top = jnp.maximum(previous, jnp.max(scores, axis=-1, keepdims=True))
-        probs = jnp.where(live, jnp.exp(scores - top), 0.0)
-        rescale = jnp.exp(previous - top)
-        sum_ref[0, 0] = rescale * sum_ref[0, 0] + jnp.sum(probs, axis=-1, keepdims=True)
-        acc_ref[0, 0] = rescale * acc_ref[0, 0] + jax.lax.dot_general(
-            probs.astype(v.dtype), v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-        max_ref[0, 0] = top
+        live = jnp.where(offset < 0, offset + cache_length, offset) < length  # [G, block]
+        for h in range(q_ref.shape[1]):  # the kv heads of one block, each a 2-D attention
+            q = q_ref[0, h]  # [G, D]
+            k, v = k_ref[0, 0, h].astype(q.dtype), v_ref[0, 0, h].astype(q.dtype)  # [block, D]
+            scores = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())),
+                                         preferred_element_type=jnp.float32) * scale  # [G, block]
+            scores = jnp.where(live, scores, MASK_VALUE)
+            previous = max_ref[0, h]  # [G, 1]
+            top = jnp.maximum(previous, jnp.max(scores, axis=-1, keepdims=True))
+            probs = jnp.where(live, jnp.exp(scores - top), 0.0)
+            rescale = jnp.exp(previous - top)
+            sum_ref[0, h] = rescale * sum_ref[0, h] + jnp.sum(probs, axis=-1, keepdims=True)
+            acc_ref[0, h] = rescale * acc_ref[0, h] + jax.lax.dot_general(
+                probs.astype(v.dtype), v, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+            max_ref[0, h] = top
 
 
 def ragged_decode_parts(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, start: jax.Array,
@@ -101,7 +102,8 @@ def ragged_decode_parts(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, st
     """q [B, KVH, G, D] against layer `layer` (a scalar) of the stacked cache [L, B, KVH, T, D]
     over each slot's window (start, length [B]) -> (unnormalised output [B, KVH, G, D] f32,
     running max [B, KVH, G, 1], sum [B, KVH, G, 1]). The whole stack is the operand: a layer's
-    slice passed in would be a copy of it (a custom call reads whole buffers)."""
+    slice passed in would be a copy of it (a custom call reads whole buffers). One grid step
+    reads one block of columns of every kv head of a slot ([KVH, block, D]: few, large copies)."""
     batch, kv_heads, group, head_dim = q.shape
     cache_length = k_cache.shape[3]
     block = block or block_columns(cache_length)
@@ -109,25 +111,25 @@ def ragged_decode_parts(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, st
         raise ValueError(f"ragged decode: cache length {cache_length} is not a multiple of block {block}")
     blocks = cache_length // block
 
-    def cache_map(b, h, i, layer_ref, start_ref, length_ref):
-        return layer_ref[0], b, h, block_at(i, start_ref[b], length_ref[b], block, blocks), 0
+    def cache_map(b, i, layer_ref, start_ref, length_ref):
+        return layer_ref[0], b, 0, block_at(i, start_ref[b], length_ref[b], block, blocks), 0
 
-    def row_map(b, h, i, layer_ref, start_ref, length_ref):
-        return b, h, 0, 0
+    def row_map(b, i, layer_ref, start_ref, length_ref):
+        return b, 0, 0, 0
 
-    q_spec = pl.BlockSpec((1, 1, group, head_dim), row_map)
-    cache_spec = pl.BlockSpec((1, 1, 1, block, head_dim), cache_map)
-    stat_spec = pl.BlockSpec((1, 1, group, 1), row_map)
+    q_spec = pl.BlockSpec((1, kv_heads, group, head_dim), row_map)
+    cache_spec = pl.BlockSpec((1, 1, kv_heads, block, head_dim), cache_map)
+    stat_spec = pl.BlockSpec((1, kv_heads, group, 1), row_map)
     kernel = functools.partial(_kernel, block=block, cache_length=cache_length, scale=head_dim**-0.5)
     return pl.pallas_call(
         kernel,
-        grid_spec=pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=3, grid=(batch, kv_heads, blocks),
+        grid_spec=pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=3, grid=(batch, blocks),
                                                in_specs=[q_spec, cache_spec, cache_spec],
                                                out_specs=[q_spec, stat_spec, stat_spec]),
         out_shape=[jax.ShapeDtypeStruct(q.shape, jnp.float32),
                    jax.ShapeDtypeStruct((batch, kv_heads, group, 1), jnp.float32),
                    jax.ShapeDtypeStruct((batch, kv_heads, group, 1), jnp.float32)],
-        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
         interpret=interpret,
     )(jnp.reshape(layer, (1,)).astype(jnp.int32), start.astype(jnp.int32), length.astype(jnp.int32),
       q, k_cache, v_cache)
