@@ -114,6 +114,7 @@ def plan(config, clip_config=None):
     if rate is not None:
         result.update(per_image={"prefill_flops": rate.prefill_flops, "prefill_bytes": rate.prefill_bytes,
                                  "decode_flops": rate.decode_flops, "decode_bytes": rate.decode_bytes,
+                                 "decode_kernel_bytes": rate.decode_kernel_bytes,
                                  "bound_s_per_chip": rate.prefill_s + rate.decode_s,
                                  "model_flops": rate.model_flops, "physical_s_per_chip": rate.physical_s},
                       images_per_s_per_chip=rate.images_per_s_per_chip, days_at_bound=rate.days(pod.num_chips),

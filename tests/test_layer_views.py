@@ -25,7 +25,7 @@ from recap_jax.parallel.layer_views import layer_views
 CONFIG = llava_config_from_hf(tiny_llava_hf_config(vocab_size=96, hidden=40, heads=4, kv_heads=2,
                                                    text_layers=3, image_size=28, patch_size=14,
                                                    vision_layers=1))
-SETTINGS = DecodeSettings(max_new_tokens=6, batch_size=4, prefill_batch=2, prompt_buckets=(12,))
+SETTINGS = DecodeSettings(max_new_tokens=6, batch_size=4, prefill_batch=2, prompt_buckets=(12,), attention="xla")
 
 
 def _params():

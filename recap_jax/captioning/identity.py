@@ -5,8 +5,9 @@ refused, naming each differing field (see data/identity.py). Fields:
 - model.weights: the checkpoint's content fingerprint (conversion/fingerprint.py);
 - model.tokenizer: the tokenizer files' fingerprint; model.template, model.dtype;
 - prompt; input.max_pixels (which images are refused); the image settings come with the weights;
-- every decode.* field but those that only schedule work (batch sizes, buckets, cache tile, sync steps), so
-  a sampling setting added later is part of the identity by default;
+- every decode.* field but those that only schedule work (batch sizes, buckets, cache tile, sync steps)
+  or pick how the same attention is computed (decode.attention), so a sampling setting added later
+  is part of the identity by default;
 - input.format, input.paths (absolute) and the plan of work units.
 """
 
@@ -23,8 +24,10 @@ from recap_jax.data import identity as identity_lib
 from recap_jax.data import inputs
 from recap_jax.data.inputs.paths import split_paths
 
-# Decode fields that change how work is scheduled but not which tokens come out.
-SCHEDULING_FIELDS = ("batch_size", "prefill_batch", "prompt_buckets", "cache_tile", "steps_per_sync")
+# Decode fields that change how work is scheduled but not which tokens come out; decode.attention
+# picks the kernel or XLA for the same attention ("auto" differs by platform; the tokens are equal in
+# tests/test_ragged_decode.py), so a run resumed on another platform keeps its identity.
+SCHEDULING_FIELDS = ("batch_size", "prefill_batch", "prompt_buckets", "cache_tile", "steps_per_sync", "attention")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 

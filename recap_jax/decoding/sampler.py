@@ -26,7 +26,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import jax
@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.decoding.token_choice import choose_tokens
+from recap_jax.kernels.ragged_decode import ragged_decode_attention
 from recap_jax.models.llama import (KV_CACHE_AXES, PREFILL_KV_AXES, KVCache, head_columns, ring_columns,
                                     split_layer_params)
 from recap_jax.models.llava import LlavaModel
@@ -230,6 +231,9 @@ def decode_programs(model: LlavaModel, settings: DecodeSettings, cache_dtype, me
         # that copy is the f32 conversion XLA:CPU makes anyway, one layer at a time (unrolled
         # per-layer weights would all be converted at once): only float32 weights are split.
         model, arrange_params = model.clone(split_layers=True), split_decoder_layers
+    attention = decode_attention_fn(settings.attention, mesh)
+    if attention is not None:
+        model = model.clone(attention=attention)
     return DecodePrograms(
         init=jax.jit(functools.partial(init_state, model, settings, cache_dtype), out_shardings=shardings),
         prefill=jax.jit(functools.partial(prefill_into_slots, model, settings, mesh, table),
@@ -241,6 +245,15 @@ def decode_programs(model: LlavaModel, settings: DecodeSettings, cache_dtype, me
 
 def _platform(mesh: Mesh | None) -> str:
     return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+
+
+def decode_attention_fn(choice: str, mesh: Mesh | None) -> Callable | None:
+    """The model's decode attention for `decode.attention` (settings.py) on the mesh's platform:
+    the ragged kernel (interpret mode off TPU) or None, the model's XLA `decode_attention`."""
+    platform = _platform(mesh)
+    if choice == "xla" or (choice == "auto" and platform != "tpu"):
+        return None
+    return functools.partial(ragged_decode_attention, mesh=mesh, interpret=platform != "tpu")
 
 
 def cpu_upcast_options(model: LlavaModel, mesh: Mesh | None) -> dict[str, Any] | None:

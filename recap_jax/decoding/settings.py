@@ -14,6 +14,7 @@ SAMPLING_MODES = ("greedy", "top_k", "top_p")
 # Alt-text tokens the derived buckets of an `{org_caption}` prompt leave room for (a longer
 # alt-text is listed as a failure); set decode.prompt_buckets to allow more.
 CONDITIONED_EXTRA = (32, 64, 128)
+ATTENTION_CHOICES = ("auto", "xla", "ragged")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,11 @@ class DecodeSettings:
     # Sampling draws from a key derived from (seed, the sample's key, the token's position): the
     # same image gets the same caption whatever the batch, the device count or a resume.
     seed: int = 0
+    # Decode attention over the KV cache: "ragged" reads only each slot's live cache blocks
+    # (kernels/ragged_decode.py, a Pallas TPU kernel; on CPU it runs in interpret mode: slow, for
+    # tests), "xla" reads the whole cache with a mask (models/llama.py::decode_attention), "auto"
+    # the kernel on TPU and XLA elsewhere. The captions are the same up to rounding.
+    attention: str = "auto"
     stop_ids: tuple[int, ...] = ()  # from the checkpoint, not a config field
 
     def __post_init__(self):
@@ -54,6 +60,8 @@ class DecodeSettings:
             raise ValueError(f"decode.steps_per_sync={self.steps_per_sync}: must be >= 1")
         if self.sampling not in SAMPLING_MODES:
             raise ValueError(f"decode.sampling={self.sampling!r}: expected one of {', '.join(SAMPLING_MODES)}")
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"decode.attention={self.attention!r}: expected one of {', '.join(ATTENTION_CHOICES)}")
         if self.top_k < 1:
             raise ValueError(f"decode.top_k={self.top_k}: must be >= 1")
         if not 0.0 < self.top_p <= 1.0:

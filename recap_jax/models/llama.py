@@ -3,14 +3,15 @@
 Two ways through the same weights:
 - prefill: a right-padded block of tokens attends causally; returns every layer's K/V so the
   sampler can store them in its cache.
-- decode: one token per row at its own position; the row attends to the cache entries that
-  `visible` marks, and every row's new K/V is written into one cache column (the caller's
+- decode: one token per row at its own position; the row attends to the cache columns of its
+  ring window (`ring_window`), and every row's new K/V is written into one cache column (the caller's
   cursor, a ring over the cache). Rows are independent, which is what lets the sampler refill
   finished rows with new captions (continuous batching).
 The cache is an explicit input and output (no flax "cache" collection): decode is a pure function.
 """
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -43,7 +44,7 @@ class KVCache(NamedTuple):
     Heads before positions: the layout the decode attention's dots read (row and head are their
     batch dimensions). A decode step writes one column for all rows (`LlamaDecoder.decode`), a
     dynamic-update-slice; RoPE is applied before caching, so which column holds which position
-    does not matter to attention, only `visible` does. (Prefill returns its K/V in this tuple in
+    does not matter to attention, only the row's window (`ring_window`) does. (Prefill returns its K/V in this tuple in
     the layers' own order [layers, batch, seq, kv_heads, head_dim], PREFILL_KV_AXES.)"""
     k: jax.Array
     v: jax.Array
@@ -115,12 +116,20 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
 
 
 def decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, k_new: jax.Array,
-                     v_new: jax.Array, visible: jax.Array) -> jax.Array:
-    """One new token per row: q/k_new/v_new [B, 1, heads, D], the cache [B, KVH, T, D] with
-    `visible` [B, T] the row's earlier tokens. The new token's own key joins the softmax directly,
-    so the cache is only read here and written once per step for all layers (by the caller)."""
+                     v_new: jax.Array, start: jax.Array, length: jax.Array, layer: jax.Array | None = None
+                     ) -> jax.Array:
+    """One new token per row: q/k_new/v_new [B, 1, heads, D], the cache [B, KVH, T, D] (or with
+    `layer`, the stack [L, B, KVH, T, D] and the layer to read) with the row's earlier tokens in
+    its ring window (start, length [B], `ring_window`). The new token's own key joins the softmax
+    directly, so the cache is only read here and written once per step for all layers (by the
+    caller). This XLA form reads every column; `kernels/ragged_decode.py` has the same function
+    reading only the window's blocks."""
+    if layer is not None:
+        k_cache = jax.lax.dynamic_index_in_dim(k_cache, layer, keepdims=False)
+        v_cache = jax.lax.dynamic_index_in_dim(v_cache, layer, keepdims=False)
     batch, _, heads, head_dim = q.shape
-    kv_heads = k_cache.shape[1]
+    kv_heads, cache_length = k_cache.shape[1], k_cache.shape[2]
+    visible = window_visible(start, length, cache_length)
     q = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
     scale = head_dim**-0.5
     cached = jnp.einsum("bkgd,bktd->bkgt", q, k_cache).astype(jnp.float32) * scale
@@ -141,24 +150,34 @@ def ring_columns(start: jax.Array, length: int, cache_length: int) -> jax.Array:
     return (start[:, None] + jnp.arange(length)) % cache_length
 
 
-def ring_visible(positions: jax.Array, column: jax.Array, cache_length: int) -> jax.Array:
-    """[B, T]: the cache columns holding a row's `positions` [B] earlier tokens, the columns just
-    before `column` (the one the current token's K/V goes to), wrapping around the ring."""
-    behind = (column - jnp.arange(cache_length)) % cache_length  # 1 = the column just before
-    return (behind[None, :] >= 1) & (behind[None, :] <= positions[:, None])
+def ring_window(positions: jax.Array, column: jax.Array, cache_length: int) -> tuple[jax.Array, jax.Array]:
+    """(start, length) [B]: a row's `positions` [B] earlier tokens are the `length` columns from
+    `start` on, the columns just before `column` (the one the current token's K/V goes to),
+    wrapping around the ring; never `column` itself."""
+    length = jnp.minimum(positions, cache_length - 1)
+    return (column - length) % cache_length, length
+
+
+def window_visible(start: jax.Array, length: jax.Array, cache_length: int) -> jax.Array:
+    """[B, T]: the cache columns inside each row's ring window (start, length [B])."""
+    return (jnp.arange(cache_length)[None, :] - start[:, None]) % cache_length < length[:, None]
 
 
 class DecoderLayer(nn.Module):
+    """`attention`: the decode attention, a function with `decode_attention`'s signature
+    (`kernels/ragged_decode.py`); None is `decode_attention`."""
     config: TextConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    attention: Callable | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, cache: tuple | None, positions: jax.Array,
-                 visible: jax.Array | None = None):
+                 window: tuple[jax.Array, jax.Array] | None = None, layer: jax.Array | None = None):
         """Returns (x, this block's new (k, v)). cache None: causal prefill over x [B, S, D].
-        Else cache = this layer's (k, v) [B, KVH, T, D], x is one token per row at `positions`
-        [B, 1] and `visible` [B, T] marks the cache entries it attends to; the cache is only read
+        Else cache = this layer's (k, v) [B, KVH, T, D] (with `layer`: every layer's
+        [L, B, KVH, T, D] and this layer's index), x is one token per row at `positions`
+        [B, 1] and `window` (start, length [B]) the ring columns it attends to; the cache is only read
         (LlamaDecoder.decode writes the new K/V of all layers in one update: writing it here,
         inside the layer scan, copied the whole cache once per layer and step)."""
         cfg = self.config
@@ -182,7 +201,11 @@ class DecoderLayer(nn.Module):
             attn = grouped_attention(q, k, v, causal)
         else:
             k_cache, v_cache = cache
-            attn = decode_attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), k, v, visible)
+            if self.attention is None:
+                attn = decode_attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), k, v, *window,
+                                        layer)
+            else:  # reads the cache in its own dtype, block by block
+                attn = self.attention(q, k_cache, v_cache, k, v, *window, layer)
         attn = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), name="o_proj", **dense,
                                kernel_init=_init(("heads", "head_dim", "embed")))(attn)
         x = x + attn
@@ -242,11 +265,14 @@ class LlamaDecoder(nn.Module):
     """Token embeddings, the decoder blocks, final norm and LM head. `remat` is one of
     REMAT_CHOICES; `scan_layers` False unrolls the blocks (the same stacked `[layers, ...]` params,
     but no loop over layers in the compiled program); `head_columns` > 0 computes the LM head
-    that many vocabulary columns at a time (`column_chunked_dot`). The params are the same
-    whatever these are, except with `split_layers`: then the blocks are unrolled and each has its
-    own params, `blocks_{i}` (`split_layer_params` of the stacked tree). XLA:CPU copies a layer's
-    weights out of a stack before each dot (a slice is a new buffer there), every step; per-layer
-    params are the dots' operands as they are."""
+    that many vocabulary columns at a time (`column_chunked_dot`); `attention` is the decode
+    attention (DecoderLayer): None, XLA's, gets each layer's slice of the cache from the layer
+    scan; a kernel gets the whole stacked cache and the layer's index (a custom call's operand
+    is a whole buffer: a slice passed in is a copy of it, in every step). The params are the
+    same whatever these are, except with `split_layers`: then the blocks are unrolled and each
+    has its own params, `blocks_{i}` (`split_layer_params` of the stacked tree). XLA:CPU copies a
+    layer's weights out of a stack before each dot (a slice is a new buffer there), every step;
+    per-layer params are the dots' operands as they are."""
     config: TextConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -254,6 +280,7 @@ class LlamaDecoder(nn.Module):
     scan_layers: bool = True
     head_columns: int = 0
     split_layers: bool = False
+    attention: Callable | None = None
 
     def setup(self):
         cfg = self.config
@@ -267,13 +294,14 @@ class LlamaDecoder(nn.Module):
                                      param_dtype=self.param_dtype,
                                      embedding_init=_init(("vocab", "embed")))
         if self.split_layers:
-            self.blocks = [layer(cfg, self.dtype, self.param_dtype) for _ in range(cfg.num_layers)]
+            self.blocks = [layer(cfg, self.dtype, self.param_dtype, self.attention) for _ in range(cfg.num_layers)]
         else:
+            cache_axis = 0 if self.attention is None else nn.broadcast
             self.layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                                  in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                                  in_axes=(cache_axis, nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
                                   unroll=1 if self.scan_layers else cfg.num_layers,
                                   metadata_params={nn.PARTITION_NAME: "layers"})(
-                                      cfg, self.dtype, self.param_dtype)
+                                      cfg, self.dtype, self.param_dtype, self.attention)
         self.norm = RMSNorm(cfg.rms_norm_eps, self.dtype, self.param_dtype)
         if not cfg.tie_word_embeddings:
             chunked = column_chunked_dot(self.head_columns) if self.head_columns else None
@@ -284,14 +312,20 @@ class LlamaDecoder(nn.Module):
         return self.embed_tokens(token_ids)
 
     def run_layers(self, x: jax.Array, cache: tuple | None, positions: jax.Array,
-                   visible: jax.Array | None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """Every block in turn (`DecoderLayer`); cache (k, v) [L, ...] or None. Returns (x, the
+                   window: tuple[jax.Array, jax.Array] | None, layers: jax.Array | None
+                   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """Every block in turn (`DecoderLayer`); cache (k, v) [L, ...] or None; `layers` [L]: the
+        layer indices a kernel `attention` reads the stacked cache at (else None). Returns (x, the
         blocks' new (k, v) stacked [L, ...])."""
         if not self.split_layers:
-            return self.layers(x, cache, positions, visible)
+            return self.layers(x, cache, positions, window, layers)
         keys, values = [], []
         for i, block in enumerate(self.blocks):
-            x, (k, v) = block(x, None if cache is None else (cache[0][i], cache[1][i]), positions, visible)
+            if cache is None or layers is not None:  # prefill, or a kernel reading the whole stack
+                block_cache, index = cache, None if layers is None else layers[i]
+            else:
+                block_cache, index = (cache[0][i], cache[1][i]), None
+            x, (k, v) = block(x, block_cache, positions, window, index)
             keys.append(k)
             values.append(v)
         return x, (jnp.stack(keys), jnp.stack(values))
@@ -311,7 +345,7 @@ class LlamaDecoder(nn.Module):
 
     def prefill(self, embeds: jax.Array, positions: jax.Array) -> tuple[jax.Array, KVCache]:
         """embeds [B, S, D] -> (final hidden states [B, S, D] before the norm, K/V [L, B, S, KVH, Dh])."""
-        hidden, (k, v) = self.run_layers(embeds, None, positions, None)
+        hidden, (k, v) = self.run_layers(embeds, None, positions, None, None)
         return hidden, KVCache(k, v)
 
     def decode(self, embeds: jax.Array, positions: jax.Array, cache: KVCache, column: jax.Array
@@ -319,12 +353,14 @@ class LlamaDecoder(nn.Module):
         """embeds [B, 1, D] at positions [B] -> (logits [B, V], updated cache).
 
         The cache is a ring: every row's new K/V goes into `column` (a scalar), and a row's
-        earlier `positions` tokens are the columns just before it (`ring_visible`). One column
+        earlier `positions` tokens are the columns just before it (`ring_window`). One column
         for all rows is a dynamic-update-slice; a column per row (its position) was a scatter,
         whose preferred TPU layout is the transpose of the attention dots', so the compiled
         decode step copied the whole cache into the other layout every step."""
-        visible = ring_visible(positions, column, cache.k.shape[3])
-        hidden, (k, v) = self.run_layers(embeds, (cache.k, cache.v), positions[:, None], visible)  # [L, B, 1, KVH, Dh]
+        window = ring_window(positions, column, cache.k.shape[3])
+        layers = None if self.attention is None else jnp.arange(self.config.num_layers, dtype=jnp.int32)
+        hidden, (k, v) = self.run_layers(embeds, (cache.k, cache.v), positions[:, None], window,
+                                         layers)  # [L, B, 1, KVH, Dh]
         k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.swapaxes(2, 3).astype(cache.k.dtype), column, axis=3)
         v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.swapaxes(2, 3).astype(cache.v.dtype), column, axis=3)
         return self.logits(hidden[:, 0]), KVCache(k, v)

@@ -5,6 +5,7 @@ image token id (as llava-hf processors do), so merging is a static-shape `where`
 token of a row takes the k-th projected patch feature of that row's image.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -55,6 +56,7 @@ class LlavaModel(nn.Module):
     scan_layers: bool = True  # False: the decoder's layers unrolled (LlamaDecoder)
     head_columns: int = 0  # > 0: the LM head computed this many columns at a time (LlamaDecoder)
     split_layers: bool = False  # per-layer decoder params (LlamaDecoder; models.llama.split_layer_params)
+    attention: Callable | None = None  # the decode attention (LlamaDecoder); None: XLA's
 
     def setup(self):
         cfg = self.config
@@ -62,7 +64,8 @@ class LlavaModel(nn.Module):
         self.multi_modal_projector = Projector(cfg.text.hidden_size, cfg.projector_bias, self.dtype,
                                                self.param_dtype)
         self.language_model = LlamaDecoder(cfg.text, self.dtype, self.param_dtype, self.remat,
-                                           self.scan_layers, self.head_columns, self.split_layers)
+                                           self.scan_layers, self.head_columns, self.split_layers,
+                                           self.attention)
 
     def encode_images(self, pixels: jax.Array) -> jax.Array:
         """pixels [B, H, W, 3] -> projected image features [B, num_image_tokens, D_text]."""

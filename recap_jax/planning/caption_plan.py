@@ -21,6 +21,8 @@ import ml_collections
 
 from recap_jax.captioning.prompts import ORG_CAPTION_SLOT
 from recap_jax.decoding.settings import DecodeSettings
+from recap_jax.decoding.sampler import decode_attention_fn
+from recap_jax.kernels.ragged_decode import block_columns, mean_live_columns
 from recap_jax.models.flops import image_flops, parameter_count
 from recap_jax.models.llava import LlavaModel
 from recap_jax.models.quantization import caption_model
@@ -45,6 +47,10 @@ class CaptionPlan:
     functions: dict[str, hlo.CompiledStats]  # "prefill_<bucket>", "decode"
     prefill_cost: layer_cost.Cost | None = None  # per chip and call, every layer counted (module doc)
     decode_step_cost: layer_cost.Cost | None = None  # per chip and step
+    cache_length: int = 0  # columns per slot
+    # > 0: the decode attention is the ragged kernel (kernels/ragged_decode.py) with blocks of this
+    # many columns. XLA's cost analysis does not count a Mosaic call's reads: `throughput` adds them.
+    attention_block: int = 0
 
     @property
     def temp_bytes(self) -> int:
@@ -94,8 +100,10 @@ def compile_caption(config: ml_collections.ConfigDict, model: PlannedModel, devi
     functions = {"decode": compile_stats(lowered.decode)}  # first: the cache is why a plan does not fit
     functions.update({f"prefill_{b}": compile_stats(low) for b, low in lowered.prefill.items()})
     cache = shard_bytes(lowered.state.cache)
+    kernel = decode_attention_fn(settings.attention, mesh) is not None
     plan = CaptionPlan(settings.batch_size, model.prompt_length, bucket, shard_bytes(lowered.params),
-                       cache, shard_bytes(lowered.state) - cache, functions)
+                       cache, shard_bytes(lowered.state) - cache, functions, cache_length=settings.cache_length,
+                       attention_block=block_columns(settings.cache_length) if kernel else 0)
     if costs:
         plan.prefill_cost, plan.decode_step_cost = looped_costs(
             llava, settings, mesh, functions[f"prefill_{bucket}"], bucket, functions["decode"], dtype)
@@ -126,8 +134,8 @@ def looped_costs(llava: LlavaModel, settings: DecodeSettings, mesh, prefill: hlo
     step = layer_cost.Cost(decode.flops, decode.bytes_accessed)
     if missing_text_layers:
         pre += layer_cost.text_layer_prefill(llava, mesh, p, seq) * missing_text_layers
-        step += layer_cost.text_layer_decode(llava, mesh, settings.batch_size, settings.cache_length,
-                                             cache_dtype) * missing_text_layers
+        step += layer_cost.text_layer_decode(llava, mesh, settings.batch_size, settings.cache_length, cache_dtype,
+                                             decode_attention_fn(settings.attention, mesh)) * missing_text_layers
     if vision_layers > 1:
         pre += layer_cost.vision_layer(llava, mesh, p) * (vision_layers - 1)
     return pre, step
@@ -199,6 +207,7 @@ class Throughput:
     decode_s: float
     model_flops: float  # what the work needs (models.flops), per image
     physical_s: float  # model_flops at the chip's peak
+    decode_kernel_bytes: float = 0.0  # per image: the decode kernel's cache reads, in decode_bytes
 
     @property
     def images_per_s_per_chip(self) -> float:
@@ -217,6 +226,8 @@ def throughput(plan: CaptionPlan, model: PlannedModel, config: ml_collections.Co
     """Per-image work from the compiled cost; prefill at peak FLOP/s, decode at HBM bandwidth
     (or peak, whichever is slower), both per chip."""
     pre, dec = plan.prefill_cost, plan.decode_step_cost
+    kernel_step = kernel_cache_reads(plan, new_tokens)
+    dec = layer_cost.Cost(dec.flops, dec.bytes_accessed + kernel_step)
     images_per_prefill = config.decode.prefill_batch / devices_per_host  # per device
     prefill_s = max(pre.flops / chip.peak_bf16_flops, pre.bytes_accessed / chip.hbm_bytes_per_s)
     step_s = max(dec.flops / chip.peak_bf16_flops, dec.bytes_accessed / chip.hbm_bytes_per_s)
@@ -228,7 +239,18 @@ def throughput(plan: CaptionPlan, model: PlannedModel, config: ml_collections.Co
         decode_flops=dec.flops * new_tokens / slots_per_device,
         decode_bytes=dec.bytes_accessed * new_tokens / slots_per_device,
         prefill_s=prefill_s / images_per_prefill, decode_s=step_s * new_tokens / slots_per_device,
-        model_flops=need.total, physical_s=need.total / chip.peak_bf16_flops)
+        model_flops=need.total, physical_s=need.total / chip.peak_bf16_flops,
+        decode_kernel_bytes=kernel_step * new_tokens / slots_per_device)
+
+
+def kernel_cache_reads(plan: CaptionPlan, new_tokens: int) -> float:
+    """Per chip and decode step: the cache bytes the ragged kernel reads (0 for XLA's attention,
+    whose reads the compiled cost counts). Each slot reads its live blocks of every layer, at the
+    mean live length over a caption (`ragged_decode.mean_live_columns`)."""
+    if not plan.attention_block:
+        return 0.0
+    live = mean_live_columns(plan.prompt_length, new_tokens, plan.attention_block, plan.cache_length)
+    return plan.cache_bytes * live / plan.cache_length
 
 
 def describe_params(model: PlannedModel) -> str:

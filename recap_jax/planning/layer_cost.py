@@ -9,6 +9,7 @@ same mesh, dtype and shapes, and the missing (trip count - 1) copies are added.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -57,14 +58,16 @@ def text_layer_prefill(model: LlavaModel, mesh: Mesh, rows: int, seq: int) -> Co
     return _compiled_cost(layer, mesh, x, None, positions)
 
 
-def text_layer_decode(model: LlavaModel, mesh: Mesh, rows: int, cache_length: int, cache_dtype) -> Cost:
+def text_layer_decode(model: LlavaModel, mesh: Mesh, rows: int, cache_length: int, cache_dtype,
+                      attention: Callable | None = None) -> Cost:
+    """`attention`: the decode attention the job's programs use (`sampler.decode_attention_fn`)."""
     t = model.config.text
     x = _arg(mesh, (rows, 1, t.hidden_size), model.dtype, ("batch", "length", None))
     positions = _arg(mesh, (rows, 1), jnp.int32, ("batch", "length"))
     kv = _arg(mesh, (rows, t.num_kv_heads, cache_length, t.head_dim), cache_dtype, KV_CACHE_AXES[1:])
-    visible = _arg(mesh, (rows, cache_length), jnp.bool_, ("batch", "cache_length"))
-    layer = quantized_layer(DecoderLayer(t, model.dtype, model.param_dtype), mode_of(model))
-    return _compiled_cost(layer, mesh, x, (kv, kv), positions, visible)
+    window = _arg(mesh, (rows,), jnp.int32, ("batch",))
+    layer = quantized_layer(DecoderLayer(t, model.dtype, model.param_dtype, attention), mode_of(model))
+    return _compiled_cost(layer, mesh, x, (kv, kv), positions, (window, window))
 
 
 def vision_layer(model: LlavaModel, mesh: Mesh, rows: int) -> Cost:

@@ -63,7 +63,10 @@ def caption_text(plan: CaptionPlan, chip: Chip, reserve: int, verdict: bool, lar
                   f"  prefill: {rate.prefill_flops / 1e12:.2f} TFLOP, {rate.prefill_bytes / GIB:.2f} GiB per image"
                   f" -> {rate.prefill_s * 1e3:.1f} ms at peak FLOP/s",
                   f"  decode:  {rate.decode_flops / 1e12:.2f} TFLOP, {rate.decode_bytes / GIB:.2f} GiB per image"
-                  f" -> {rate.decode_s * 1e3:.1f} ms at HBM bandwidth",
+                  f" -> {rate.decode_s * 1e3:.1f} ms at HBM bandwidth" + (
+                      f" (of which {rate.decode_kernel_bytes / GIB:.2f} GiB: the ragged attention kernel's live "
+                      f"cache reads, {plan.attention_block}-column blocks, added: XLA does not count them)"
+                      if plan.attention_block else " (attention: XLA, the whole cache read every step)"),
                   f"  bound: {(rate.prefill_s + rate.decode_s) * 1e3:.1f} ms/image = {ips:.1f} images/s/chip; "
                   f"physical limit {rate.model_flops / 1e12:.2f} TFLOP/image at peak = {rate.physical_s * 1e3:.1f} ms "
                   f"(bound / limit = {(rate.prefill_s + rate.decode_s) / rate.physical_s:.2f}x)",

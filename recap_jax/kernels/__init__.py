@@ -1,0 +1,1 @@
+"""Pallas kernels (TPU; interpret mode on CPU for tests)."""
