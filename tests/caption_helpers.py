@@ -88,3 +88,17 @@ def chunked_tiny_checkpoint(folder: pathlib.Path, seed: int):
         return build_tiny_checkpoint(str(folder / "tiny"), seed=seed)
     finally:
         patch.undo()
+
+
+def image_prompt_requests(config, n: int, seed: int) -> list:
+    """`n` sampler requests for a tiny captioner `config` (LlavaConfig): BOS, the image tokens and
+    2-15 random text tokens, with random float32 pixels; tags 0..n-1."""
+    from recap_jax.decoding.sampler import Request
+    rng = np.random.default_rng(seed)
+    side = config.vision.image_size
+    out = []
+    for i in range(n):
+        text = rng.integers(2, 100, int(rng.integers(2, 16)))
+        ids = np.concatenate([[1], np.full(config.num_image_tokens, config.image_token_id), text]).astype(np.int32)
+        out.append(Request(ids, rng.random((side, side, 3), np.float32), tag=i))
+    return out

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from caption_helpers import image_prompt_requests
 from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
 from recap_jax.decoding.sampler import Request, Sampler
 from recap_jax.decoding.settings import DecodeSettings
@@ -28,13 +29,7 @@ SETTINGS = DecodeSettings(batch_size=4, prefill_batch=2, max_new_tokens=NEW_TOKE
 
 
 def requests(n: int = 40) -> list[Request]:
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        text = rng.integers(2, 100, int(rng.integers(2, 16)))
-        ids = np.concatenate([[1], np.full(CONFIG.num_image_tokens, CONFIG.image_token_id), text]).astype(np.int32)
-        out.append(Request(ids, rng.random((56, 56, 3), np.float32), tag=i))
-    return out
+    return image_prompt_requests(CONFIG, n, seed=0)
 
 
 @pytest.fixture(scope="module")

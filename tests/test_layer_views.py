@@ -8,11 +8,9 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import linen as nn
 
 from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
-from recap_jax.conversion.llava import abstract_params
 from recap_jax.decoding import sampler as sampler_lib
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.config import llava_config_from_hf

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from caption_helpers import image_prompt_requests
 from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
 from recap_jax.decoding.sampler import Request, Sampler, decode_attention_fn
 from recap_jax.decoding.settings import DecodeSettings
@@ -127,13 +128,7 @@ SETTINGS = DecodeSettings(batch_size=4, prefill_batch=2, max_new_tokens=10, step
 
 
 def requests(n: int) -> list[Request]:
-    rng = np.random.default_rng(1)
-    out = []
-    for i in range(n):
-        text = rng.integers(2, 100, int(rng.integers(2, 16)))
-        ids = np.concatenate([[1], np.full(CONFIG.num_image_tokens, CONFIG.image_token_id), text]).astype(np.int32)
-        out.append(Request(ids, rng.random((56, 56, 3), np.float32), tag=i))
-    return out
+    return image_prompt_requests(CONFIG, n, seed=1)
 
 
 def test_tiny_captioner_greedy_tokens_equal_xla():
