@@ -21,7 +21,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import Mesh, PartitionSpec
 
-from recap_jax.models.llama import KV_CACHE_AXES
+from recap_jax.models.llama import KV_CACHE_AXES, largest_divisor
 from recap_jax.parallel.mesh import logical_sharding
 
 # Finite: a masked score minus a running max stays finite (no inf - inf).
@@ -31,7 +31,7 @@ BLOCK_COLUMNS = 128  # cache columns per kernel block: a TPU lane tile
 
 def block_columns(cache_length: int, most: int = BLOCK_COLUMNS) -> int:
     """The block size for a cache of `cache_length` columns: the largest divisor <= `most`."""
-    return max(c for c in range(1, min(most, cache_length) + 1) if cache_length % c == 0)
+    return largest_divisor(cache_length, most)
 
 
 def live_blocks(start: jax.Array, length: jax.Array, block: int, blocks: int) -> tuple[jax.Array, jax.Array]:

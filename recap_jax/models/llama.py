@@ -240,10 +240,14 @@ def column_chunked_dot(columns: int):
     return dot_general
 
 
+def largest_divisor(n: int, most: int) -> int:
+    """The largest divisor of `n` that is at most `most` (>= 1)."""
+    return max(c for c in range(1, min(max(most, 1), n) + 1) if n % c == 0)
+
+
 def head_columns(vocab_size: int, hidden_size: int, max_bytes: int) -> int:
     """The most LM-head columns, a divisor of `vocab_size`, whose f32 kernel slice fits `max_bytes`."""
-    most = max(1, max_bytes // (4 * hidden_size))
-    return max(c for c in range(1, min(most, vocab_size) + 1) if vocab_size % c == 0)
+    return largest_divisor(vocab_size, max_bytes // (4 * hidden_size))
 
 
 def split_layer_params(decoder_params: dict) -> dict | None:

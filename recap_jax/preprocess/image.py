@@ -120,9 +120,8 @@ def normalise_on_device(pixels: jax.Array, table: np.ndarray) -> jax.Array:
 
 
 def normalise_by_lookup(pixels: jax.Array, table: np.ndarray) -> jax.Array:
-    """`table`'s entry for each value: a gather, fast on CPU. A TPU gathers element by element: its
-    compiled v4 prefill counted 236 GiB accessed for one group's gather where the rest of the
-    prefill reads 13 GiB (docs/tpu_plan.md)."""
+    """`table`'s entry for each value: a gather, fast on CPU; a TPU gathers element by element
+    (docs/tpu_plan.md has its compiled cost)."""
     return jnp.asarray(table.T)[pixels.astype(jnp.int32), jnp.arange(3)]
 
 
