@@ -68,7 +68,7 @@ def test_overfit_then_caption_with_both_exports(tiny, tmp_path):
         name.split(".")[0]: caption for name, caption in zip(names, CAPTIONS)}
 
     model = transformers.LlavaForConditionalGeneration.from_pretrained(summary["export_hf"]).eval()
-    processor = transformers.AutoProcessor.from_pretrained(summary["export_hf"])
+    processor = transformers.AutoProcessor.from_pretrained(summary["export_hf"], backend="pil")
     processor.tokenizer.padding_side = "left"
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],

@@ -44,7 +44,9 @@ def processor_for(config: transformers.LlavaConfig, pad: bool) -> transformers.L
 
 def load_reference(folder: pathlib.Path):
     model = transformers.LlavaForConditionalGeneration.from_pretrained(folder).eval()
-    processor = transformers.AutoProcessor.from_pretrained(folder)
+    # The PIL image processor: what LLaVA was trained with and what our pre-processing matches
+    # (transformers picks its torchvision backend by default when torchvision is installed).
+    processor = transformers.AutoProcessor.from_pretrained(folder, backend="pil")
     return model, processor
 
 
