@@ -10,8 +10,9 @@ import pytest
 
 import configs_loader
 from clip_helpers import tiny_config, write_shapes
-from recap_jax.clip import model as model_lib, pos_resample, schedule, stage_init, train_step, trainer
+from recap_jax.clip import model as model_lib, pos_resample, stage_init, train_step, trainer
 from recap_jax.errors import ConfigError
+from recap_jax.training import optimizer as schedule
 from recap_jax.parallel.mesh import make_mesh
 
 # Table 2 (vision width/depth, text width/depth).
