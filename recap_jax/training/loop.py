@@ -304,7 +304,7 @@ class _Run:
         self.last = row
         shown = " ".join(f"{k} {row[k]:.4g}" for k in self.trainer.progress_keys if k in row)
         eta = format_eta((self.trainer.num_steps - step) / max(steps_per_s, 1e-9))
-        self.reporter.say(f"step {step}/{self.trainer.num_steps} loss {row['loss']:.4f} {shown} "
+        self.reporter.say(f"step {step} of {self.trainer.num_steps} loss {row['loss']:.4f} {shown} "
                           f"lr {row.get('learning_rate', 0.0):.2e} | {steps_per_s:.2f} steps/s "
                           f"{row[f'{self.trainer.unit}_per_second']:.0f} {self.trainer.unit}/s | ETA {eta}")
 
