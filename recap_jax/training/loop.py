@@ -260,7 +260,7 @@ class _Run:
                 batch = None
                 check = jax.process_count() == 1 or step % t.log_every == 0
                 stop = _agree(bool(requested)) if check else False
-                if step % t.log_every == 0 or step == stop_at:
+                if step % t.log_every == 0 or step == self.trainer.num_steps:
                     self._log(step)
                 if step % t.checkpoint_every == 0 or step == stop_at or stop:
                     self._save(step, state, batches)
@@ -268,7 +268,7 @@ class _Run:
                     self._evaluate(step, state)
                 if stop:
                     return state, step, requested[0] if requested else signal.SIGTERM
-            if batches is not None and step < stop_at:
+            if batches is not None and step < stop_at:  # the data ended first
                 self._log(step)
                 self._save(step, state, batches)
         return state, step, 0
