@@ -26,7 +26,7 @@ from etils import epath
 
 from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
 from recap_jax.captioning import model_loading
-from recap_jax.conversion import bundle
+from recap_jax.conversion import bundle, parts
 from recap_jax.conversion.llava import abstract_params
 from recap_jax.data.identity import absolute
 from recap_jax.errors import ConfigError
@@ -122,8 +122,6 @@ def _start_params(config: ml_collections.ConfigDict, mesh) -> tuple[bundle.Capti
     """(spec, params placed on the mesh) of the converted checkpoint, or of the stage-1 parts."""
     m = config.model
     if m.vision_dir:
-        from recap_jax.conversion import parts  # reads HF folders with transformers: only stage 1 needs it
-
         spec, tensors = parts.read_parts(m.vision_dir, m.llm_dir, m.template or "llama3_llava")
     else:
         spec, _ = model_loading.read_converted_spec(m.checkpoint, m.tokenizer or None)
