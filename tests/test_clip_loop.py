@@ -14,6 +14,7 @@ from clip_helpers import tiny_config, write_shapes
 from loop_helpers import REPO, SIGINT, env, python_module, run_until_line_then_signal, tensorboard_scalars, \
     training_rows
 from recap_jax.clip import model_loading, trainer
+from recap_jax.errors import ConfigError
 from recap_jax.parallel.mesh import make_mesh
 from recap_jax.training import checkpoints
 from recap_jax.training.checkpoints import DamagedCheckpointError
@@ -88,6 +89,12 @@ def test_damaged_newest_checkpoint_is_named_then_the_run_falls_back(shapes, stra
     assert f"{workdir}/checkpoints/12: damaged" in out and "resuming from step 8" in out
     _params_equal(again["params"], straight[1]["params"])
     assert os.listdir(workdir / "set_aside")[0].startswith("12-")
+    # An explicit step: resume from 8 although 12 is intact (12 is set aside, saying so).
+    chosen = trainer.train(_config(shapes, workdir, resume_from_step=8))
+    assert "train.resume_from_step=8: step 12 moved to" in capsys.readouterr().out
+    _params_equal(chosen["params"], straight[1]["params"])
+    with pytest.raises(ConfigError, match=r"^train.resume_from_step: no step 5 under"):
+        trainer.train(_config(shapes, workdir, resume_from_step=5))
 
 
 def test_a_checksum_mismatch_is_a_damaged_checkpoint(shapes, straight, tmp_path):

@@ -130,7 +130,7 @@ def set_aside(workdir: epath.PathLike, step: int) -> str:
     """Moves checkpoints/<step> to set_aside/<step>-<time> (kept for inspection; process 0 moves it,
     every host skips it); its new path."""
     src = epath.Path(workdir) / CHECKPOINTS_DIR / str(step)
-    dst = epath.Path(workdir) / SET_ASIDE_DIR / f"{step}-{int(time.time())}"
+    dst = epath.Path(workdir) / SET_ASIDE_DIR / f"{step}-{time.time_ns()}"
     if jax.process_index() == 0:
         dst.parent.mkdir(parents=True, exist_ok=True)
         src.rename(dst)

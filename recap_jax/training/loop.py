@@ -39,7 +39,7 @@ from recap_jax.errors import ConfigError
 from recap_jax.parallel.mesh import make_mesh
 from recap_jax.progress import Reporter, format_eta
 from recap_jax.training import checkpoints
-from recap_jax.training.loop_config import check_train_fields
+from recap_jax.training.loop_config import check_loop_fields
 from recap_jax.training.metrics import MetricsWriter
 
 IDENTITY_FILE = "run_identity.json"
@@ -117,9 +117,7 @@ def absolute_workdir(workdir: str) -> str:
 def run(config: ml_collections.ConfigDict, make_trainer: Callable[[ml_collections.ConfigDict, Any], Trainer]
         ) -> dict[str, Any]:
     """Train as `config` says with the trainer `make_trainer(config, mesh)` builds; the summary."""
-    check_train_fields(config.train)
-    if not config.workdir:
-        raise ConfigError("workdir: required (checkpoints, metrics.jsonl and config.json go there)")
+    check_loop_fields(config)
     workdir = absolute_workdir(config.workdir)
     mesh = make_mesh(dict(config.mesh))
     existed = epath.Path(workdir).exists()

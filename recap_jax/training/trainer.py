@@ -38,7 +38,7 @@ from recap_jax.parallel.distributed import check_distributed_config, initialize_
 from recap_jax.training import export, loop, optimizer, step as step_lib
 from recap_jax.training.batches import BatchMaker, FailureLog, Position, prefetch
 from recap_jax.training.conversation import ConversationEncoder
-from recap_jax.training.loop_config import check_train_fields
+from recap_jax.training.loop_config import check_loop_fields
 from recap_jax.training.records import make_reader
 
 BATCH_AXES = {"tokens": (None, "batch", "length"), "targets": (None, "batch", "length"),
@@ -47,7 +47,7 @@ BATCH_AXES = {"tokens": (None, "batch", "length"), "targets": (None, "batch", "l
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Fail at start-up, naming the field."""
-    check_train_fields(config.train)
+    check_loop_fields(config)
     m = config.model
     if bool(m.vision_dir) != bool(m.llm_dir):
         raise ConfigError("model.vision_dir and model.llm_dir: give both (stage 1 from parts) or neither")
