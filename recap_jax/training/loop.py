@@ -214,7 +214,7 @@ class _Run:
         return summary
 
     def _restore_or_init(self) -> tuple[Any, Any, int]:
-        identity = self.trainer.identity()
+        self.identity = identity = self.trainer.identity()
         if identity:
             identity_lib.check(epath.Path(self.workdir) / IDENTITY_FILE, identity, folder_field="workdir",
                                remedy=REMEDY)
@@ -231,14 +231,15 @@ class _Run:
         return state, position, step
 
     def _record_start(self) -> None:
-        """The run's identity and config, once its first state and batch exist (process 0)."""
+        """The run's identity and first config, once its first state and batch exist (process 0)."""
         if jax.process_index() != 0:
             return
-        identity = self.trainer.identity()
         path = epath.Path(self.workdir) / IDENTITY_FILE
-        if identity and not path.exists():
-            identity_lib.write_json(path, identity_lib.normalized(identity))
-        identity_lib.write_json(epath.Path(self.workdir) / CONFIG_FILE, json.loads(self.config.to_json_best_effort()))
+        if self.identity and not path.exists():
+            identity_lib.write_json(path, identity_lib.normalized(self.identity))
+        path = epath.Path(self.workdir) / CONFIG_FILE  # what evaluation rebuilds the model from
+        if not path.exists():
+            identity_lib.write_json(path, json.loads(self.config.to_json_best_effort()))
 
     def _steps(self, state, start: int, stop_at: int, first, batches) -> tuple[Any, int, int]:
         """Steps start+1 .. stop_at; (state, last step, the stopping signal or 0)."""
