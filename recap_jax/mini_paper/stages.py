@@ -17,13 +17,13 @@ from etils import epath
 
 from recap_jax.clip import mini_world as world
 from recap_jax.errors import ConfigError
+from recap_jax.progress import Reporter
 
 EVAL_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "configs", "clip_eval.py")
 
 
-def _log(message: str) -> None:
-    print(f"[reproduce] {message}", flush=True)
+_log = Reporter("[reproduce]").say  # the one progress reporter (recap_jax/progress.py)
 
 
 def check_captioner_init(config: ml_collections.ConfigDict) -> None:
@@ -189,9 +189,9 @@ def _eval_config(workdir: str, paths: dict[str, str]) -> ml_collections.ConfigDi
 
 def evaluate_clip(workdir: str, paths: dict[str, str]) -> dict[str, Any]:
     """Held-out retrieval (true descriptions, alt-text-style queries) and zero-shot classification
-    with the evaluation command's library call (`recap_jax.clip.evaluate.evaluate_config`, in this
+    with the evaluation command's library call (`recap_jax.clip.retrieval_job.evaluate_config`, in this
     process: no extra start-up and compile per row); cached in `workdir/eval.json`."""
-    from recap_jax.clip.evaluate import evaluate_config
+    from recap_jax.clip.retrieval_job import evaluate_config
 
     cached = epath.Path(workdir, "eval.json")
     if not cached.exists():
