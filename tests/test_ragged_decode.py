@@ -23,7 +23,7 @@ from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel.mesh import make_mesh
 from recap_jax.planning import caption_plan, chips, hlo
 from recap_jax.planning.model_spec import PlannedModel
-from recap_jax.planning.programs import lower_caption_programs
+from recap_jax.decoding.lowering import lower_caption_programs
 
 
 def random_step(seed: int, batch: int, kv_heads: int, group: int, cache_length: int, head_dim: int = 16,

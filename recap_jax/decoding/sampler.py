@@ -198,7 +198,7 @@ def decode_steps(model: LlavaModel, settings: DecodeSettings, shards: int, param
 
 @dataclasses.dataclass(frozen=True)
 class DecodePrograms:
-    """The jitted functions of the decode loop: what `Sampler` runs and `planning/programs.py`
+    """The jitted functions of the decode loop: what `Sampler` runs and `decoding/lowering.py`
     compiles for a TPU slice (built here only, so both are the same programs)."""
     init: Any  # () -> DecodeState
     prefill: Any  # (params, state, token_ids, pixels, lengths, slots, seeds) -> DecodeState
@@ -321,7 +321,7 @@ class Sampler(Generic[T]):
                 raise ValueError(f"decode.{field}={getattr(settings, field)} must be a multiple of the mesh's "
                                  f"batch shards ({self.shards})")
         self._data_sharding = logical_sharding(mesh, ("batch",)) if mesh is not None else None
-        # The decode loop's scalar as the programs are lowered (planning/programs.py): replicated.
+        # The decode loop's scalar as the programs are lowered (decoding/lowering.py): replicated.
         self._scalar_sharding = replicated(mesh) if mesh is not None else None
         self._scalars: dict[int, jax.Array] = {}
         # `programs`: built (and maybe compiled ahead) by the caller with the same arguments.

@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 SAMPLING_MODES = ("greedy", "top_k", "top_p")
+# A prompt holding this slot is encoded per sample with the sample's alt-text in it
+# (captioning/prompts.py); its buckets leave room for the alt-text (`for_prompt`).
+ORG_CAPTION_SLOT = "{org_caption}"
 # Alt-text tokens the derived buckets of an `{org_caption}` prompt leave room for (a longer
 # alt-text is listed as a failure); set decode.prompt_buckets to allow more.
 CONDITIONED_EXTRA = (32, 64, 128)

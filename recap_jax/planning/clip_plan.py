@@ -23,7 +23,6 @@ from recap_jax.models.vision import EncoderLayer
 from recap_jax.parallel.mesh import logical_sharding, make_mesh, params_shardings
 from recap_jax.planning import hlo
 from recap_jax.planning.layer_cost import Cost
-from recap_jax.planning.programs import shard_bytes
 
 
 @dataclasses.dataclass
@@ -70,7 +69,7 @@ def compile_clip_step(config: ml_collections.ConfigDict, devices: Sequence) -> C
         layer = layer_train_cost(cfg, tower, seq, causal, micro, mesh)
         cost += layer * ((tower.depth - 1) * max(1, t.accum_steps))
         model_flops += tower.depth * _layer_model_flops(tower, seq, b) / len(devices)
-    return ClipPlan(model_lib.count_params(state.params), shard_bytes(state), b / len(devices), stats,
+    return ClipPlan(model_lib.count_params(state.params), hlo.shard_bytes(state), b / len(devices), stats,
                     cost, model_flops)
 
 

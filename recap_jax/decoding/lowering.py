@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any
 
 import jax
@@ -77,11 +76,3 @@ def lower_caption_programs(model: LlavaModel, settings: DecodeSettings, mesh: Me
     decode = programs.decode.lower(params, state, jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
     return CaptionPrograms(params, state, prefill, decode)
 
-
-def shard_bytes(tree) -> int:
-    """Bytes of one device's shard of every array of an abstract tree (device 0 of each sharding)."""
-    total = 0
-    for leaf in jax.tree.leaves(tree):
-        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
-        total += jnp.dtype(leaf.dtype).itemsize * math.prod(shape)
-    return total
