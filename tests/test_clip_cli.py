@@ -102,7 +102,7 @@ def test_train_from_and_evaluate_a_hf_clip(tmp_path_factory, tmp_path):
         trainer.build_model(config.model, tokenizer)
 
     # The evaluation command takes the HF folder directly.
-    from recap_jax.clip.evaluate import evaluate_config
+    from recap_jax.clip.eval_run import evaluate_config
     eval_config = configs_loader.load("clip_eval.py")
     eval_config.model.hf_dir = hf_dir
     eval_config.tokenizer = shapes["tokenizer"]

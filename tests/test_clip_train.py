@@ -52,7 +52,7 @@ def test_tiny_clip_learns_retrieval_on_heldout_shapes(shapes, tmp_path):
     assert abs(rows[2]["org_caption_fraction"] - 0.8) < 0.05
 
     # The evaluation command on the saved run reproduces the in-training figures.
-    from recap_jax.clip.evaluate import evaluate_config
+    from recap_jax.clip.eval_run import evaluate_config
     import configs_loader
     eval_config = configs_loader.load("clip_eval.py")
     eval_config.model.checkpoint = str(tmp_path / "run")
