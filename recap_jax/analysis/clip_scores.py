@@ -12,12 +12,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import jax
 import ml_collections
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recap_jax.clip import evaluate, train_step
+from recap_jax.clip.data import resize_center_crop
+from recap_jax.clip.model_loading import load_clip_for_eval
+from recap_jax.data.images import decode_image
 from recap_jax.errors import ConfigError
+from recap_jax.parallel.mesh import make_mesh
 from recap_jax.release.rows import Row
 
 SCORES_SCHEMA = pa.schema([("key", pa.string()), ("re_clip_score", pa.float64()), ("org_clip_score", pa.float64())])
@@ -37,12 +43,6 @@ class ClipScorer:
     """Scores batches of rows (which must carry their image bytes)."""
 
     def __init__(self, checkpoint: str, *, tokenizer: str = "", text_length: int = 0, batch_size: int = 32):
-        import jax
-
-        from recap_jax.clip import evaluate, train_step
-        from recap_jax.clip.model_loading import load_clip_for_eval
-        from recap_jax.parallel.mesh import make_mesh
-
         if not os.path.isdir(checkpoint):
             raise ConfigError(f"--clip: {checkpoint} is not a folder (a train_clip workdir or a HF CLIPModel folder)")
         config = _loader_config(checkpoint, tokenizer, text_length, batch_size)
@@ -62,10 +62,6 @@ class ClipScorer:
 
     def score(self, rows: Sequence[Row]) -> list[tuple[float, float] | None]:
         """(re score, org score) per row; None where the image cannot be decoded."""
-        from recap_jax.clip import evaluate
-        from recap_jax.clip.data import resize_center_crop
-        from recap_jax.data.images import decode_image
-
         size, images, ok = self.encoders.image_size, [], []
         for row in rows:
             try:

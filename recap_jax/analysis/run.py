@@ -24,7 +24,9 @@ from etils import epath
 from tqdm import tqdm
 
 from recap_jax.analysis import health, plots, report
+from recap_jax.analysis.clip_scores import ClipScorer, ScoresWriter
 from recap_jax.analysis.stats import Accumulator, BottomK, key_priority
+from recap_jax.clip.data import Tokenizer
 from recap_jax.data.storage import is_local, staged_folder
 from recap_jax.errors import ConfigError
 from recap_jax.release.rows import OutputRows, Row, open_rows
@@ -93,7 +95,6 @@ def analyze_shard(path: str, settings: AnalyzeSettings) -> str:
     if settings.clip:
         if not isinstance(rows, OutputRows):
             raise ConfigError(f"--clip: {path} carries no images (released Parquet); score a caption output folder")
-        from recap_jax.analysis.clip_scores import ClipScorer, ScoresWriter
         scorer = ClipScorer(settings.clip, tokenizer=settings.tokenizer, text_length=settings.clip_text_length,
                             batch_size=settings.clip_batch_size)
         name = "clip_scores.parquet" if settings.num_shards == 1 else f"clip_scores-{_shard_name(settings)}.parquet"
@@ -160,7 +161,6 @@ def analyze_shard(path: str, settings: AnalyzeSettings) -> str:
 
 def _tokenizer(settings: AnalyzeSettings, scorer):
     if settings.tokenizer:
-        from recap_jax.clip.data import Tokenizer
         try:
             return Tokenizer(settings.tokenizer).hf
         except ValueError as e:

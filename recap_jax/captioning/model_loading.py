@@ -13,9 +13,10 @@ from flax import linen as nn
 from flax import traverse_util
 
 from recap_jax.captioning import param_reads
-from recap_jax.conversion.bundle import (PYTREE_DIR, CaptionerSpec, llava_hf_tensors, param_dtype,
-                                         read_converted_spec, read_llava_hf_spec)
+from recap_jax.conversion.bundle import (PYTREE_DIR, CaptionerSpec, llava_hf_tensors, param_dtype, read_converted_spec,
+                                         read_llava_hf_spec)
 from recap_jax.conversion.llava import abstract_params, convert_params
+from recap_jax.models import quantization
 from recap_jax.models.config import LlavaConfig
 from recap_jax.models.llava import LlavaModel
 
@@ -74,7 +75,6 @@ def _quantizer(config: LlavaConfig, dtype, quantize: str, shardings_fn):
     """The per-leaf quantiser of `quantize` mode, or None (imported only when asked: Qwix is an extra)."""
     if not quantize:
         return None
-    from recap_jax.models import quantization
     abstract = quantization.abstract_model_params(
         quantization.quantized_model(LlavaModel(config), quantize), jnp.dtype(dtype))
     return quantization.LeafQuantizer(abstract, nn.unbox(shardings_fn(abstract)) if shardings_fn else None)

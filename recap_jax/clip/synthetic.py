@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
 from recap_jax.data import schema
+from recap_jax.data.writer import OutputDataset
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (235, 210, 20),
@@ -141,8 +142,6 @@ def write_eval_folders(root: str, size: int, seed: int) -> dict[str, str]:
 def write_captioner_output(folder: str, records: Sequence[Mapping[str, Any]], num_units: int = 1) -> str:
     """Writes `records` with the captioner's own writer (`recap_jax.data.writer.OutputDataset`):
     the folder is byte-for-byte the layout `recap_jax.caption` produces (shards, markers, metadata)."""
-    from recap_jax.data.writer import OutputDataset
-
     output = OutputDataset(folder, num_units=num_units, fingerprint={"synthetic": True})
     for unit, chunk in enumerate(np.array_split(np.arange(len(records)), num_units)):
         output.write_unit(unit, [records[i] for i in chunk], failures=[])

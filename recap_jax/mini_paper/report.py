@@ -70,7 +70,7 @@ def findings(rows: dict[str, dict[str, float]]) -> list[str]:
 
 def plot(rows: dict[str, dict[str, float]], path: str) -> None:
     """Retrieval and zero-shot classification against p (concat as a dashed line)."""
-    import matplotlib
+    import matplotlib  # the [plots] extra: only the figure needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
