@@ -36,7 +36,7 @@ def main(argv: Sequence[str]) -> int:
 
 def report(config) -> int:
     """Run the job; print its summary and closing line; return the exit status."""
-    from recap_jax.captioning.run import run
+    from recap_jax.captioning.run import run  # deferred past the flags (cli.job_main)
     try:
         summary = run(config)
     except KeyboardInterrupt:

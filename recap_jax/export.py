@@ -27,7 +27,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace files a previous exp
 
 
 def main(argv) -> int:
-    from recap_jax.release.parquet_export import export_parquet
+    from recap_jax.release.parquet_export import export_parquet  # deferred past the flags (cli.job_main)
 
     if len(argv) != 3:
         raise ConfigError(f"expected OUTPUT_DIR and DEST, got {list(argv[1:])}: "

@@ -9,7 +9,7 @@ highest first:
         -> trainers and jobs (the CLIP and captioner trainers, the caption job, planning, analysis, dit/)
           -> jitted steps, model loading and evaluation (clip/train_step, clip/evaluate, metrics/, ...)
             -> models and data (models/, data/, decoding/, conversion/, ...)
-              -> errors.py, cli.py
+              -> errors.py
 
 A module may import its own layer or any layer below it. Its layer is that of the longest prefix
 of its dotted name in `LAYERS`; a top-level module not listed there is a command. A new package
@@ -25,13 +25,15 @@ from collections.abc import Iterator
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "recap_jax"
 
 BASE, MODELS_AND_DATA, STEPS_AND_EVALUATION, TRAINERS_AND_JOBS, PIPELINE, COMMANDS = range(6)
-LAYER_NAMES = ("errors/cli", "models and data", "steps, model loading and evaluation", "trainers and jobs",
+LAYER_NAMES = ("errors", "models and data", "steps, model loading and evaluation", "trainers and jobs",
                "pipeline", "commands")
 LAYERS = {
     "recap_jax": BASE,  # the package's __init__
     "recap_jax.errors": BASE,
-    "recap_jax.cli": BASE,
     # Models, their weights' formats, data formats and readers, decoding, config defaults.
+    # cli.py: what commands share; it starts jax.distributed (parallel/), config files parse their
+    # arguments with it (clip/clipa.py).
+    "recap_jax.cli": MODELS_AND_DATA,
     "recap_jax.models": MODELS_AND_DATA,
     "recap_jax.data": MODELS_AND_DATA,
     "recap_jax.preprocess": MODELS_AND_DATA,
@@ -208,4 +210,4 @@ def test_the_checks_catch_what_they_should():
     assert layer("recap_jax.caption") == COMMANDS
     assert layer("recap_jax.clip.trainer") == TRAINERS_AND_JOBS > layer("recap_jax.clip.model") == MODELS_AND_DATA
     assert layer("recap_jax.clip.suite.run") == STEPS_AND_EVALUATION
-    assert layer("recap_jax.cli") == BASE and layer("recap_jax.mini_paper") == PIPELINE
+    assert layer("recap_jax.errors") == BASE and layer("recap_jax.mini_paper") == PIPELINE
