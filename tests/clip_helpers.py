@@ -30,3 +30,10 @@ def tiny_config(paths, workdir, **train_overrides):
     config.data.num_threads = 2
     config.train.update(train_overrides)
     return config
+
+
+def model_config(model=None, **fields) -> dict:
+    """A whole `config.model` for `clip.model.config_from_dict`: clip/defaults.py's fields (or
+    `model`'s), the CLIP BPE's end-of-text id as the tokenizer would give it, `fields` over them."""
+    from recap_jax.clip.defaults import base_config
+    return {**(model or base_config().model).to_dict(), "eos_token_id": 49407, **fields}

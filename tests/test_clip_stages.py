@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import configs_loader
-from clip_helpers import tiny_config, write_shapes
+from clip_helpers import model_config, tiny_config, write_shapes
 from recap_jax.clip import model as model_lib, pos_resample, schedule, stage_init, train_step, trainer
 from recap_jax.errors import ConfigError
 from recap_jax.parallel.mesh import make_mesh
@@ -23,7 +23,7 @@ TABLE_2 = {"s16": ((384, 12), (384, 12)), "b16": ((768, 12), (512, 12)),
 def test_recipe_configs_have_table_2_towers_and_the_clipa_schedule(name):
     stage1 = schedule.resolve_sample_schedule(configs_loader.load(f"recap_clip_{name}.py", "stage=1"))
     stage2 = schedule.resolve_sample_schedule(configs_loader.load(f"recap_clip_{name}.py", "stage=2,init=/s1"))
-    cfg = model_lib.config_from_dict(dict(stage1.model.to_dict(), vocab_size=49408))
+    cfg = model_lib.config_from_dict(model_config(stage1.model, vocab_size=49408))
     vision, text = TABLE_2[name]
     assert (cfg.vision.width, cfg.vision.depth) == vision and (cfg.text.width, cfg.text.depth) == text
     assert cfg.text_context == 128 and stage1.data.org_caption_prob == 0.8
@@ -38,10 +38,10 @@ def test_recipe_configs_have_table_2_towers_and_the_clipa_schedule(name):
 
 def test_text_tower_variants_and_batch_changes_keep_the_recipe():
     config = configs_loader.load("recap_clip_b16.py", "stage=1,text=huge")
-    cfg = model_lib.config_from_dict(dict(config.model.to_dict(), vocab_size=49408))
+    cfg = model_lib.config_from_dict(model_config(config.model, vocab_size=49408))
     assert (cfg.vision.width, cfg.text.width, cfg.text.depth) == (768, 1024, 24)  # Table 4: B/16 + huge text
-    small = model_lib.config_from_dict(dict(configs_loader.load("recap_clip_b16.py", "text=small").model.to_dict(),
-                                            vocab_size=49408))
+    small = model_lib.config_from_dict(model_config(configs_loader.load("recap_clip_b16.py", "text=small").model,
+                                                    vocab_size=49408))
     assert (small.text.width, small.text.heads) == (384, 6)
     config.train.global_batch_size = 16_384  # half the batch: twice the steps, half the lr
     resolved = schedule.resolve_sample_schedule(config)

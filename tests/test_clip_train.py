@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from clip_helpers import tiny_config, write_shapes
+from clip_helpers import model_config, tiny_config, write_shapes
 from recap_jax.clip import evaluate, train_step, trainer
 from recap_jax.clip.model import CLIP, config_from_dict
 from recap_jax.parallel.mesh import make_mesh
@@ -124,8 +124,8 @@ def test_non_finite_loss_stops_with_a_clear_message(shapes, tmp_path):
 
 
 def _tiny_model(loss="softmax"):
-    cfg = config_from_dict(dict(image="tiny/8", text="tiny", image_size=16, text_context=8, embed_dim=8,
-                                vocab_size=50, eos_token_id=49, use_logit_bias=loss == "sigmoid"))
+    cfg = config_from_dict(model_config(image="tiny/8", text="tiny", image_size=16, text_context=8,
+                                        embed_dim=8, vocab_size=50, eos_token_id=49, use_logit_bias=loss == "sigmoid"))
     tcfg = ml_collections.ConfigDict(dict(num_steps=10, warmup_steps=2, learning_rate=1e-3, end_lr_ratio=0.1,
                                           b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=1.0))
     return CLIP(cfg), train_step.make_optimizer(tcfg)

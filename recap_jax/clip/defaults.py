@@ -19,6 +19,8 @@ def base_config(folders: str = "") -> ml_collections.ConfigDict:
     # Device mesh (recap_jax.parallel.mesh): sizes of the data / fsdp / tensor axes; -1 = all the rest.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.distributed = distributed_config()  # multi-host start-up (recap_jax.parallel.distributed)
+    # The TPU slice `python -m recap_jax.plan --clip_config` compiles the train step for (--topology overrides).
+    config.tpu = ml_collections.ConfigDict(dict(topology="v4-8"))
 
     config.model = ml_collections.ConfigDict()
     config.model.hf_dir = ""  # a HF CLIPModel folder (safetensors) to start from; overrides the sizes below

@@ -163,9 +163,9 @@ def largest_fitting_batch(config: ml_collections.ConfigDict, model: PlannedModel
     plan the per-slot bytes (cache, state, decode temporaries) give a linear guess; without one
     the batch is halved until a plan compiles and fits, then the guess starts from that one. Each
     guess is compiled and stepped down until one fits."""
-    step = max(config.mesh.get("data", 1), 1) * max(config.mesh.get("fsdp", 1), 1)
-    if config.mesh.get("data", 1) == -1:
-        step = len(devices) // max(config.mesh.get("tensor", 1) * config.mesh.get("fsdp", 1), 1)
+    step = max(config.mesh.data, 1) * max(config.mesh.fsdp, 1)
+    if config.mesh.data == -1:
+        step = len(devices) // max(config.mesh.tensor * config.mesh.fsdp, 1)
     floor = max(config.decode.prefill_batch, step)
     best: tuple[int, CaptionPlan | None] = (0, None)
     batch = config.decode.batch_size

@@ -24,6 +24,8 @@ from recap_jax.parallel.mesh import logical_sharding, make_mesh, params_sharding
 from recap_jax.planning import hlo
 from recap_jax.planning.layer_cost import Cost
 
+CLIP_BPE_VOCAB, CLIP_BPE_EOS = 49408, 49407  # the OpenAI CLIP tokenizer
+
 
 @dataclasses.dataclass
 class ClipPlan:
@@ -41,9 +43,9 @@ class ClipPlan:
 
 def compile_clip_step(config: ml_collections.ConfigDict, devices: Sequence) -> ClipPlan:
     """The trainer's jitted train step for `config` over `devices` (every chip of the slice)."""
-    model_cfg = dict(config.model.to_dict())
-    model_cfg.setdefault("vocab_size", 49408)  # the CLIP BPE vocabulary; the tokenizer is not read here
-    model_cfg["vocab_size"] = model_cfg["vocab_size"] or 49408
+    # The tokenizer is not read here: 0 (the tokenizer's size) plans with the CLIP BPE's vocabulary.
+    model_cfg = dict(config.model.to_dict(), eos_token_id=CLIP_BPE_EOS)
+    model_cfg["vocab_size"] = model_cfg["vocab_size"] or CLIP_BPE_VOCAB
     model = model_lib.CLIP(model_lib.config_from_dict(model_cfg))
     t = config.train
     mesh = make_mesh(dict(config.mesh), list(devices))

@@ -77,7 +77,7 @@ def planned_model(config: ml_collections.ConfigDict) -> PlannedModel:
                                 f"model.hf_dir={m.hf_dir}")
     except (OSError, ValueError) as e:
         print(f"[plan] cannot read the model's config and tokenizer ({e}); using the built-in config")
-    name = config.get("tpu", {}).get("model", "llava-llama-3-8b")
+    name = config.tpu.model
     if name not in BUILTIN_MODELS:
         raise ConfigError(f"tpu.model={name!r}: expected one of {sorted(BUILTIN_MODELS)}")
     llava = llava_config_from_hf(BUILTIN_MODELS[name])

@@ -20,7 +20,7 @@ DATASETS = ("imagenet", "coco", "flickr", "urban1k", "vg_attribute")
 def _missing(cfg: ml_collections.ConfigDict, name: str, fields: tuple[str, ...]) -> str | None:
     """Why `name` cannot run (a field unset or a path absent), or None."""
     for field in fields:
-        value = cfg.get(field, "")
+        value = cfg[field]
         if not value:
             return f"{name}.{field} is not set"
         if not os.path.exists(value):
