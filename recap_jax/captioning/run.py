@@ -41,7 +41,8 @@ from recap_jax.data.inputs import Failure
 from recap_jax.data.schema import record_features
 from recap_jax.data.storage import is_local
 from recap_jax.data.writer import OutputDataset
-from recap_jax.decoding.sampler import Request, Sampler, decode_programs
+from recap_jax.decoding.programs import decode_programs
+from recap_jax.decoding.sampler import Request, Sampler
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.decoding.token_choice import sample_seed
 from recap_jax.errors import ConfigError

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from recap_jax.decoding.sampler import DecodePrograms, decode_programs, decode_state_shardings, init_state
+from recap_jax.decoding.programs import DecodePrograms, decode_programs
 from recap_jax.decoding.settings import DecodeSettings
+from recap_jax.decoding.steps import decode_state_shardings, init_state
 from recap_jax.models.llava import LlavaModel
 from recap_jax.models.quantization import abstract_model_params
 from recap_jax.parallel import mesh as mesh_lib

@@ -44,7 +44,7 @@ class DecodeSettings:
     seed: int = 0
     # Decode attention over the KV cache: "ragged" reads only each slot's live cache blocks
     # (kernels/ragged_decode.py, a Pallas TPU kernel; on CPU it runs in interpret mode: slow, for
-    # tests), "xla" reads the whole cache with a mask (models/llama.py::decode_attention), "auto"
+    # tests), "xla" reads the whole cache with a mask (models/attention.py::decode_attention), "auto"
     # the kernel on TPU and XLA elsewhere. The captions are the same up to rounding.
     attention: str = "auto"
     stop_ids: tuple[int, ...] = ()  # from the checkpoint, not a config field

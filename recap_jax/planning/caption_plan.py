@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from recap_jax.decoding.settings import ORG_CAPTION_SLOT, DecodeSettings
-from recap_jax.decoding.sampler import decode_attention_fn
+from recap_jax.decoding.programs import decode_attention_fn
 from recap_jax.kernels.ragged_decode import block_columns, mean_live_columns
 from recap_jax.models.flops import image_flops, parameter_count
 from recap_jax.models.llava import LlavaModel
