@@ -87,23 +87,34 @@ def base_config(folders: str = "") -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 2  # how many recent checkpoints to keep
     config.train.stop_after_steps = 0  # >0: leave after this many steps of THIS run (time-sliced jobs)
 
+    config.init = _init_fields()
+    config.eval = _eval_fields()
+    return config
+
+
+def _init_fields() -> ml_collections.ConfigDict:
+    """`init`: where a later stage starts from."""
     # Start from the checkpoint of an earlier stage (CLIPA stage 2): its latest params, the image
     # position embeddings resampled to this image size. Ignored once this workdir has a checkpoint.
-    config.init = ml_collections.ConfigDict()
-    config.init.checkpoint = ""  # the earlier stage's workdir; empty = a fresh initialisation
-    config.init.optimizer = "reset"  # reset, or keep (Adam moments carried over; the schedule restarts)
-    config.init.pos_interpolation = "bilinear"  # bilinear or bicubic
+    init = ml_collections.ConfigDict()
+    init.checkpoint = ""  # the earlier stage's workdir; empty = a fresh initialisation
+    init.optimizer = "reset"  # reset, or keep (Adam moments carried over; the schedule restarts)
+    init.pos_interpolation = "bilinear"  # bilinear or bicubic
+    return init
 
-    config.eval = ml_collections.ConfigDict()
-    config.eval.every_steps = 0  # 0 = only at the end of training (if any dataset has a folder)
-    config.eval.batch_size = 96  # images/texts per encoder call (divisible by the batch devices)
+
+def _eval_fields() -> ml_collections.ConfigDict:
+    """`eval`: the retrieval sets evaluated during and after training."""
+    ev = ml_collections.ConfigDict()
+    ev.every_steps = 0  # 0 = only at the end of training (if any dataset has a folder)
+    ev.batch_size = 96  # images/texts per encoder call (divisible by the batch devices)
     # Named retrieval datasets; entries with an empty folder are skipped.
-    config.eval.datasets = ml_collections.ConfigDict()
-    config.eval.datasets.heldout = ml_collections.ConfigDict(dict(
+    ev.datasets = ml_collections.ConfigDict()
+    ev.datasets.heldout = ml_collections.ConfigDict(dict(
         folder="",  # a TFDS/ArrayRecord folder, one record per image
         split="train",  # its split
         caption_fields="re_caption,org_caption",  # comma-separated fields (a text or a list of texts each)
         image_field="image",  # field with the encoded image bytes
         max_images=0,  # 0 = all
     ))
-    return config
+    return ev
