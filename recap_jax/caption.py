@@ -47,10 +47,5 @@ def report(config) -> int:
     return outcome.exit_status(summary, config)
 
 
-def execute(config) -> int:
-    """`report` inside the commands' error boundary (for callers that hold a config)."""
-    return cli.guarded(lambda: report(config))
-
-
 if __name__ == "__main__":
     cli.run_config_command(main, __doc__, __name__)

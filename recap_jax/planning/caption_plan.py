@@ -27,7 +27,7 @@ from recap_jax.models.llava import LlavaModel
 from recap_jax.models.quantization import caption_model
 from recap_jax.parallel import mesh as mesh_lib
 from recap_jax.planning import hlo, layer_cost
-from recap_jax.planning.chips import GIB, Chip
+from recap_jax.planning.chips import Chip
 from recap_jax.planning.model_spec import PlannedModel
 from recap_jax.decoding.lowering import lower_caption_programs
 
@@ -254,8 +254,3 @@ def kernel_cache_reads(plan: CaptionPlan, new_tokens: int) -> float:
 
 def describe_params(model: PlannedModel) -> str:
     return f"{parameter_count(model.config) / 1e9:.2f}B params ({model.source})"
-
-
-def gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"
-

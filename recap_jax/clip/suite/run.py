@@ -14,9 +14,6 @@ import ml_collections
 from recap_jax.clip import evaluate, model_loading
 from recap_jax.clip.suite import imagenet, report, retrieval_sets, vg_attribute
 
-DATASETS = ("imagenet", "coco", "flickr", "urban1k", "vg_attribute")
-
-
 def _missing(cfg: ml_collections.ConfigDict, name: str, fields: tuple[str, ...]) -> str | None:
     """Why `name` cannot run (a field unset or a path absent), or None."""
     for field in fields:
