@@ -187,6 +187,7 @@ def _token_lengths(tokenizer, chunk: list[Row]) -> list[tuple[int | None, int | 
 def merge(out: str, settings: AnalyzeSettings) -> dict[str, Any]:
     """Merges every shard under OUT/shards into analysis.json, the plots and report.html (a gs://
     OUT is read into a local folder, merged there and written back)."""
+    plots.pyplot("analyze --merge")
     with staged_folder(out, download=True) as local:
         return _merge_local(local, dataclasses.replace(settings, out=local))
 
@@ -231,6 +232,8 @@ def _merge_local(out: str, settings: AnalyzeSettings) -> dict[str, Any]:
 def analyze(path: str, settings: AnalyzeSettings) -> dict[str, Any] | None:
     """Runs this shard; merges too when the run is not sharded. Returns the summary when merged."""
     out = settings.out or default_out(path)
+    if settings.num_shards == 1:
+        plots.pyplot("analyze")  # a missing extra is said now, not after the pass
     with staged_folder(out) as local:  # a gs:// OUT: written locally, uploaded at the end
         local_settings = dataclasses.replace(settings, out=local)
         if settings.num_shards == 1:  # a previous sharded run's files would not merge with this one

@@ -11,6 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from recap_jax.analysis.plots import pyplot
 from recap_jax.clip import mini_world as world
 from recap_jax.errors import ConfigError
 from recap_jax.mini_paper import report, stages, world_files
@@ -72,6 +73,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if not config.clip.ps:
         raise ConfigError("clip.ps: give at least one p (probability of the original caption)")
     stages.check_captioner_init(config)
+    pyplot("reproduce")  # a missing extra is said now, not after the stages
     start = time.time()
     root = os.path.abspath(config.workdir)
     use_compilation_cache(os.path.join(root, "xla_cache"))
