@@ -76,3 +76,14 @@ def test_plots_are_an_extra_the_tests_install():
 def test_the_name_rule_matches_pep_503():
     assert _name("orbax-checkpoint>=0.9") == "orbax-checkpoint" and _name("jax[tpu]") == "jax"
     assert _name("ml_collections>=0.1.1") == "ml-collections" and _name("Jinja2") == "jinja2"
+
+
+def test_a_missing_plots_extra_is_named_in_one_line(monkeypatch):
+    import pytest
+
+    from recap_jax.analysis import plots
+    from recap_jax.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets without the extra
+    with pytest.raises(UserError, match=r"analyze draws its plots with matplotlib.*recap_jax\[plots\]"):
+        plots.pyplot("analyze")
