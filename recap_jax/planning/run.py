@@ -29,7 +29,6 @@ class PlanSettings:
 def plan(config: ml_collections.ConfigDict, settings: PlanSettings,
          clip_config: ml_collections.ConfigDict | None = None) -> tuple[dict[str, Any], list[str], bool]:
     """(JSON-ready result, text lines, fits?) for the caption config (and the CLIP config)."""
-
     pod = chips.compile_slice(settings.topology or config.tpu.topology)
     hosts = chips.hosts_of(pod.devices)
     for devices in hosts.values():  # each host builds its own mesh over its chips
