@@ -42,11 +42,7 @@ LAYERS = {
     "recap_jax.conversion": MODELS_AND_DATA,
     "recap_jax.decoding": MODELS_AND_DATA,
     "recap_jax.release": MODELS_AND_DATA,
-    "recap_jax.clip": MODELS_AND_DATA,  # clip/model.py, data.py, loss.py, hf_weights.py, defaults.py, ...
-    "recap_jax.training.conversation": MODELS_AND_DATA,
-    "recap_jax.training.records": MODELS_AND_DATA,
-    "recap_jax.training.batches": MODELS_AND_DATA,
-    "recap_jax.training.defaults": MODELS_AND_DATA,
+    "recap_jax.clip": MODELS_AND_DATA,  # clip/model.py, data.py, loss.py, hf_weights.py, ...
     # Pure jitted steps over a model, loading a model, and evaluating one.
     "recap_jax.clip.train_step": STEPS_AND_EVALUATION,
     "recap_jax.clip.model_loading": STEPS_AND_EVALUATION,
@@ -58,8 +54,11 @@ LAYERS = {
     "recap_jax.captioning.model_loading": STEPS_AND_EVALUATION,
     "recap_jax.captioning.param_reads": STEPS_AND_EVALUATION,
     "recap_jax.metrics": STEPS_AND_EVALUATION,
-    # Trainers (and what only they use), the caption job, the plan, the dataset analysis.
+    # Trainers (their config defaults, data and loops), the caption job, the plan, the dataset analysis.
     "recap_jax.clip.trainer": TRAINERS_AND_JOBS,
+    # A trainer's config fields and recipes (they may share the trainers' optimizer fields).
+    "recap_jax.clip.defaults": TRAINERS_AND_JOBS,
+    "recap_jax.clip.clipa": TRAINERS_AND_JOBS,
     "recap_jax.clip.stage_init": TRAINERS_AND_JOBS,
     "recap_jax.clip.schedule": TRAINERS_AND_JOBS,
     "recap_jax.training": TRAINERS_AND_JOBS,
