@@ -3,7 +3,7 @@
     python benchmarks/decode_layers_v4.py --layers 2 4 [--batch 256] [--no_cmem] [--attention xla ragged]
 
 For scanned and unrolled decoder layers (`model.scan_layers`) and each layer count, compiles the
-caption job's decode loop (`planning/programs.py`, configs/v4_256.py's mesh and settings, the
+caption job's decode loop (`decoding/lowering.py`, configs/v4_256.py's mesh and settings, the
 LLaVA-LLaMA-3-8B shapes with `--layers` text layers) and prints per chip and step: XLA's bytes
 accessed (a while body counted once: for unrolled layers the difference between two layer
 counts is what one layer adds), temporaries, and the ops that copy the KV cache or one layer of it
@@ -54,7 +54,7 @@ def main() -> None:
     from recap_jax.parallel import mesh as mesh_lib
     from recap_jax.planning import caption_plan, hlo
     from recap_jax.planning.model_spec import LLAVA_LLAMA3_8B
-    from recap_jax.planning.programs import lower_caption_programs
+    from recap_jax.decoding.lowering import lower_caption_programs
 
     config = load("v4_256.py")
     mesh = mesh_lib.make_mesh(dict(config.mesh), devices)

@@ -63,7 +63,7 @@ def main() -> None:
 
     from etils import epath
 
-    from recap_jax.captioning import model_loading
+    from recap_jax.conversion import bundle
     from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
     from recap_jax.training.batches import BatchMaker, FailureLog
     from recap_jax.training.conversation import ConversationEncoder
@@ -75,7 +75,7 @@ def main() -> None:
     c = module.get_config()
     if c.model.build_tiny_if_missing and not epath.Path(c.model.checkpoint).exists():
         build_tiny_checkpoint(c.model.checkpoint)
-    spec, _ = model_loading.read_converted_spec(c.model.checkpoint, c.model.tokenizer or None)
+    spec, _ = bundle.read_converted_spec(c.model.checkpoint, c.model.tokenizer or None)
     d = c.data
     result = {"config": args.config, "batches": args.batches, "global_batch_size": c.train.global_batch_size,
               "max_length": d.max_length}

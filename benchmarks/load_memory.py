@@ -120,7 +120,7 @@ def orbax_grouped_load(checkpoint: str, shardings_fn):
     from flax import linen as nn
     from flax import traverse_util
 
-    from recap_jax.captioning.model_loading import read_converted_spec
+    from recap_jax.conversion.bundle import read_converted_spec
     from recap_jax.conversion.bundle import SAVE_GROUP_BYTES
     from recap_jax.conversion.llava import abstract_params
 

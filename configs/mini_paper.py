@@ -3,8 +3,8 @@ r"""The paper in miniature on 2 CPU cores (recap_jax.reproduce; docs/mini_paper.
     python -m recap_jax.reproduce --config configs/mini_paper.py [--quick]
 
 Sizes: the default run is the one reported in docs/mini_paper.md; `--quick` applies the
-`quick` overrides below (field `section__name` replaces `section.name`) and writes to
-<workdir>_quick.
+`quick` fields below (`quick.clip.num_steps` replaces `clip.num_steps`; change them with
+`--config.quick.clip.num_steps=30`) and writes to <workdir>_quick.
 """
 
 import os
@@ -71,6 +71,6 @@ def get_config() -> ml_collections.ConfigDict:
     # --quick (tests, under 5 minutes on 2 quiet cores): smaller sets, 50 captioner steps, and CLIPs
     # of 60 steps (too few to learn: the quick size checks the loop, not the findings).
     c.quick = ml_collections.ConfigDict(dict(
-        world__num_web=512, world__num_hq=1024, world__num_eval=100, world__per_shard=256,
-        captioner__num_steps=50, clip__num_steps=60, clip__batch_size=32))
+        world=dict(num_web=512, num_hq=1024, num_eval=100, per_shard=256),
+        captioner=dict(num_steps=50), clip=dict(num_steps=60, batch_size=32)))
     return c

@@ -39,6 +39,6 @@ def get_config(arg: str | None = None):
     c.distributed.mode = "auto"
     # `python -m recap_jax.plan` compiles this job for the slice (and the model, when the checkpoint
     # is not readable where the plan runs).
-    c.tpu = ml_collections.ConfigDict(dict(topology="v4-256", model="llava-llama-3-8b"))
+    c.tpu.topology = "v4-256"
     c.progress_every_s = 60.0
     return c

@@ -37,6 +37,6 @@ def get_config(arg: str | None = None):
     c.decode.steps_per_sync = 16
     c.mesh = ml_collections.ConfigDict(dict(data=4, fsdp=1, tensor=1))
     c.distributed.mode = "auto"
-    c.tpu = ml_collections.ConfigDict(dict(topology="v5e-256", model="llava-llama-3-8b"))
+    c.tpu.topology = "v5e-256"
     c.progress_every_s = 60.0
     return c

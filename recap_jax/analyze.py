@@ -34,26 +34,24 @@ _MERGE = flags.DEFINE_bool("merge", False, "Merge the shards' results under OUT 
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
-def settings():
-    from recap_jax.analysis.health import HealthSettings
-    from recap_jax.analysis.run import AnalyzeSettings
-
-    return AnalyzeSettings(
+def settings(run, health):
+    """The flags as `run.AnalyzeSettings` (the job's modules, imported by `main`)."""
+    return run.AnalyzeSettings(
         out=_OUT.value, clip=_CLIP.value, clip_batch_size=_CLIP_BATCH.value,
         clip_text_length=_CLIP_TEXT_LENGTH.value, tokenizer=_TOKENIZER.value,
-        health=HealthSettings(max_new_tokens=_MAX_NEW_TOKENS.value, min_repeats=_MIN_REPEATS.value,
-                              min_span=_MIN_SPAN.value),
+        health=health.HealthSettings(max_new_tokens=_MAX_NEW_TOKENS.value, min_repeats=_MIN_REPEATS.value,
+                                     min_span=_MIN_SPAN.value),
         gallery_size=_GALLERY.value, gallery_per_flag=_PER_FLAG.value, shard_index=_SHARD_INDEX.value,
         num_shards=_NUM_SHARDS.value, progress=_PROGRESS.value)
 
 
 def main(argv) -> int:
-    from recap_jax.analysis import run
+    from recap_jax.analysis import health, run  # deferred past the flags (cli.job_main)
 
     if len(argv) != 2:
         raise ConfigError(f"expected one OUTPUT_DIR or Parquet path, got {list(argv[1:])}: "
                           "python -m recap_jax.analyze PATH [--clip CHECKPOINT]")
-    s = settings()
+    s = settings(run, health)
     out = s.out or run.default_out(argv[1])
     summary = run.merge(out, s) if _MERGE.value else run.analyze(argv[1], s)
     if summary is None:

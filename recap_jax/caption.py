@@ -36,7 +36,7 @@ def main(argv: Sequence[str]) -> int:
 
 def report(config) -> int:
     """Run the job; print its summary and closing line; return the exit status."""
-    from recap_jax.captioning.run import run
+    from recap_jax.captioning.run import run  # deferred past the flags (cli.job_main)
     try:
         summary = run(config)
     except KeyboardInterrupt:
@@ -45,11 +45,6 @@ def report(config) -> int:
     print(json.dumps(summary, indent=1))
     print(outcome.closing_line(summary, config))
     return outcome.exit_status(summary, config)
-
-
-def execute(config) -> int:
-    """`report` inside the commands' error boundary (for callers that hold a config)."""
-    return cli.guarded(lambda: report(config))
 
 
 if __name__ == "__main__":

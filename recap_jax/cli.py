@@ -13,6 +13,7 @@ import re
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from absl import flags, logging
 
@@ -148,6 +149,29 @@ def command_config(argv: Sequence[str], config, example: str):
     if config is None:
         raise ConfigError(f"--config is required, e.g. --config {example}")
     return config
+
+
+def job_main(config_flag: Any, example: str, load_job: Callable[[], Callable[[Any], Any]],
+             summary: Callable[[Any], str] | None = None) -> Callable[[Sequence[str]], int]:
+    """`main(argv)` of a command that runs one job on its `--config`, the same on every host.
+
+    It checks the arguments, starts jax.distributed as `config.distributed` says, then runs
+    `load_job()(config)`. `load_job` imports the job: a command imports it there, after the flags
+    parsed, so `--help` and usage errors answer without the job's imports (seconds of jax and
+    transformers). `summary(result)`: a line process 0 prints at the end.
+    """
+
+    def main(argv: Sequence[str]) -> int:
+        config = command_config(argv, config_flag.value, example)
+        # Deferred: config files import this module; jax loads only once a job runs.
+        from recap_jax.parallel import distributed
+        distributed.initialize_distributed(config.distributed)
+        result = load_job()(config)
+        if summary is not None and distributed.process_index() == 0:
+            print(summary(result), flush=True)
+        return 0
+
+    return main
 
 
 def debug_requested(argv: Sequence[str]) -> bool:

@@ -13,8 +13,6 @@ and one or more caption fields. See configs/clip_eval.py for every field. Exit s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from ml_collections import config_flags
 
 from recap_jax import cli
@@ -24,13 +22,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "with --config.a.b=value.", lock_config=True)
 
 
-def main(argv: Sequence[str]) -> int:
-    config = cli.command_config(argv, _CONFIG.value, "configs/clip_eval.py")
-    from recap_jax.parallel.distributed import initialize_distributed
-    initialize_distributed(config.distributed)
-    from recap_jax.clip.retrieval_job import evaluate_config
-    evaluate_config(config)
-    return 0
+def _evaluate():
+    from recap_jax.clip.retrieval_job import evaluate_config  # deferred past the flags (cli.job_main)
+    return evaluate_config
+
+
+main = cli.job_main(_CONFIG, "configs/clip_eval.py", _evaluate)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ Datasets whose paths are not set (or not there) are skipped with a line. See con
 Exit status: 0 done, 2 a usage error (one line naming the field or file; --debug for the traceback).
 """
 
-from collections.abc import Sequence
-
 from ml_collections import config_flags
 
 from recap_jax import cli
@@ -22,14 +20,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "--config.a.b=value.", lock_config=True)
 
 
-def main(argv: Sequence[str]) -> int:
-    config = cli.command_config(argv, _CONFIG.value, "configs/eval_suite.py")
-    from recap_jax.parallel.distributed import initialize_distributed
-    initialize_distributed(config.distributed)
-    from recap_jax.clip.suite import run as suite
+def _evaluate():
+    from recap_jax.clip.suite.run import evaluate_model  # deferred past the flags (cli.job_main)
+    return evaluate_model
 
-    suite.evaluate_model(config)
-    return 0
+
+main = cli.job_main(_CONFIG, "configs/eval_suite.py", _evaluate)
 
 
 if __name__ == "__main__":

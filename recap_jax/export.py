@@ -1,6 +1,6 @@
 r"""Export a caption output folder in the released Recap-DataComp-1B Parquet schema.
 
-    python -m recap_jax.export OUTPUT_DIR --to parquet DEST
+    python -m recap_jax.export OUTPUT_DIR DEST
 
 DEST gets train-NNNNN.parquet files (columns url, re_caption, org_caption, sha256, key,
 re_clip_score, org_clip_score, re_length, org_length, re_gpt4v_score, org_gpt4v_score) and
@@ -15,7 +15,6 @@ from absl import flags
 from recap_jax import cli
 from recap_jax.errors import ConfigError
 
-_TO = flags.DEFINE_enum("to", "parquet", ["parquet"], "Output format (the released dataset's).")
 _DEDUP = flags.DEFINE_bool("dedup", True, "Keep only the first row of each sha256.")
 _SCORES = flags.DEFINE_list("scores", None, "clip_scores*.parquet files from `analyze --clip` (default: "
                             "OUTPUT_DIR/analysis/clip_scores*.parquet if present).")
@@ -27,11 +26,11 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace files a previous exp
 
 
 def main(argv) -> int:
-    from recap_jax.release.parquet_export import export_parquet
+    from recap_jax.release.parquet_export import export_parquet  # deferred past the flags (cli.job_main)
 
     if len(argv) != 3:
         raise ConfigError(f"expected OUTPUT_DIR and DEST, got {list(argv[1:])}: "
-                          "python -m recap_jax.export OUTPUT_DIR --to parquet DEST")
+                          "python -m recap_jax.export OUTPUT_DIR DEST")
     summary = export_parquet(argv[1], argv[2], scores=_SCORES.value, dedup=_DEDUP.value,
                              rows_per_group=_ROWS_PER_GROUP.value, rows_per_file=_ROWS_PER_FILE.value,
                              shard_index=_SHARD_INDEX.value, num_shards=_NUM_SHARDS.value,

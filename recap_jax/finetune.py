@@ -25,7 +25,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config fi
 
 def main(argv: Sequence[str]) -> int:
     config = cli.command_config(argv, _CONFIG.value, "configs/finetune_cpu.py")
-    from recap_jax.training.trainer import run
+    from recap_jax.training.trainer import run  # deferred past the flags (cli.job_main)
     print(json.dumps(run(config), indent=1))
     return 0
 

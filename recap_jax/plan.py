@@ -13,7 +13,6 @@ bound and the days 1.3B images take. Config errors exit 2 (one line naming the f
 
 import json
 import os
-import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host's own backend; TPU devices come from libtpu
 
@@ -50,98 +49,18 @@ def main(argv: Sequence[str]) -> int:
                           ">= 1 token and >= 0 GiB")
     if _CONFIG.value is None and _CLIP.value is None:
         raise ConfigError("--config (a caption config, e.g. configs/v4_256.py) and/or --clip_config is required")
+    from recap_jax.planning import run  # deferred past the flags (cli.job_main)
+
+    settings = run.PlanSettings(topology=_TOPOLOGY.value or "", new_tokens=_NEW_TOKENS.value,
+                                efficiency=_EFFICIENCY.value, reserve_gib=_RESERVE.value,
+                                all_buckets=_ALL_BUCKETS.value)
     if _CONFIG.value is None:
-        result, lines, ok = plan_clip(_CLIP.value)
+        result, lines, ok = run.plan_clip(_CLIP.value, settings)
     else:
-        result, lines, ok = plan(_CONFIG.value, _CLIP.value)
+        result, lines, ok = run.plan(_CONFIG.value, settings, _CLIP.value)
     print(json.dumps(result, indent=1) if _JSON.value else "\n".join(lines), flush=True)
     return 0 if ok else EXIT_DOES_NOT_FIT
 
-
-def plan(config, clip_config=None):
-    """(JSON-ready result, text lines, fits?) for the caption config (and the CLIP config)."""
-    from recap_jax.parallel.mesh import make_mesh
-    from recap_jax.planning import caption_plan, chips, report
-    from recap_jax.planning.model_spec import planned_model
-
-    topology = _TOPOLOGY.value or config.get("tpu", {}).get("topology", "v4-8")
-    pod = chips.compile_slice(topology)
-    hosts = chips.hosts_of(pod.devices)
-    for devices in hosts.values():  # each host builds its own mesh over its chips
-        make_mesh(dict(config.mesh), devices)
-    devices = chips.host_program_devices(pod)
-    reserve = int(_RESERVE.value * chips.GIB)
-    model = planned_model(config)
-    lines = [f"[plan] {pod.name} ({pod.topology}): {pod.num_chips} chips, {pod.num_hosts} hosts x "
-             f"{len(devices)}; per-host mesh {dict(config.mesh)} builds on every host",
-             f"[plan] model: {caption_plan.describe_params(model)}; prompt {model.prompt_length} tokens"]
-    print("\n".join(lines) + "\n[plan] compiling (minutes for an 8B model) ...", file=sys.stderr, flush=True)
-    refused = ""
-    try:
-        compiled = caption_plan.compile_caption(config, model, devices, all_buckets=_ALL_BUCKETS.value,
-                                                costs=False)
-        ok = caption_plan.fits(compiled, pod.chip, reserve)
-    except caption_plan.CompilerOutOfMemory as e:
-        compiled, ok, refused = None, False, str(e)
-    largest, rate, fitting = 0, None, None
-    if ok:  # the cost of a program that does not fit is not worth its compiles
-        rate = caption_plan.throughput(caption_plan.count_costs(config, model, devices, compiled), model, config,
-                                       pod.chip, len(devices), _NEW_TOKENS.value)
-    else:
-        largest, fitting = caption_plan.largest_fitting_batch(config, model, devices, compiled, pod.chip, reserve)
-    if compiled is not None:
-        lines += [""] + report.caption_text(compiled, pod.chip, reserve, ok, largest, rate, pod.num_chips,
-                                            _EFFICIENCY.value, _NEW_TOKENS.value, len(devices))
-    else:
-        lines += ["", f"The TPU compiler refused decode.batch_size={config.decode.batch_size}: {refused}"]
-        if fitting is not None:
-            lines += ["", "The largest batch that fits:"] + report.caption_text(
-                fitting, pod.chip, reserve, True, 0, None, pod.num_chips, _EFFICIENCY.value, _NEW_TOKENS.value,
-                len(devices))
-    result = {"topology": pod.topology, "slice": pod.name, "chips": pod.num_chips, "hosts": pod.num_hosts,
-              "model": model.source, "prompt_length": model.prompt_length, "batch_size": config.decode.batch_size,
-              "hbm_bytes": pod.chip.hbm_bytes, "reserve_bytes": reserve, "fits": ok}
-    if not ok:
-        fix = f"set --config.decode.batch_size={largest}" if largest else "no decode.batch_size fits: use " \
-              "more chips per replica (mesh.tensor/mesh.fsdp) or a smaller model.dtype"
-        lines.append(f"[plan] decode.batch_size={config.decode.batch_size} does not fit a {pod.chip.name} chip: {fix}")
-        result.update(compiler_refused=refused or None, largest_fitting_batch_size=largest or None)
-    if compiled is not None:
-        result.update(bucket=compiled.bucket, params_bytes=compiled.params_bytes, cache_bytes=compiled.cache_bytes,
-                      state_bytes=compiled.state_bytes, temp_bytes=compiled.temp_bytes,
-                      total_bytes=compiled.total_bytes,
-                      functions={k: report.stats_json(s) for k, s in compiled.functions.items()})
-    if rate is not None:
-        result.update(per_image={"prefill_flops": rate.prefill_flops, "prefill_bytes": rate.prefill_bytes,
-                                 "decode_flops": rate.decode_flops, "decode_bytes": rate.decode_bytes,
-                                 "decode_kernel_bytes": rate.decode_kernel_bytes,
-                                 "bound_s_per_chip": rate.prefill_s + rate.decode_s,
-                                 "model_flops": rate.model_flops, "physical_s_per_chip": rate.physical_s},
-                      images_per_s_per_chip=rate.images_per_s_per_chip, days_at_bound=rate.days(pod.num_chips),
-                      efficiency=_EFFICIENCY.value, days_realistic=rate.days(pod.num_chips, _EFFICIENCY.value),
-                      mfu_realistic=rate.mfu(_EFFICIENCY.value),
-                      days_at_physical_limit=rate.days(pod.num_chips) * rate.mfu())
-    if clip_config is not None:
-        result["clip"], clip_lines, _ = plan_clip(clip_config, pod)
-        lines += [""] + clip_lines
-    return result, lines, ok
-
-
-def plan_clip(clip_config, pod=None):
-    """(JSON-ready result, text lines, fits?) for a CLIP train config, over the whole slice."""
-    from recap_jax.planning import chips, report
-    from recap_jax.planning.clip_plan import compile_clip_step
-    pod = pod or chips.compile_slice(_TOPOLOGY.value or clip_config.get("tpu", {}).get("topology", "v4-8"))
-    reserve = int(_RESERVE.value * chips.GIB)
-    print(f"[plan] compiling the CLIP train step for {pod.name} ({pod.num_chips} chips) ...", file=sys.stderr,
-          flush=True)
-    clip = compile_clip_step(clip_config, pod.devices)
-    ok = clip.total_bytes + reserve <= pod.chip.hbm_bytes
-    result = {"topology": pod.topology, "params": clip.params, "state_bytes": clip.state_bytes,
-              "batch_per_chip": clip.batch_per_chip, "fits": ok, "step": report.stats_json(clip.step),
-              "step_flops_per_chip": clip.step_cost.flops, "step_bytes_accessed_per_chip": clip.step_cost.bytes_accessed,
-              "model_flops_per_chip": clip.model_flops}
-    return result, report.clip_text(clip, pod.chip, reserve), ok
 
 if __name__ == "__main__":
     cli.run_config_command(main, __doc__, __name__)

@@ -21,7 +21,7 @@ _QUICK = flags.DEFINE_bool("quick", False, "the small size of config.quick (a fe
 
 def main(argv: Sequence[str]) -> int:
     config = cli.command_config(argv, _CONFIG.value, "configs/mini_paper.py")
-    from recap_jax.mini_paper.run import apply_quick, run
+    from recap_jax.mini_paper.run import apply_quick, run  # deferred past the flags (cli.job_main)
 
     run(apply_quick(config) if _QUICK.value else config)
     return 0

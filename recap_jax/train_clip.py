@@ -13,8 +13,6 @@ config.distributed.mode=auto). Exit status: 0 done, 2 a usage error (one line; -
 SIGINT/SIGTERM after saving a checkpoint (run the same command again to continue).
 """
 
-from collections.abc import Sequence
-
 from ml_collections import config_flags
 
 from recap_jax import cli
@@ -24,19 +22,16 @@ _CONFIG = config_flags.DEFINE_config_file(
     "fields are overridden with --config.a.b=value.", lock_config=True)
 
 
-def main(argv: Sequence[str]) -> int:
-    config = cli.command_config(argv, _CONFIG.value, "configs/clip_tiny.py")
-    from recap_jax.parallel.distributed import initialize_distributed
-    initialize_distributed(config.distributed)
-    import jax
+def _train():
+    from recap_jax.clip.trainer import train  # deferred past the flags (cli.job_main)
+    return train
 
-    from recap_jax.clip import trainer
 
-    result = trainer.train(config)
-    result.pop("params")
-    if jax.process_index() == 0:
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
-    return 0
+def _summary(result: dict) -> str:
+    return str({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items() if k != "params"})
+
+
+main = cli.job_main(_CONFIG, "configs/clip_tiny.py", _train, _summary)
 
 
 if __name__ == "__main__":

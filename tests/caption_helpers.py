@@ -102,3 +102,10 @@ def image_prompt_requests(config, n: int, seed: int) -> list:
         ids = np.concatenate([[1], np.full(config.num_image_tokens, config.image_token_id), text]).astype(np.int32)
         out.append(Request(ids, rng.random((side, side, 3), np.float32), tag=i))
     return out
+
+
+def caption_in_process(config) -> int:
+    """The caption command in this process on a config already held: its summary, closing line and
+    exit status, inside the commands' error boundary (a user error is one line and status 2)."""
+    from recap_jax import caption, cli  # the command module defines absl's --config flag
+    return cli.guarded(lambda: caption.report(config))

@@ -16,12 +16,13 @@ from recap_jax.captioning import model_loading
 from recap_jax.captioning.compile_ahead import compile_ahead, use_compile_cache
 from recap_jax.conversion.bundle import load_tokenizer
 from recap_jax.conversion.llava import abstract_params
-from recap_jax.decoding.sampler import Request, Sampler, decode_programs
+from recap_jax.decoding.programs import decode_programs
+from recap_jax.decoding.sampler import Request, Sampler
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
 from recap_jax.preprocess.image import (ImageSettings, normalise_by_matching, normalise_on_device, normalise_table,
-                                       preprocess_image, resize_image)
+                                        preprocess_image, resize_image)
 from tiny_llava import sample_images, save_tiny_llava
 
 PROMPTS = ["describe the image .", "what is in this picture ?", "a photo of", "describe the scene ."]

@@ -13,7 +13,7 @@ import transformers
 from flax import linen as nn
 
 import configs_loader
-from clip_helpers import tiny_config, write_shapes
+from clip_helpers import model_config, tiny_config, write_shapes
 from recap_jax.clip import data, hf_weights, model as model_lib, model_loading, train_step, trainer
 from recap_jax.parallel.mesh import make_mesh
 
@@ -37,7 +37,7 @@ def test_pod_config_loads_and_builds_the_big_model():
         "clip_v4_pod.py", "workdir=gs://b/run,folders=gs://b/a,gs://b/b,tokenizer=/tok,eval=gs://b/coco")
     assert config.workdir == "gs://b/run" and config.data.folders == "gs://b/a,gs://b/b"
     assert config.data.org_caption_prob == 0.8 and config.data.re_caption_max_tokens > config.data.org_caption_max_tokens
-    cfg = model_lib.config_from_dict(dict(config.model.to_dict(), vocab_size=49408))
+    cfg = model_lib.config_from_dict(model_config(config.model, vocab_size=49408))
     assert (cfg.patch_size, cfg.vision.width, cfg.text.width, cfg.dtype) == (16, 1024, 1024, jnp.bfloat16)
     assert model_loading.text_length(config.data) <= cfg.text_context
     abstract = jax.eval_shape(lambda: model_lib.init_params(model_lib.CLIP(cfg), jax.random.key(0)))
@@ -113,8 +113,8 @@ def test_train_from_and_evaluate_a_hf_clip(tmp_path_factory, tmp_path):
 
 
 def test_bfloat16_compute_step():
-    cfg = model_lib.config_from_dict(dict(image="tiny/8", text="tiny", image_size=16, text_context=8,
-                                          embed_dim=8, vocab_size=50, eos_token_id=49, dtype="bfloat16"))
+    cfg = model_lib.config_from_dict(model_config(image="tiny/8", text="tiny", image_size=16, text_context=8,
+                                                  embed_dim=8, vocab_size=50, eos_token_id=49, dtype="bfloat16"))
     model = model_lib.CLIP(cfg)
     from test_clip_train import _random_batch, _tiny_model
     _, tx = _tiny_model()

@@ -8,6 +8,7 @@ import torch
 import transformers
 from flax import linen as nn
 
+from clip_helpers import model_config
 from recap_jax.clip import hf_weights
 from recap_jax.clip.model import CLIP, config_from_dict, count_params, init_params
 from recap_jax.parallel.mesh import LOGICAL_AXIS_RULES
@@ -68,8 +69,8 @@ def test_embeddings_match_transformers(tmp_path, eos_token_id, act):
 
 
 def test_params_carry_logical_axes_and_bfloat16_compute():
-    cfg = config_from_dict(dict(image="tiny/8", text="tiny", image_size=16, text_context=8,
-                                embed_dim=8, vocab_size=50, eos_token_id=49, dtype="bfloat16"))
+    cfg = config_from_dict(model_config(image="tiny/8", text="tiny", image_size=16, text_context=8,
+                                        embed_dim=8, vocab_size=50, eos_token_id=49, dtype="bfloat16"))
     model = CLIP(cfg)
     boxed = init_params(model, jax.random.key(0))
     specs = nn.get_partition_spec(boxed)
@@ -88,6 +89,6 @@ def test_params_carry_logical_axes_and_bfloat16_compute():
 
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="model.image"):
-        config_from_dict(dict(image="Z/99", text="tiny"))
+        config_from_dict(model_config(image="Z/99", text="tiny"))
     with pytest.raises(ValueError, match="model.image_size"):
-        config_from_dict(dict(image="tiny/8", text="tiny", image_size=30))
+        config_from_dict(model_config(image="tiny/8", text="tiny", image_size=30))

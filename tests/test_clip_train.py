@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from clip_helpers import tiny_config, write_shapes
+from clip_helpers import chance_recall, model_config, tiny_config, write_shapes
 from recap_jax.clip import evaluate, train_step, trainer
 from recap_jax.training import loop
 from recap_jax.clip.model import CLIP, config_from_dict
@@ -41,7 +41,7 @@ def test_tiny_clip_learns_retrieval_on_heldout_shapes(shapes, tmp_path):
     result = trainer.train(config)
     r = {k.removeprefix("eval/heldout/"): v for k, v in result.items() if k.startswith("eval/heldout/")}
     assert r["num_images"] == 96 and r["num_texts"] == 192  # one image per combination, 2 captions each
-    chance_r1, chance_r5 = 1 / 96, evaluate.chance_recall(96, 5)
+    chance_r1, chance_r5 = 1 / 96, chance_recall(96, 5)
     print("heldout recalls after 300 steps:", evaluate.format_recalls(r))
     assert r["text_to_image/R@1"] > 5 * chance_r1 and r["image_to_text/R@1"] > 5 * chance_r1
     assert r["text_to_image/R@5"] > 3 * chance_r5 and r["image_to_text/R@5"] > 3 * chance_r5
@@ -125,8 +125,8 @@ def test_non_finite_loss_stops_with_a_clear_message(shapes, tmp_path):
 
 
 def _tiny_model(loss="softmax"):
-    cfg = config_from_dict(dict(image="tiny/8", text="tiny", image_size=16, text_context=8, embed_dim=8,
-                                vocab_size=50, eos_token_id=49, use_logit_bias=loss == "sigmoid"))
+    cfg = config_from_dict(model_config(image="tiny/8", text="tiny", image_size=16, text_context=8,
+                                        embed_dim=8, vocab_size=50, eos_token_id=49, use_logit_bias=loss == "sigmoid"))
     tcfg = ml_collections.ConfigDict(dict(num_steps=10, warmup_steps=2, learning_rate=1e-3, end_lr_ratio=0.1,
                                           b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1, grad_clip_norm=1.0))
     return CLIP(cfg), train_step.make_optimizer(tcfg)

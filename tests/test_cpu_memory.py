@@ -16,7 +16,8 @@ from recap_jax.captioning import model_loading, param_reads
 from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
 from recap_jax.conversion import bundle
 from recap_jax.conversion.llava import abstract_params
-from recap_jax.decoding import sampler as sampler_lib
+from recap_jax.decoding import programs as programs_lib
+from recap_jax.decoding import steps
 from recap_jax.decoding.sampler import Request, Sampler
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.config import llava_config_from_hf
@@ -100,8 +101,8 @@ def test_read_block_splits_the_second_axis_when_a_row_is_large(checkpoint, monke
 
 def _decode_temp_bytes(model: LlavaModel, settings: DecodeSettings, options) -> int:
     params = nn.unbox(abstract_params(model.config, jnp.bfloat16))
-    state = jax.eval_shape(functools.partial(sampler_lib.init_state, model, settings, jnp.bfloat16))
-    decode = jax.jit(functools.partial(sampler_lib.decode_steps, model, settings, 1), donate_argnums=(1,),
+    state = jax.eval_shape(functools.partial(steps.init_state, model, settings, jnp.bfloat16))
+    decode = jax.jit(functools.partial(steps.decode_steps, model, settings, 1), donate_argnums=(1,),
                      compiler_options=options)
     return decode.lower(params, state, jax.ShapeDtypeStruct((), jnp.int32)).compile().memory_analysis() \
         .temp_size_in_bytes
@@ -116,8 +117,8 @@ def test_cpu_decode_upcasts_a_layer_at_a_time():
     params_bytes = sum(x.size * 2 for x in jax.tree.leaves(nn.unbox(abstract_params(config, jnp.bfloat16))))
     settings = DecodeSettings(max_new_tokens=4, batch_size=1, prefill_batch=1, prompt_buckets=(32,))
     model = LlavaModel(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
-    options = sampler_lib.cpu_upcast_options(model, None)
-    assert options is not None and sampler_lib.cpu_upcast_options(LlavaModel(config), None) is None  # f32: none
+    options = programs_lib.cpu_upcast_options(model, None)
+    assert options is not None and programs_lib.cpu_upcast_options(LlavaModel(config), None) is None  # f32: none
     columns = head_columns(config.text.vocab_size, config.text.hidden_size, 256 * 1024)
     assert columns == 256
     per_layer = _decode_temp_bytes(model.clone(head_columns=columns), settings, options)
@@ -153,10 +154,10 @@ def test_cpu_bf16_captions_equal_the_hoisted_programs(checkpoint, monkeypatch):
         return {r.tag: r.tokens.tolist() for r in Sampler(model, params, settings, cache_dtype=jnp.bfloat16)
                 .generate(iter(requests))}
 
-    monkeypatch.setattr(sampler_lib, "CPU_HEAD_SLICE_BYTES", 48 * 4 * 64)  # the head in 4 slices
+    monkeypatch.setattr(programs_lib, "CPU_HEAD_SLICE_BYTES", 48 * 4 * 64)  # the head in 4 slices
     assert head_columns(spec.config.text.vocab_size, spec.config.text.hidden_size, 48 * 4 * 64) == 64
     per_layer = tokens()
-    monkeypatch.setattr(sampler_lib, "CPU_HEAD_SLICE_BYTES", 2**40)  # one head dot
-    monkeypatch.setattr(sampler_lib, "cpu_upcast_options", lambda *_: {"xla_allow_excess_precision": False})
+    monkeypatch.setattr(programs_lib, "CPU_HEAD_SLICE_BYTES", 2**40)  # one head dot
+    monkeypatch.setattr(programs_lib, "cpu_upcast_options", lambda *_: {"xla_allow_excess_precision": False})
     assert per_layer == tokens()
     assert all(len(t) == 12 for t in per_layer.values())

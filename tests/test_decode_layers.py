@@ -18,7 +18,7 @@ from recap_jax.models.config import llava_config_from_hf
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel.mesh import make_mesh
 from recap_jax.planning import caption_plan, chips, hlo
-from recap_jax.planning.programs import lower_caption_programs
+from recap_jax.decoding.lowering import lower_caption_programs
 
 CONFIG = llava_config_from_hf(tiny_llava_hf_config(image_size=56, patch_size=14))
 NEW_TOKENS = 10

@@ -45,7 +45,7 @@ def _read(dest):
 
 def test_schema_rows_and_dedup_through_the_command(output, tmp_path):
     dest = tmp_path / "parquet"
-    proc = subprocess.run([sys.executable, "-m", "recap_jax.export", output, "--to", "parquet", str(dest)],
+    proc = subprocess.run([sys.executable, "-m", "recap_jax.export", output, str(dest)],
                           capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -73,7 +73,7 @@ def test_schema_rows_and_dedup_through_the_command(output, tmp_path):
     assert set(summary["null_columns"]) == {"re_clip_score", "org_clip_score", "re_gpt4v_score", "org_gpt4v_score"}
 
     # Exporting again into the same place refuses rather than mixing two exports.
-    again = subprocess.run([sys.executable, "-m", "recap_jax.export", output, "--to", "parquet", str(dest)],
+    again = subprocess.run([sys.executable, "-m", "recap_jax.export", output, str(dest)],
                            capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
                            timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr

@@ -12,7 +12,7 @@ from recap_jax.models.llava import LlavaModel
 from recap_jax.training.batches import BatchMaker, FailureLog, Position
 from recap_jax.training.conversation import ConversationEncoder, caption_turns, llava_turns
 from recap_jax.training.export import hf_tensors
-from recap_jax.training.loss import mean_loss
+from recap_jax.training.loss import summed_loss
 from recap_jax.training.records import LlavaJsonReader
 from tiny_llava import load_reference
 
@@ -62,6 +62,11 @@ def _batch(setup, captions):
                        global_batch_size=len(captions), max_length=128, length_buckets=(128,),
                        failures=FailureLog(root, 0), num_workers=1)
     return next(maker.batches(Position())).arrays
+
+
+def mean_loss(model: LlavaModel, params, batch: dict, chunk: int = 0) -> jax.Array:
+    """Mean cross-entropy per assistant token: what HF's `labels=` loss computes."""
+    return summed_loss(model, params, batch, chunk) / jax.numpy.maximum(jax.numpy.sum(batch["weights"]), 1.0)
 
 
 def test_loss_and_grads_match_hf(setup):

@@ -11,7 +11,9 @@ import numpy as np
 from flax import linen as nn
 
 from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
-from recap_jax.decoding import sampler as sampler_lib
+from recap_jax.decoding import programs as programs_lib
+from recap_jax.decoding import steps
+from recap_jax.decoding.sampler import Request, Sampler
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.config import llava_config_from_hf
 from recap_jax.models.llama import split_layer_params
@@ -64,8 +66,8 @@ def test_split_model_gives_the_stacked_model_logits():
 
 
 def _decode_hlo(model, params, arrange) -> str:
-    state = jax.eval_shape(functools.partial(sampler_lib.init_state, model, SETTINGS, jnp.float32))
-    decode = jax.jit(functools.partial(sampler_lib.decode_steps, model, SETTINGS, 1), donate_argnums=(1,))
+    state = jax.eval_shape(functools.partial(steps.init_state, model, SETTINGS, jnp.float32))
+    decode = jax.jit(functools.partial(steps.decode_steps, model, SETTINGS, 1), donate_argnums=(1,))
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), arrange(params))
     return decode.lower(abstract, state, jax.ShapeDtypeStruct((), jnp.int32)).compile().as_text()
 
@@ -77,8 +79,8 @@ def _weight_slices(hlo: str) -> int:
 
 def test_cpu_decode_program_slices_no_weights_out_of_stacks():
     model, params = _params()
-    programs = sampler_lib.decode_programs(model, SETTINGS, jnp.float32, None)
-    assert programs.arrange_params is sampler_lib.split_decoder_layers  # the CPU programs' layout
+    programs = programs_lib.decode_programs(model, SETTINGS, jnp.float32, None)
+    assert programs.arrange_params is programs_lib.split_decoder_layers  # the CPU programs' layout
     stacked = _decode_hlo(model, params, lambda p: p)
     split = _decode_hlo(model.clone(split_layers=True), params, programs.arrange_params)
     assert _weight_slices(stacked) > 0  # the copy this layout avoids
@@ -89,7 +91,7 @@ def test_bf16_cpu_programs_keep_the_stack():
     """bf16 on CPU: XLA converts each layer's weights to f32 where the layer loop slices them, so the
     slice is the conversion, one layer at a time; unrolled per-layer params would convert all at once."""
     model = LlavaModel(CONFIG, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
-    programs = sampler_lib.decode_programs(model, SETTINGS, jnp.bfloat16, None)
+    programs = programs_lib.decode_programs(model, SETTINGS, jnp.bfloat16, None)
     params = {"language_model": {"layers": {"w": jnp.zeros((3, 2))}}}
     assert programs.arrange_params(params) is params
 
@@ -97,13 +99,13 @@ def test_bf16_cpu_programs_keep_the_stack():
 def test_sampler_tokens_equal_with_split_and_stacked_layers(monkeypatch):
     model, params = _params()
     rng = np.random.default_rng(2)
-    requests = [sampler_lib.Request(rng.integers(8, 96, 10).astype(np.int32),
+    requests = [Request(rng.integers(8, 96, 10).astype(np.int32),
                                     rng.normal(size=(28, 28, 3)).astype(np.float32), i) for i in range(6)]
 
     def tokens():
-        return {r.tag: r.tokens.tolist() for r in sampler_lib.Sampler(model, params, SETTINGS).generate(requests)}
+        return {r.tag: r.tokens.tolist() for r in Sampler(model, params, SETTINGS).generate(requests)}
 
     split = tokens()
-    monkeypatch.setattr(sampler_lib, "_platform", lambda mesh: "tpu")  # the stacked layout TPUs run
+    monkeypatch.setattr(programs_lib, "_platform", lambda mesh: "tpu")  # the stacked layout TPUs run
     stacked = tokens()
     assert split == stacked and all(len(t) == SETTINGS.max_new_tokens for t in split.values())

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import pathlib
 
-from caption_helpers import REPO
+from caption_helpers import REPO, caption_in_process
 from configs_loader import load
-from recap_jax import caption
 from recap_jax.clip import mini_world
 from recap_jax.mini_paper.stages import read_captions
 
@@ -24,14 +23,14 @@ def test_demo_captions_name_the_world_images_main_object(tmp_path: pathlib.Path)
     c.output.dir = str(tmp_path / "captions")
     c.distributed.mode = "off"
     c.progress_every_s = 60.0
-    assert caption.execute(c) == 0
+    assert caption_in_process(c) == 0
     rows = read_captions(c.output.dir)
     images = sorted(p.stem for p in (REPO / "assets" / "demo_images").iterdir() if p.suffix != ".txt")
     assert sorted(rows) == images  # every demo image captioned, the old ones too
     world = [name for name in images if name.startswith("world_")]
     assert len(world) >= 4
     backgrounds = {"world_green_square": "water", "world_orange_star": "snow", "world_red_triangle": "snow",
-                   "world_white_triangle": "road"}  # the scenes' truth (world_files.write_demo_images)
+                   "world_white_triangle": "road"}  # the scenes' truth (assets/demo_images)
     right_shapes = 0
     for name in world:
         _, colour, shape = name.split("_")

@@ -6,6 +6,7 @@ import torch
 
 from recap_jax import convert
 from recap_jax.captioning import model_loading
+from recap_jax.conversion import bundle
 from recap_jax.decoding.sampler import Request, Sampler
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.llava import LlavaModel
@@ -44,7 +45,7 @@ def _hf_batch(processor, images, prompts):
 def test_pixels_match_hf_processor(converted):
     hf_dir, ckpt = converted
     _, processor = load_reference(hf_dir)
-    spec, _ = model_loading.read_converted_spec(ckpt)
+    spec, _ = bundle.read_converted_spec(ckpt)
     for image in sample_images():
         ours = preprocess_image(image, spec.image)
         theirs = processor.image_processor(image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)

@@ -2,7 +2,7 @@
 naming the field, writing nothing; a different run never continues a folder; two jobs never
 share one; a run where everything failed exits 3 with a readable empty dataset.
 
-The caption command runs in this process (`caption.execute`) on the tiny demo checkpoint.
+The caption command runs in this process (`caption_helpers.caption_in_process`) on the tiny demo checkpoint.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import time
 
 import pytest
 
-from caption_helpers import REPO
+from caption_helpers import REPO, caption_in_process
 from configs_loader import load
-from recap_jax import caption
 from recap_jax.captioning import outcome
 from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
 from recap_jax.data.lease import LEASE_FILE
@@ -64,7 +63,7 @@ def config(world: pathlib.Path, out: pathlib.Path | str, **overrides):
 def invoke(c, capsys) -> tuple[int, str, str]:
     """(exit status, first line of stderr, stdout)."""
     capsys.readouterr()
-    status = caption.execute(c)
+    status = caption_in_process(c)
     captured = capsys.readouterr()
     return status, (captured.err.strip().splitlines() or [""])[0], captured.out
 
@@ -80,7 +79,7 @@ def snapshot(folder: pathlib.Path) -> dict[str, tuple[int, int]]:
 def finished(world, tmp_path_factory):
     """A finished output folder (the reference run), copied per test that changes it."""
     out = tmp_path_factory.mktemp("finished") / "out"
-    status = caption.execute(config(world, out))
+    status = caption_in_process(config(world, out))
     assert status == 0
     return out
 

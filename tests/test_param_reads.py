@@ -33,7 +33,7 @@ def test_storage_is_chunked_along_the_first_axis(checkpoint):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_chunked_reads_equal_orbax_load(checkpoint, monkeypatch, dtype):
     monkeypatch.setattr(param_reads, "READ_BYTES", 5000)  # reads of a few chunks; the last one short
-    spec, _ = model_loading.read_converted_spec(checkpoint)
+    spec, _ = bundle.read_converted_spec(checkpoint)
     mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
     _, params = model_loading.load_captioner(
         checkpoint=str(checkpoint), dtype=dtype, shardings_fn=lambda b: mesh_lib.params_shardings(mesh, b))

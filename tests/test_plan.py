@@ -14,7 +14,7 @@ from recap_jax.models.config import llava_config_from_hf
 from recap_jax.parallel.mesh import make_mesh
 from recap_jax.planning import caption_plan, chips, hlo, startup
 from recap_jax.planning.model_spec import PlannedModel
-from recap_jax.planning.programs import lower_caption_programs
+from recap_jax.decoding.lowering import lower_caption_programs
 from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.errors import ConfigError
 from recap_jax.models import quantization
 from recap_jax.parallel import mesh as mesh_lib
-from recap_jax.planning.programs import lower_caption_programs
+from recap_jax.decoding.lowering import lower_caption_programs
 
 PROMPTS = ["describe the image .", "what is in this picture ?", "a photo of", "describe the scene ."]
 
@@ -51,7 +51,7 @@ def _entry_params(hlo: str) -> str:
 
 
 def test_compiled_programs_take_int8_weights(loaded):
-    """The sampler's prefill and decode loop, lowered as the job jits them (planning.programs)."""
+    """The sampler's prefill and decode loop, lowered as the job jits them (decoding.lowering)."""
     spec, _, qparams, _ = loaded
     model = quantization.caption_model(spec.config, jnp.float32, "int8")
     settings = DecodeSettings(max_new_tokens=4, batch_size=2, prefill_batch=1, prompt_buckets=(32,))

@@ -13,17 +13,18 @@ from flax import linen as nn
 
 from caption_helpers import image_prompt_requests
 from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
-from recap_jax.decoding.sampler import Request, Sampler, decode_attention_fn
+from recap_jax.decoding.lowering import lower_caption_programs
+from recap_jax.decoding.programs import decode_attention_fn
+from recap_jax.decoding.sampler import Request, Sampler
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.errors import ConfigError
 from recap_jax.kernels.ragged_decode import block_at, live_blocks, ragged_decode_attention
 from recap_jax.models.config import llava_config_from_hf
-from recap_jax.models.llama import decode_attention, ring_window
+from recap_jax.models.attention import decode_attention, ring_window
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel.mesh import make_mesh
 from recap_jax.planning import caption_plan, chips, hlo
 from recap_jax.planning.model_spec import PlannedModel
-from recap_jax.planning.programs import lower_caption_programs
 
 
 def random_step(seed: int, batch: int, kv_heads: int, group: int, cache_length: int, head_dim: int = 16,

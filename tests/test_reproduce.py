@@ -7,7 +7,10 @@ import sys
 
 import pytest
 
+from configs_loader import load
+from recap_jax.errors import ConfigError
 from recap_jax.mini_paper import report
+from recap_jax.mini_paper.run import apply_quick
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ["1.0", "0.8", "0.5", "0.2", "0.0", "concat"]
@@ -30,6 +33,17 @@ def test_table_and_findings_follow_the_numbers():
     assert "REPRODUCED" in found[0] and "REPRODUCED" in found[1] and "REPRODUCED" in found[2]
     rows["0.8"] = report.row_numbers(_metrics(0.10, 0.45))
     assert "NOT reproduced" in report.findings(rows)[0]
+
+
+def test_quick_fields_replace_the_fields_of_the_same_path():
+    config = load("mini_paper.py")
+    config.quick.clip.num_steps = 7  # what --config.quick.clip.num_steps=7 does
+    quick = apply_quick(config)
+    assert (quick.clip.num_steps, quick.clip.batch_size, quick.world.num_web) == (7, 32, 512)
+    assert quick.clip.learning_rate == config.clip.learning_rate and quick.workdir == config.workdir + "_quick"
+    config.quick.clip.num_stepz = 1
+    with pytest.raises(ConfigError, match="quick.clip.num_stepz"):
+        apply_quick(config)
 
 
 @pytest.fixture(scope="module")

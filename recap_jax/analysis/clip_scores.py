@@ -17,6 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recap_jax.clip import evaluate, model_loading
+from recap_jax.clip.data import resize_center_crop
+from recap_jax.data.images import decode_image
 from recap_jax.errors import ConfigError
 from recap_jax.release.rows import Row
 
@@ -37,35 +40,17 @@ class ClipScorer:
     """Scores batches of rows (which must carry their image bytes)."""
 
     def __init__(self, checkpoint: str, *, tokenizer: str = "", text_length: int = 0, batch_size: int = 32):
-        import jax
-
-        from recap_jax.clip import evaluate, train_step
-        from recap_jax.clip.model_loading import load_clip_for_eval
-        from recap_jax.parallel.mesh import make_mesh
-
         if not os.path.isdir(checkpoint):
             raise ConfigError(f"--clip: {checkpoint} is not a folder (a train_clip workdir or a HF CLIPModel folder)")
-        config = _loader_config(checkpoint, tokenizer, text_length, batch_size)
-        try:
-            model, params, self.tokenizer, length = load_clip_for_eval(config)
+        try:  # the evaluator's loader and encoders, on the config's mesh
+            self.encoders = model_loading.build_encoders(_loader_config(checkpoint, tokenizer, text_length, batch_size))
         except ValueError as e:
             raise ConfigError(f"--clip: {e}") from None
-        if length > model.cfg.text_context:
-            raise ConfigError(f"--clip_text_length={length}: the model has {model.cfg.text_context} positions")
-        mesh = make_mesh(dict(config.mesh))
-        shardings = train_step.clip_param_shardings(model, mesh)
-        params = jax.device_put(params, shardings)
-        self.encoders = evaluate.make_encoders(model, mesh, params, self.tokenizer, text_length=length,
-                                               batch_size=batch_size, param_shardings=shardings)
+        self.tokenizer, self.text_length = self.encoders.tokenizer, self.encoders.text_length
         self.batch_size = batch_size
-        self.text_length = length
 
     def score(self, rows: Sequence[Row]) -> list[tuple[float, float] | None]:
         """(re score, org score) per row; None where the image cannot be decoded."""
-        from recap_jax.clip import evaluate
-        from recap_jax.clip.data import resize_center_crop
-        from recap_jax.data.images import decode_image
-
         size, images, ok = self.encoders.image_size, [], []
         for row in rows:
             try:

@@ -1,19 +1,32 @@
-"""The analysis plots (PNG, matplotlib): length histograms, word-rank curves, score scatter."""
+"""The analysis plots (PNG, matplotlib): length histograms, word-rank curves, score scatter.
+
+matplotlib is the `plots` extra: `pyplot(command)` imports it, or says which extra to install."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; no display on pods or in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from recap_jax.analysis.stats import Accumulator, histogram_arrays
+from recap_jax.errors import UserError
 
-from recap_jax.analysis.stats import Accumulator, histogram_arrays  # noqa: E402
+PLOTS_EXTRA = "pip install 'recap_jax[plots]'"
 
 LABELS = {"org": "original (alt-text)", "re": "recaption"}
 COLOURS = {"org": "#888888", "re": "#1f77b4"}
+
+
+def pyplot(command: str) -> Any:
+    """matplotlib.pyplot drawing to files (Agg); a UserError naming the extra when it is missing."""
+    try:
+        import matplotlib  # the [plots] extra: only the figures need it
+    except ImportError:
+        raise UserError(f"{command} draws its plots with matplotlib, which is not installed: {PLOTS_EXTRA}") from None
+    matplotlib.use("Agg")  # files only; no display on pods or in CI
+    import matplotlib.pyplot
+    return matplotlib.pyplot
 
 
 def _finish(fig, ax, xlabel: str, ylabel: str, path: str) -> str:
@@ -22,12 +35,12 @@ def _finish(fig, ax, xlabel: str, ylabel: str, path: str) -> str:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    pyplot("analyze").close(fig)
     return path
 
 
 def _lengths(hists, unit: str, path: str) -> str:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot("analyze").subplots(figsize=(7, 4))
     for side in ("org", "re"):
         lengths, counts = histogram_arrays(hists[side])
         if len(lengths):
@@ -38,7 +51,7 @@ def _lengths(hists, unit: str, path: str) -> str:
 
 
 def _word_rank(acc: Accumulator, path: str) -> str:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot("analyze").subplots(figsize=(7, 4))
     for side in ("org", "re"):
         counts = np.array(sorted(acc.vocab[side].values(), reverse=True), dtype=np.float64)
         if len(counts):
@@ -49,7 +62,7 @@ def _word_rank(acc: Accumulator, path: str) -> str:
 
 def _scatter(acc: Accumulator, path: str) -> str:
     pairs = np.array([pair for _, pair in acc.score_pairs.items()], dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = pyplot("analyze").subplots(figsize=(5, 5))
     ax.scatter(pairs[:, 1], pairs[:, 0], s=6, alpha=0.5, color=COLOURS["re"])
     lo, hi = float(pairs.min()), float(pairs.max())
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8, label="equal scores")

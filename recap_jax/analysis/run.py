@@ -24,7 +24,9 @@ from etils import epath
 from tqdm import tqdm
 
 from recap_jax.analysis import health, plots, report
+from recap_jax.analysis.clip_scores import ClipScorer, ScoresWriter
 from recap_jax.analysis.stats import Accumulator, BottomK, key_priority
+from recap_jax.clip.data import Tokenizer
 from recap_jax.data.storage import is_local, staged_folder
 from recap_jax.errors import ConfigError
 from recap_jax.release.rows import OutputRows, Row, open_rows
@@ -93,7 +95,6 @@ def analyze_shard(path: str, settings: AnalyzeSettings) -> str:
     if settings.clip:
         if not isinstance(rows, OutputRows):
             raise ConfigError(f"--clip: {path} carries no images (released Parquet); score a caption output folder")
-        from recap_jax.analysis.clip_scores import ClipScorer, ScoresWriter
         scorer = ClipScorer(settings.clip, tokenizer=settings.tokenizer, text_length=settings.clip_text_length,
                             batch_size=settings.clip_batch_size)
         name = "clip_scores.parquet" if settings.num_shards == 1 else f"clip_scores-{_shard_name(settings)}.parquet"
@@ -160,7 +161,6 @@ def analyze_shard(path: str, settings: AnalyzeSettings) -> str:
 
 def _tokenizer(settings: AnalyzeSettings, scorer):
     if settings.tokenizer:
-        from recap_jax.clip.data import Tokenizer
         try:
             return Tokenizer(settings.tokenizer).hf
         except ValueError as e:
@@ -187,6 +187,7 @@ def _token_lengths(tokenizer, chunk: list[Row]) -> list[tuple[int | None, int | 
 def merge(out: str, settings: AnalyzeSettings) -> dict[str, Any]:
     """Merges every shard under OUT/shards into analysis.json, the plots and report.html (a gs://
     OUT is read into a local folder, merged there and written back)."""
+    plots.pyplot("analyze --merge")
     with staged_folder(out, download=True) as local:
         return _merge_local(local, dataclasses.replace(settings, out=local))
 
@@ -231,6 +232,8 @@ def _merge_local(out: str, settings: AnalyzeSettings) -> dict[str, Any]:
 def analyze(path: str, settings: AnalyzeSettings) -> dict[str, Any] | None:
     """Runs this shard; merges too when the run is not sharded. Returns the summary when merged."""
     out = settings.out or default_out(path)
+    if settings.num_shards == 1:
+        plots.pyplot("analyze")  # a missing extra is said now, not after the pass
     with staged_folder(out) as local:  # a gs:// OUT: written locally, uploaded at the end
         local_settings = dataclasses.replace(settings, out=local)
         if settings.num_shards == 1:  # a previous sharded run's files would not merge with this one

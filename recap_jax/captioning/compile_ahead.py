@@ -1,7 +1,7 @@
 """Compile the caption job's programs in background threads while its weights load.
 
-The sampler's jitted functions (`decoding.sampler.decode_programs`) are lowered with abstract
-arguments (`planning.programs.lower_caption_programs`: the shapes and shardings the sampler
+The sampler's jitted functions (`decoding.programs.decode_programs`) are lowered with abstract
+arguments (`decoding.lowering.lower_caption_programs`: the shapes and shardings the sampler
 calls them with) and compiled, each program in its own thread, while the main thread reads and
 places the weights. An AOT compile fills the jit's own cache, so the sampler's first calls
 compile nothing. XLA compiles outside the GIL: on a small CPU host the compiles run beside
@@ -16,10 +16,10 @@ import os
 import jax
 from jax.sharding import Mesh
 
-from recap_jax.decoding.sampler import DecodePrograms
+from recap_jax.decoding.programs import DecodePrograms
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.models.llava import LlavaModel
-from recap_jax.planning.programs import lower_caption_programs
+from recap_jax.decoding.lowering import lower_caption_programs
 
 
 class CompileAhead:

@@ -31,6 +31,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Build a tiny random checkpoint at model.checkpoint if it does not exist (the offline demo).
     c.model.build_tiny_if_missing = False
 
+    # What `python -m recap_jax.plan` compiles this job for: the TPU slice, and the built-in model
+    # it plans when the checkpoint is not readable where the plan runs (planning/model_spec.py).
+    c.tpu = ml_collections.ConfigDict(dict(topology="v4-8", model="llava-llama-3-8b"))
+
     c.input = ml_collections.ConfigDict()
     c.input.format = "folder"  # "folder" (image files), "webdataset" (img2dataset tars) or "tfds"
     c.input.paths = ""  # a folder, a glob, or a comma-separated list of globs (local or gs://)

@@ -13,27 +13,12 @@ from flax import linen as nn
 from flax import traverse_util
 
 from recap_jax.captioning import param_reads
-from recap_jax.conversion.bundle import (CONFIG_FILE, PYTREE_DIR, CaptionerSpec, llava_hf_tensors,
-                                         load_tokenizer, param_dtype, read_llava_hf_spec)
+from recap_jax.conversion.bundle import (PYTREE_DIR, CaptionerSpec, llava_hf_tensors, param_dtype, read_converted_spec,
+                                         read_llava_hf_spec)
 from recap_jax.conversion.llava import abstract_params, convert_params
-from recap_jax.models.config import LlavaConfig, read_json
+from recap_jax.models import quantization
+from recap_jax.models.config import LlavaConfig
 from recap_jax.models.llava import LlavaModel
-from recap_jax.preprocess.image import ImageSettings
-
-
-def read_converted_spec(checkpoint: epath.PathLike, tokenizer_dir: epath.PathLike | None = None
-                        ) -> tuple[CaptionerSpec, str]:
-    """The spec and stored dtype of a converted checkpoint."""
-    checkpoint = epath.Path(checkpoint)
-    if not (checkpoint / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"{checkpoint}: no {CONFIG_FILE}; convert a checkpoint with "
-                                "`python -m recap_jax.convert` first")
-    meta = read_json(checkpoint / CONFIG_FILE)
-    tokenizer = load_tokenizer(tokenizer_dir or checkpoint / "tokenizer")
-    spec = CaptionerSpec(LlavaConfig.from_json_dict(meta["llava"]), ImageSettings.from_json_dict(meta["image"]),
-                         tokenizer, meta.get("template"), meta.get("chat_template"),
-                         tuple(meta["stop_ids"]))
-    return spec, meta["dtype"]
 
 
 def restore_params(checkpoint: epath.PathLike, config: LlavaConfig, dtype: str,
@@ -90,7 +75,6 @@ def _quantizer(config: LlavaConfig, dtype, quantize: str, shardings_fn):
     """The per-leaf quantiser of `quantize` mode, or None (imported only when asked: Qwix is an extra)."""
     if not quantize:
         return None
-    from recap_jax.models import quantization
     abstract = quantization.abstract_model_params(
         quantization.quantized_model(LlavaModel(config), quantize), jnp.dtype(dtype))
     return quantization.LeafQuantizer(abstract, nn.unbox(shardings_fn(abstract)) if shardings_fn else None)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from recap_jax.decoding.settings import ORG_CAPTION_SLOT
 from recap_jax.preprocess.text import PromptEncoder
-
-ORG_CAPTION_SLOT = "{org_caption}"
 
 
 class CaptionPrompt:

@@ -32,16 +32,17 @@ from recap_jax.captioning.compile_ahead import compile_ahead, use_compile_cache
 from recap_jax.captioning.model_loading import load_captioner
 from recap_jax.captioning.progress import Progress
 from recap_jax.captioning.prompts import CaptionPrompt
-from recap_jax.captioning.units import (ImagePreparer, InputWait, SampleTag, UnitAssembler,
-                                        caption_record)
+from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
+from recap_jax.captioning.units import ImagePreparer, InputWait, SampleTag, UnitAssembler, caption_record
 from recap_jax.conversion.bundle import DTYPES, CaptionerSpec, param_dtype
 from recap_jax.conversion.llava import abstract_params
 from recap_jax.data import inputs, pipeline
 from recap_jax.data.inputs import Failure
-from recap_jax.data.storage import is_local
 from recap_jax.data.schema import record_features
+from recap_jax.data.storage import is_local
 from recap_jax.data.writer import OutputDataset
-from recap_jax.decoding.sampler import Request, Sampler, decode_programs
+from recap_jax.decoding.programs import decode_programs
+from recap_jax.decoding.sampler import Request, Sampler
 from recap_jax.decoding.settings import DecodeSettings
 from recap_jax.decoding.token_choice import sample_seed
 from recap_jax.errors import ConfigError
@@ -153,7 +154,6 @@ def ensure_demo_checkpoint(config: ml_collections.ConfigDict) -> None:
     """The offline demo's tiny random checkpoint, built where model.checkpoint points if asked."""
     m = config.model
     if m.checkpoint and m.build_tiny_if_missing and not epath.Path(m.checkpoint).exists():
-        from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
         build_tiny_checkpoint(m.checkpoint)
 
 

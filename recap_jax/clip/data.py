@@ -28,6 +28,8 @@ from recap_jax.data.inputs.paths import split_paths
 from recap_jax.data.tfds_folder import open_tfds_folder
 from recap_jax.errors import ConfigError
 from recap_jax.preprocess.image import CLIP_MEAN, CLIP_STD
+from recap_jax.release.image_join import JoinedRecords, has_images
+from recap_jax.release.webdataset_records import open_webdataset_records
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +205,6 @@ def train_dataset(folders: str | Sequence[str], tokenizer: Tokenizer, *, image_s
     if not paths:
         raise ConfigError("data.folders: no dataset folder given")
     if format == "webdataset":
-        from recap_jax.release.webdataset_records import open_webdataset_records
         report = os.path.join(report_dir, "missing_captions.jsonl") if report_dir else None
         sources = [grain.MapDataset.source(open_webdataset_records(paths, captions_map,
                                                                    split_paths(captions_parquet), report))]
@@ -226,8 +227,6 @@ def train_dataset(folders: str | Sequence[str], tokenizer: Tokenizer, *, image_s
 def output_records(folder: str, split: str, image_paths: str = "", image_format: str = "") -> Any:
     """A caption output folder as a random-access source of records with images; a captions-only
     folder is joined with the caption job's input images (recap_jax.release.image_join)."""
-    from recap_jax.release.image_join import JoinedRecords, has_images
-
     source = open_tfds_folder(folder, split, field="data.folders")
     if has_images(source):
         return source

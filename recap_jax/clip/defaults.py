@@ -20,6 +20,8 @@ def base_config(folders: str = "") -> ml_collections.ConfigDict:
     # Device mesh (recap_jax.parallel.mesh): sizes of the data / fsdp / tensor axes; -1 = all the rest.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.distributed = distributed_config()  # multi-host start-up (recap_jax.parallel.distributed)
+    # The TPU slice `python -m recap_jax.plan --clip_config` compiles the train step for (--topology overrides).
+    config.tpu = ml_collections.ConfigDict(dict(topology="v4-8"))
 
     config.model = ml_collections.ConfigDict()
     config.model.hf_dir = ""  # a HF CLIPModel folder (safetensors) to start from; overrides the sizes below
@@ -78,22 +80,33 @@ def base_config(folders: str = "") -> ml_collections.ConfigDict:
     t.checkpoint_every = 200
     t.eval_every = 0  # 0 = evaluate only at the end of training (if any eval dataset has a folder)
 
+    config.init = _init_fields()
+    config.eval = _eval_fields()
+    return config
+
+
+def _init_fields() -> ml_collections.ConfigDict:
+    """`init`: where a later stage starts from."""
     # Start from the checkpoint of an earlier stage (CLIPA stage 2): its latest params, the image
     # position embeddings resampled to this image size. Ignored once this workdir has a checkpoint.
-    config.init = ml_collections.ConfigDict()
-    config.init.checkpoint = ""  # the earlier stage's workdir; empty = a fresh initialisation
-    config.init.optimizer = "reset"  # reset, or keep (Adam moments carried over; the schedule restarts)
-    config.init.pos_interpolation = "bilinear"  # bilinear or bicubic
+    init = ml_collections.ConfigDict()
+    init.checkpoint = ""  # the earlier stage's workdir; empty = a fresh initialisation
+    init.optimizer = "reset"  # reset, or keep (Adam moments carried over; the schedule restarts)
+    init.pos_interpolation = "bilinear"  # bilinear or bicubic
+    return init
 
-    config.eval = ml_collections.ConfigDict()
-    config.eval.batch_size = 96  # images/texts per encoder call (divisible by the batch devices)
+
+def _eval_fields() -> ml_collections.ConfigDict:
+    """`eval`: the retrieval sets evaluated during and after training."""
+    ev = ml_collections.ConfigDict()
+    ev.batch_size = 96  # images/texts per encoder call (divisible by the batch devices)
     # Named retrieval datasets; entries with an empty folder are skipped.
-    config.eval.datasets = ml_collections.ConfigDict()
-    config.eval.datasets.heldout = ml_collections.ConfigDict(dict(
+    ev.datasets = ml_collections.ConfigDict()
+    ev.datasets.heldout = ml_collections.ConfigDict(dict(
         folder="",  # a TFDS/ArrayRecord folder, one record per image
         split="train",  # its split
         caption_fields="re_caption,org_caption",  # comma-separated fields (a text or a list of texts each)
         image_field="image",  # field with the encoded image bytes
         max_images=0,  # 0 = all
     ))
-    return config
+    return ev

@@ -219,13 +219,6 @@ def format_recalls(metrics: dict[str, float]) -> str:
     return " | ".join(parts)
 
 
-def chance_recall(num_candidates: int, k: int, positives: int = 1) -> float:
-    """Expected recall@k of random scores (for comparison in reports)."""
-    if k >= num_candidates:
-        return 1.0
-    return 1.0 - math.comb(num_candidates - positives, k) / math.comb(num_candidates, k)
-
-
 def make_encoders(model, mesh, params, tokenizer: data_lib.Tokenizer, *, text_length: int,
                   batch_size: int, param_shardings: Any = None) -> Encoders:
     """`Encoders` for a CLIP `model` with `params` on `mesh`.

@@ -39,14 +39,6 @@ def sigmoid_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Arr
     return -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / logits.shape[0]
 
 
-def reference_loss(kind: str, image_emb, text_emb, logit_scale, logit_bias=None) -> jax.Array:
-    if kind == "softmax":
-        return softmax_loss(image_emb, text_emb, logit_scale)
-    if kind == "sigmoid":
-        return sigmoid_loss(image_emb, text_emb, logit_scale, logit_bias)
-    raise ValueError(f"train.loss: {kind!r} is not one of {LOSSES}")
-
-
 def _local_loss_sum(kind, local_img, local_txt, all_img, all_txt, scale, bias):
     """This device's share of the global loss SUM (before dividing by the global batch).
 
@@ -72,7 +64,7 @@ def sharded_contrastive_loss(kind: str, mesh: Mesh, batch_axes: tuple[str, ...] 
     """Returns loss(image_emb [B, D], text_emb [B, D], logit_scale, logit_bias) -> scalar.
 
     `image_emb`/`text_emb` are global arrays whose batch dimension is split over `batch_axes`
-    of `mesh`. The result equals `reference_loss` up to float rounding.
+    of `mesh`. The result equals `softmax_loss` / `sigmoid_loss` of the gathered embeddings up to float rounding.
     """
     if kind not in LOSSES:
         raise ValueError(f"train.loss: {kind!r} is not one of {LOSSES}")

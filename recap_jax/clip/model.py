@@ -86,12 +86,17 @@ class CLIPConfig:
 def config_from_dict(model_cfg: Any, vocab_size: int | None = None) -> CLIPConfig:
     """Builds a `CLIPConfig` from the `config.model` ConfigDict of a train/eval config.
 
-    Fields: image (a key of IMAGE_TOWERS), text (a key of TEXT_TOWERS), image_size, text_context,
-    embed_dim, vocab_size, eos_token_id, activation, use_logit_bias, init_logit_scale,
-    init_logit_bias, dtype, remat, and optional
-    `vision_overrides` / `text_overrides` dicts to change single tower fields.
+    Every field is read, none has a fallback here (recap_jax/clip/defaults.py defines them once):
+    image (a key of IMAGE_TOWERS), text (a key of TEXT_TOWERS), image_size, text_context,
+    embed_dim, vocab_size (`vocab_size` overrides it), eos_token_id (the tokenizer's), activation,
+    use_logit_bias, init_logit_scale, init_logit_bias, dtype, remat, and the `vision_overrides` /
+    `text_overrides` dicts that change single tower fields.
     """
-    get = lambda k, d=None: model_cfg.get(k, d)  # noqa: E731
+    def get(key: str) -> Any:
+        if key not in model_cfg:
+            raise ConfigError(f"model.{key}: missing (recap_jax/clip/defaults.py defines every model field)")
+        return model_cfg[key]
+
     if get("image") not in IMAGE_TOWERS:
         raise ConfigError(f"model.image: {get('image')!r} is not one of {sorted(IMAGE_TOWERS)}")
     if get("text") not in TEXT_TOWERS:
@@ -101,15 +106,15 @@ def config_from_dict(model_cfg: Any, vocab_size: int | None = None) -> CLIPConfi
     vision = dataclasses.replace(vision, **dict(get("vision_overrides") or {}))
     text = dataclasses.replace(text, **dict(get("text_overrides") or {}))
     cfg = CLIPConfig(
-        image_size=int(get("image_size", 224)), patch_size=patch, vision=vision, text=text,
-        vocab_size=int(vocab_size or get("vocab_size", 49408)),
-        text_context=int(get("text_context", 77)), embed_dim=int(get("embed_dim", 512)),
-        eos_token_id=int(get("eos_token_id", 49407)),
-        activation=get("activation", "quick_gelu"),
-        use_logit_bias=bool(get("use_logit_bias", False)),
-        init_logit_scale=float(get("init_logit_scale", math.log(1 / 0.07))),
-        init_logit_bias=float(get("init_logit_bias", -10.0)),
-        dtype=dtype_from_name(get("dtype", "float32")), remat=bool(get("remat", False)))
+        image_size=int(get("image_size")), patch_size=patch, vision=vision, text=text,
+        vocab_size=int(vocab_size or get("vocab_size")),
+        text_context=int(get("text_context")), embed_dim=int(get("embed_dim")),
+        eos_token_id=int(get("eos_token_id")),
+        activation=get("activation"),
+        use_logit_bias=bool(get("use_logit_bias")),
+        init_logit_scale=float(get("init_logit_scale")),
+        init_logit_bias=float(get("init_logit_bias")),
+        dtype=dtype_from_name(get("dtype")), remat=bool(get("remat")))
     check_clip_config(cfg)
     return cfg
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from recap_jax.errors import ConfigError
 
@@ -60,17 +59,3 @@ def resample_params(params: Any, target_shapes: Any, method: str = "bilinear") -
         raise ConfigError(f"init.checkpoint: {'/'.join(names)} has shape {tuple(value.shape)}, the new "
                           f"model needs {tuple(target.shape)}; only the image size may change between stages")
     return jax.tree_util.tree_map_with_path(fix, params, target_shapes)
-
-
-def numpy_reference(pos: np.ndarray, num_positions: int) -> np.ndarray:
-    """Bilinear resampling written out in numpy (half-pixel centres, edge clamp): what
-    `resample_pos_embed(..., "bilinear")` must equal when the grid grows."""
-    old, new = grid_side(pos.shape[0]), grid_side(num_positions)
-    grid = pos[1:].reshape(old, old, -1).astype(np.float64)
-    coords = np.clip((np.arange(new) + 0.5) * old / new - 0.5, 0, old - 1)
-    lo = np.floor(coords).astype(int)
-    hi = np.minimum(lo + 1, old - 1)
-    frac = coords - lo
-    rows = grid[lo] * (1 - frac)[:, None, None] + grid[hi] * frac[:, None, None]
-    out = rows[:, lo] * (1 - frac)[None, :, None] + rows[:, hi] * frac[None, :, None]
-    return np.concatenate([pos[:1], out.reshape(new * new, -1)]).astype(pos.dtype)

@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
 from recap_jax.data import schema
+from recap_jax.data.writer import OutputDataset
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (235, 210, 20),
@@ -118,31 +119,9 @@ def write_tfds_folder(folder: str, records: Iterable[Mapping[str, Any]],
     return folder
 
 
-def write_eval_folders(root: str, size: int, seed: int) -> dict[str, str]:
-    """Two evaluation layouts over one fresh render per combination:
-    `coco_style`: a `captions` LIST per image (COCO Karpathy style, 2 captions each);
-    `colours`: an image-classification folder whose ClassLabel `label` is the colour."""
-    records = make_records(0, size, seed, one_per_combination=True)
-    coco_features = tfds.features.FeaturesDict({
-        "image": tfds.features.Tensor(shape=(), dtype=np.object_),
-        "captions": tfds.features.Sequence(tfds.features.Text())})
-    coco = write_tfds_folder(os.path.join(root, "coco_style"), (
-        {"image": r["image"], "captions": [r["org_caption"], r["re_caption"]]} for r in records),
-        features=coco_features, split="test", dataset_name="shapes_captions")
-    colour_features = tfds.features.FeaturesDict({
-        "image": tfds.features.Tensor(shape=(), dtype=np.object_),
-        "label": tfds.features.ClassLabel(names=list(COLOURS))})
-    colours = write_tfds_folder(os.path.join(root, "colours"), (
-        {"image": r["image"], "label": list(COLOURS).index(r["org_caption"].split()[0])} for r in records),
-        features=colour_features, split="test", dataset_name="shapes_colours")
-    return {"coco_style": coco, "colours": colours}
-
-
 def write_captioner_output(folder: str, records: Sequence[Mapping[str, Any]], num_units: int = 1) -> str:
     """Writes `records` with the captioner's own writer (`recap_jax.data.writer.OutputDataset`):
     the folder is byte-for-byte the layout `recap_jax.caption` produces (shards, markers, metadata)."""
-    from recap_jax.data.writer import OutputDataset
-
     output = OutputDataset(folder, num_units=num_units, fingerprint={"synthetic": True})
     for unit, chunk in enumerate(np.array_split(np.arange(len(records)), num_units)):
         output.write_unit(unit, [records[i] for i in chunk], failures=[])

@@ -1,8 +1,8 @@
 """A captioner bundle: weights + everything needed to turn an image into prompt inputs.
 
 This module reads a llava-hf folder (config.json, safetensors, tokenizer, processor config, chat
-template) and writes the converted checkpoint (`recap_jax.convert`); the caption job loads one
-with `recap_jax.captioning.model_loading`:
+template), writes the converted checkpoint (`recap_jax.convert`) and reads its spec back
+(`read_converted_spec`); the caption job loads its params with `recap_jax.captioning.model_loading`:
 
     CHECKPOINT/
       recap_config.json   model config, image settings, prompt template, stop tokens, dtype
@@ -195,6 +195,21 @@ def save_converted(out_dir: epath.PathLike, spec: CaptionerSpec,
         if tmp.exists():
             shutil.rmtree(tmp)
     return out_dir
+
+
+def read_converted_spec(checkpoint: epath.PathLike, tokenizer_dir: epath.PathLike | None = None
+                        ) -> tuple[CaptionerSpec, str]:
+    """The spec and stored dtype of a converted checkpoint (what `save_converted` wrote)."""
+    checkpoint = epath.Path(checkpoint)
+    if not (checkpoint / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{checkpoint}: no {CONFIG_FILE}; convert a checkpoint with "
+                                "`python -m recap_jax.convert` first")
+    meta = read_json(checkpoint / CONFIG_FILE)
+    tokenizer = load_tokenizer(tokenizer_dir or checkpoint / "tokenizer")
+    spec = CaptionerSpec(LlavaConfig.from_json_dict(meta["llava"]), ImageSettings.from_json_dict(meta["image"]),
+                         tokenizer, meta.get("template"), meta.get("chat_template"),
+                         tuple(meta["stop_ids"]))
+    return spec, meta["dtype"]
 
 
 def _save_params_in_groups(path: epath.Path, leaves: Iterable[tuple[tuple[str, ...], Any]]) -> None:

@@ -100,11 +100,6 @@ def _plan(config: LlavaConfig, tensors: CheckpointTensors, fresh: tuple[str, ...
     return plan_params(rules, nn.unbox(abstract_params(config)), tensors, ignore)
 
 
-def check_fits(config: LlavaConfig, tensors: CheckpointTensors) -> None:
-    """Raise ConversionError naming the first tensor that does not fit the config."""
-    _plan(config, tensors)
-
-
 def converted_leaves(config: LlavaConfig, tensors: CheckpointTensors, dtype=np.float32,
                      on_tensor: Callable[[str], None] | None = None
                      ) -> Iterator[tuple[tuple[str, ...], jax.Array]]:

@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 SAMPLING_MODES = ("greedy", "top_k", "top_p")
+# A prompt holding this slot is encoded per sample with the sample's alt-text in it
+# (captioning/prompts.py); its buckets leave room for the alt-text (`for_prompt`).
+ORG_CAPTION_SLOT = "{org_caption}"
 # Alt-text tokens the derived buckets of an `{org_caption}` prompt leave room for (a longer
 # alt-text is listed as a failure); set decode.prompt_buckets to allow more.
 CONDITIONED_EXTRA = (32, 64, 128)
@@ -41,7 +44,7 @@ class DecodeSettings:
     seed: int = 0
     # Decode attention over the KV cache: "ragged" reads only each slot's live cache blocks
     # (kernels/ragged_decode.py, a Pallas TPU kernel; on CPU it runs in interpret mode: slow, for
-    # tests), "xla" reads the whole cache with a mask (models/llama.py::decode_attention), "auto"
+    # tests), "xla" reads the whole cache with a mask (models/attention.py::decode_attention), "auto"
     # the kernel on TPU and XLA elsewhere. The captions are the same up to rounding.
     attention: str = "auto"
     stop_ids: tuple[int, ...] = ()  # from the checkpoint, not a config field

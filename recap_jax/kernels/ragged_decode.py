@@ -1,7 +1,7 @@
 """Decode attention that reads only each slot's live columns of the ring KV cache (Pallas TPU).
 
 The decode cache of one layer is a ring [B, KVH, T, D]: slot b's earlier tokens are the `length[b]`
-columns from `start[b]` on, wrapping mod T (`models/llama.py::ring_window`). The kernel's grid is
+columns from `start[b]` on, wrapping mod T (`models/attention.py::ring_window`). The kernel's grid is
 (B, T // block); grid step i of slot b reads the i-th cache block (all kv heads) that intersects b's window
 (counted from the block holding `start[b]`, wrapping), so a slot with a short window stops after its
 live blocks: past them the block index stays on the last live block, which the pipeline does not
@@ -21,7 +21,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import Mesh, PartitionSpec
 
-from recap_jax.models.llama import KV_CACHE_AXES, largest_divisor
+from recap_jax.models.attention import KV_CACHE_AXES
+from recap_jax.models.llama import largest_divisor
 from recap_jax.parallel.mesh import logical_sharding
 
 # Finite: a masked score minus a running max stays finite (no inf - inf).
@@ -139,7 +140,7 @@ def ragged_decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array
                             v_new: jax.Array, start: jax.Array, length: jax.Array, layer: jax.Array | None = None,
                             *, mesh: Mesh | None = None, block: int | None = None, interpret: bool = False
                             ) -> jax.Array:
-    """`models/llama.py::decode_attention` with the cache read by the kernel: q/k_new/v_new
+    """`models/attention.py::decode_attention` with the cache read by the kernel: q/k_new/v_new
     [B, 1, heads, D], the cache [B, KVH, T, D] (or with `layer`, the stack [L, B, KVH, T, D] and
     the layer to read), each row's window (start, length [B]) -> [B, 1, heads, D].
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from recap_jax.analysis.plots import pyplot
+
 RETRIEVAL = (("true", "image_to_text/R@1"), ("true", "text_to_image/R@1"),
              ("alt", "image_to_text/R@1"), ("alt", "text_to_image/R@1"))
 HEADERS = ("true I->T R@1", "true T->I R@1", "alt I->T R@1", "alt T->I R@1")
@@ -70,11 +72,7 @@ def findings(rows: dict[str, dict[str, float]]) -> list[str]:
 
 def plot(rows: dict[str, dict[str, float]], path: str) -> None:
     """Retrieval and zero-shot classification against p (concat as a dashed line)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("reproduce")
     ps = sorted((float(k), k) for k in rows if k != "concat")
     fig, ax = plt.subplots(figsize=(6, 4))
     for column in HEADERS + ("zero-shot top1",):

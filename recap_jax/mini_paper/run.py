@@ -11,6 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from recap_jax.analysis.plots import pyplot
 from recap_jax.clip import mini_world as world
 from recap_jax.errors import ConfigError
 from recap_jax.mini_paper import report, stages, world_files
@@ -21,13 +22,22 @@ def row_name(p: float) -> str:
 
 
 def apply_quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The `--quick` size (tests, CI): every field under `config.quick` replaces its namesake."""
+    """The `--quick` size (tests, CI): each field under `config.quick` replaces the field of the
+    same path (`quick.clip.num_steps` replaces `clip.num_steps`)."""
     config = ml_collections.ConfigDict(config.to_dict())
-    for path, value in config.quick.items():
-        section, field = path.split("__")
-        config[section][field] = value
+    _replace_fields(config, config.quick, "")
     config.workdir = config.workdir.rstrip("/") + "_quick"
     return config
+
+
+def _replace_fields(target: ml_collections.ConfigDict, values: ml_collections.ConfigDict, prefix: str) -> None:
+    for key, value in values.items():
+        if key not in target:
+            raise ConfigError(f"quick.{prefix}{key}: the config has no field {prefix}{key} to replace")
+        if isinstance(value, ml_collections.ConfigDict):
+            _replace_fields(target[key], value, f"{prefix}{key}.")
+        else:
+            target[key] = value
 
 
 def caption_accuracy(captions: dict[str, dict[str, str]], truth: dict[str, dict]) -> dict[str, float]:
@@ -63,6 +73,7 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if not config.clip.ps:
         raise ConfigError("clip.ps: give at least one p (probability of the original caption)")
     stages.check_captioner_init(config)
+    pyplot("reproduce")  # a missing extra is said now, not after the stages
     start = time.time()
     root = os.path.abspath(config.workdir)
     use_compilation_cache(os.path.join(root, "xla_cache"))

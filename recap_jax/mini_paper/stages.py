@@ -7,6 +7,7 @@ are complete is skipped, so rerunning the command continues where it stopped.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from typing import Any
@@ -15,9 +16,21 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from recap_jax.analysis.clip_scores import ClipScorer
+from recap_jax.analysis.stats import Accumulator
+from recap_jax.captioning import defaults as caption_defaults
+from recap_jax.captioning import run as caption_run
+from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
+from recap_jax.clip import defaults as clip_defaults
 from recap_jax.clip import mini_world as world
+from recap_jax.clip import trainer as clip_trainer
+from recap_jax.clip.retrieval_job import evaluate_config
 from recap_jax.errors import ConfigError
+from recap_jax.mini_paper.world_files import read_images
 from recap_jax.progress import Reporter
+from recap_jax.release.rows import Row
+from recap_jax.training import defaults as finetune_defaults
+from recap_jax.training import trainer as finetune_trainer
 
 EVAL_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "configs", "clip_eval.py")
@@ -35,8 +48,6 @@ def check_captioner_init(config: ml_collections.ConfigDict) -> None:
 def build_base_captioner(config: ml_collections.ConfigDict, folder: str) -> str:
     """The starting captioner: `captioner.init` if set (a converted captioner), else a random one
     whose tokenizer knows the world's words."""
-    from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
-
     c = config.captioner
     check_captioner_init(config)
     if c.init:
@@ -52,15 +63,12 @@ def build_base_captioner(config: ml_collections.ConfigDict, folder: str) -> str:
 
 def finetune_captioner(config: ml_collections.ConfigDict, hq_folder: str, workdir: str) -> str:
     """Fine-tunes the whole tiny captioner on the HQ set with `recap_jax.finetune`'s run(config)."""
-    from recap_jax.training.defaults import base_config
-    from recap_jax.training.trainer import run
-
     export = epath.Path(workdir, "export")
     if epath.Path(workdir, "summary.json").exists():
         _log(f"captioner: complete at {export}")
         return str(export)
     c = config.captioner
-    f = base_config()
+    f = finetune_defaults.base_config()
     f.workdir = workdir
     f.model.checkpoint = build_base_captioner(config, str(epath.Path(workdir).parent / "base_captioner"))
     f.data.format = "webdataset"
@@ -81,20 +89,17 @@ def finetune_captioner(config: ml_collections.ConfigDict, hq_folder: str, workdi
     f.mesh.data, f.mesh.fsdp = -1, 1
     f.distributed.mode = "off"
     _log(f"captioner: fine-tuning {c.num_steps} steps x {c.batch_size} on the HQ set -> {workdir}")
-    summary = run(f)
+    summary = finetune_trainer.run(f)
     epath.Path(workdir, "summary.json").write_text(json.dumps(summary, indent=1))
     return summary["export"]
 
 
 def recaption(config: ml_collections.ConfigDict, checkpoint: str, tars: str, out_dir: str) -> dict[str, Any]:
     """Recaptions webdataset `tars` with the real caption job (recap_jax.captioning.run.run)."""
-    from recap_jax.captioning.defaults import base_config
-    from recap_jax.captioning.run import run
-
     if epath.Path(out_dir, "dataset_info.json").exists():
         _log(f"recaption: complete at {out_dir}")
         return {}
-    c = base_config()
+    c = caption_defaults.base_config()
     c.model.checkpoint = checkpoint
     c.input.format = "webdataset"
     c.input.paths = f"{tars}/*.tar"
@@ -108,7 +113,7 @@ def recaption(config: ml_collections.ConfigDict, checkpoint: str, tars: str, out
     c.progress_every_s = 15.0
     c.distributed.mode = "off"
     _log(f"recaption: {tars} -> {out_dir}")
-    return run(c)
+    return caption_run.run(c)
 
 
 def read_captions(out_dir: str) -> dict[str, dict[str, str]]:
@@ -127,10 +132,9 @@ def read_captions(out_dir: str) -> dict[str, dict[str, str]]:
 def clip_config(config: ml_collections.ConfigDict, folders: str, tokenizer: str, workdir: str,
                 org_caption_prob: float, caption_mix: str = "sample") -> ml_collections.ConfigDict:
     """The Recap-CLIP training config of one row: same seed, model and budget for every p."""
-    from recap_jax.clip.defaults import base_config
 
     k = config.clip
-    c = base_config(folders)
+    c = clip_defaults.base_config(folders)
     c.workdir = workdir
     c.seed = config.seed
     c.data.tokenizer = tokenizer
@@ -155,7 +159,6 @@ def clip_config(config: ml_collections.ConfigDict, folders: str, tokenizer: str,
 
 def train_clip_row(config: ml_collections.ConfigDict, folders: str, tokenizer: str, workdir: str,
                    org_caption_prob: float, caption_mix: str = "sample") -> None:
-    from recap_jax.clip.trainer import train
 
     done = epath.Path(workdir, "done.json")
     if done.exists():
@@ -163,14 +166,13 @@ def train_clip_row(config: ml_collections.ConfigDict, folders: str, tokenizer: s
         return
     row = "concat" if caption_mix == "concat" else f"p = {org_caption_prob}"
     _log(f"clip: {row} ({config.clip.num_steps} steps) -> {workdir}")
-    metrics = train(clip_config(config, folders, tokenizer, workdir, org_caption_prob, caption_mix))
+    metrics = clip_trainer.train(clip_config(config, folders, tokenizer, workdir, org_caption_prob, caption_mix))
     done.write_text(json.dumps(metrics, default=lambda v: np.asarray(v).tolist()))
 
 
 def _eval_config(workdir: str, paths: dict[str, str]) -> ml_collections.ConfigDict:
     """configs/clip_eval.py with the held-out sets: `main` (true descriptions), `alt` (alt-text-style
     queries) and zero-shot classes, so one model load serves all three."""
-    import importlib.util
 
     spec = importlib.util.spec_from_file_location("clip_eval_config", EVAL_CONFIG)
     module = importlib.util.module_from_spec(spec)
@@ -191,7 +193,6 @@ def evaluate_clip(workdir: str, paths: dict[str, str]) -> dict[str, Any]:
     """Held-out retrieval (true descriptions, alt-text-style queries) and zero-shot classification
     with the evaluation command's library call (`recap_jax.clip.retrieval_job.evaluate_config`, in this
     process: no extra start-up and compile per row); cached in `workdir/eval.json`."""
-    from recap_jax.clip.retrieval_job import evaluate_config
 
     cached = epath.Path(workdir, "eval.json")
     if not cached.exists():
@@ -207,10 +208,6 @@ def clip_score_win_rate(clip_workdir: str, tars: str, captions: dict[str, dict[s
     """Section 4's caption-image score comparison on the web set: each image's CLIP score (cosine)
     of its recaption vs its alt-text, with `recap_jax.analysis`'s scorer and counting (ties half);
     cached in `cached`."""
-    from recap_jax.analysis.clip_scores import ClipScorer
-    from recap_jax.analysis.stats import Accumulator
-    from recap_jax.mini_paper.world_files import read_images
-    from recap_jax.release.rows import Row
 
     if epath.Path(cached).exists():
         return json.loads(epath.Path(cached).read_text())

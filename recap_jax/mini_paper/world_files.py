@@ -127,21 +127,3 @@ def read_images(tar_folder: str) -> dict[str, bytes]:
                 if member.name.endswith(".jpg"):
                     images[member.name[:-len(".jpg")]] = tar.extractfile(member).read()
     return images
-
-
-def write_demo_images(folder: str, num: int = 4, seed: int = 7) -> list[world.Scene]:
-    """Held-out world scenes as the caption demo's images: `world_COLOUR_SHAPE.png` with their
-    web alt-text (`.txt`, what the folder reader takes as the original caption)."""
-    rng = np.random.default_rng(seed)
-    scenes, labels = [], set()
-    for scene in world.make_scenes(50 * num, seed, "eval"):  # distinct main objects, for a varied demo
-        if scene.label not in labels and len(scenes) < num:
-            labels.add(scene.label)
-            scenes.append(scene)
-    os.makedirs(folder, exist_ok=True)
-    for scene in scenes:
-        stem = os.path.join(folder, f"world_{scene.colour}_{scene.shape}")
-        world.render(scene, 56).save(stem + ".png")
-        with open(stem + ".txt", "w") as f:
-            f.write(world.alt_text(scene, rng)[0])
-    return scenes

@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from recap_jax.models.attention import KVCache
 from recap_jax.models.config import LlavaConfig
-from recap_jax.models.llama import KVCache, LlamaDecoder
 from recap_jax.models.layers import logical_init
+from recap_jax.models.llama import LlamaDecoder
 from recap_jax.models.vision import VisionTower
 
 Dtype = Any

@@ -34,7 +34,7 @@ def check_mode(mode: str) -> str:
 
 
 def _provider(mode: str, module_path: str):
-    import qwix
+    import qwix  # the [quant] extra: imported only when a model is quantised
     # Qwix matches module paths: in the captioner, the decoder's Dense layers (inside the layer
     # scan) and the LM head.
     return qwix.PtqProvider([qwix.QuantizationRule(module_path=module_path, weight_qtype=jnp.int8)])
@@ -44,7 +44,7 @@ def quantized_model(model: LlavaModel, mode: str) -> LlavaModel:
     """`model` computing with quantised weights (`mode` "" returns it unchanged)."""
     if not check_mode(mode):
         return model
-    import qwix
+    import qwix  # the [quant] extra: imported only when a model is quantised
     quantized = qwix.quantize_model(model, _provider(mode, "language_model/.*"), methods=METHODS)
     type(quantized).quantize_mode = mode  # Qwix made this class for this model alone
     return quantized
@@ -54,7 +54,7 @@ def quantized_layer(layer: nn.Module, mode: str) -> nn.Module:
     """One decoder layer on its own (the plan's per-layer cost), quantised as in `quantized_model`."""
     if not check_mode(mode):
         return layer
-    import qwix
+    import qwix  # the [quant] extra: imported only when a model is quantised
     return qwix.quantize_model(layer, _provider(mode, ".*"))
 
 
@@ -109,7 +109,7 @@ def _is_with_aux(x: Any) -> bool:
 
 
 def _quantize_fn(abstract: Any, sharding: Any, stacked: bool):
-    import qwix
+    import qwix  # the [quant] extra: imported only when a model is quantised
     if stacked:  # scanned layers: Qwix's per-channel axes are those of one layer
         one = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), abstract)
         fn = jax.vmap(lambda w: qwix.quantize_params({"w": w}, {"w": one})["w"])

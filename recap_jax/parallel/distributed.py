@@ -39,3 +39,8 @@ def initialize_distributed(d: ml_collections.ConfigDict) -> None:
                                    num_processes=d.num_processes, process_id=d.process_id)
     elif d.mode == "auto" and on_multihost_tpu():
         jax.distributed.initialize()  # TPU pods discover the coordinator themselves
+
+
+def process_index() -> int:
+    """This host's index (0 on one host): the one that prints a command's summary."""
+    return jax.process_index()

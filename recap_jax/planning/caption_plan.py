@@ -19,18 +19,17 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import ml_collections
 
-from recap_jax.captioning.prompts import ORG_CAPTION_SLOT
-from recap_jax.decoding.settings import DecodeSettings
-from recap_jax.decoding.sampler import decode_attention_fn
+from recap_jax.decoding.settings import ORG_CAPTION_SLOT, DecodeSettings
+from recap_jax.decoding.programs import decode_attention_fn
 from recap_jax.kernels.ragged_decode import block_columns, mean_live_columns
 from recap_jax.models.flops import image_flops, parameter_count
 from recap_jax.models.llava import LlavaModel
 from recap_jax.models.quantization import caption_model
 from recap_jax.parallel import mesh as mesh_lib
 from recap_jax.planning import hlo, layer_cost
-from recap_jax.planning.chips import GIB, Chip
+from recap_jax.planning.chips import Chip
 from recap_jax.planning.model_spec import PlannedModel
-from recap_jax.planning.programs import lower_caption_programs, shard_bytes
+from recap_jax.decoding.lowering import lower_caption_programs
 
 IMAGES = 1.3e9  # DataComp-1B
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -99,10 +98,10 @@ def compile_caption(config: ml_collections.ConfigDict, model: PlannedModel, devi
     lowered = lower_caption_programs(llava, settings, mesh, dtype, buckets)
     functions = {"decode": compile_stats(lowered.decode)}  # first: the cache is why a plan does not fit
     functions.update({f"prefill_{b}": compile_stats(low) for b, low in lowered.prefill.items()})
-    cache = shard_bytes(lowered.state.cache)
+    cache = hlo.shard_bytes(lowered.state.cache)
     kernel = decode_attention_fn(settings.attention, mesh) is not None
-    plan = CaptionPlan(settings.batch_size, model.prompt_length, bucket, shard_bytes(lowered.params),
-                       cache, shard_bytes(lowered.state) - cache, functions, cache_length=settings.cache_length,
+    plan = CaptionPlan(settings.batch_size, model.prompt_length, bucket, hlo.shard_bytes(lowered.params),
+                       cache, hlo.shard_bytes(lowered.state) - cache, functions, cache_length=settings.cache_length,
                        attention_block=block_columns(settings.cache_length) if kernel else 0)
     if costs:
         plan.prefill_cost, plan.decode_step_cost = looped_costs(
@@ -164,9 +163,9 @@ def largest_fitting_batch(config: ml_collections.ConfigDict, model: PlannedModel
     plan the per-slot bytes (cache, state, decode temporaries) give a linear guess; without one
     the batch is halved until a plan compiles and fits, then the guess starts from that one. Each
     guess is compiled and stepped down until one fits."""
-    step = max(config.mesh.get("data", 1), 1) * max(config.mesh.get("fsdp", 1), 1)
-    if config.mesh.get("data", 1) == -1:
-        step = len(devices) // max(config.mesh.get("tensor", 1) * config.mesh.get("fsdp", 1), 1)
+    step = max(config.mesh.data, 1) * max(config.mesh.fsdp, 1)
+    if config.mesh.data == -1:
+        step = len(devices) // max(config.mesh.tensor * config.mesh.fsdp, 1)
     floor = max(config.decode.prefill_batch, step)
     best: tuple[int, CaptionPlan | None] = (0, None)
     batch = config.decode.batch_size
@@ -255,8 +254,3 @@ def kernel_cache_reads(plan: CaptionPlan, new_tokens: int) -> float:
 
 def describe_params(model: PlannedModel) -> str:
     return f"{parameter_count(model.config) / 1e9:.2f}B params ({model.source})"
-
-
-def gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"
-

@@ -23,7 +23,8 @@ from recap_jax.models.vision import EncoderLayer
 from recap_jax.parallel.mesh import logical_sharding, make_mesh, params_shardings
 from recap_jax.planning import hlo
 from recap_jax.planning.layer_cost import Cost
-from recap_jax.planning.programs import shard_bytes
+
+CLIP_BPE_VOCAB, CLIP_BPE_EOS = 49408, 49407  # the OpenAI CLIP tokenizer
 
 
 @dataclasses.dataclass
@@ -42,9 +43,9 @@ class ClipPlan:
 
 def compile_clip_step(config: ml_collections.ConfigDict, devices: Sequence) -> ClipPlan:
     """The trainer's jitted train step for `config` over `devices` (every chip of the slice)."""
-    model_cfg = dict(config.model.to_dict())
-    model_cfg.setdefault("vocab_size", 49408)  # the CLIP BPE vocabulary; the tokenizer is not read here
-    model_cfg["vocab_size"] = model_cfg["vocab_size"] or 49408
+    # The tokenizer is not read here: 0 (the tokenizer's size) plans with the CLIP BPE's vocabulary.
+    model_cfg = dict(config.model.to_dict(), eos_token_id=CLIP_BPE_EOS)
+    model_cfg["vocab_size"] = model_cfg["vocab_size"] or CLIP_BPE_VOCAB
     model = model_lib.CLIP(model_lib.config_from_dict(model_cfg))
     t = config.train
     mesh = make_mesh(dict(config.mesh), list(devices))
@@ -70,7 +71,7 @@ def compile_clip_step(config: ml_collections.ConfigDict, devices: Sequence) -> C
         layer = layer_train_cost(cfg, tower, seq, causal, micro, mesh)
         cost += layer * ((tower.depth - 1) * max(1, t.accum_steps))
         model_flops += tower.depth * _layer_model_flops(tower, seq, b) / len(devices)
-    return ClipPlan(model_lib.count_params(state.params), shard_bytes(state), b / len(devices), stats,
+    return ClipPlan(model_lib.count_params(state.params), hlo.shard_bytes(state), b / len(devices), stats,
                     cost, model_flops)
 
 

@@ -1,4 +1,5 @@
-"""Read a compiled program: its collectives (from the HLO text), memory and cost.
+"""Read a compiled program: its collectives (from the HLO text), memory and cost; and the per-device
+bytes of an abstract (sharded) tree.
 
 The compiled text is the per-device program after SPMD partitioning, so every collective the
 partitioner inserted is there, with its result shape (per device). Async pairs are counted once
@@ -8,9 +9,12 @@ partitioner inserted is there, with its result shape (per device). Async pairs a
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
@@ -107,3 +111,12 @@ def compiled_stats(compiled: Any) -> CompiledStats:
         code_bytes=int(mem.generated_code_size_in_bytes), flops=float(cost.get("flops", 0.0)),
         bytes_accessed=float(cost.get("bytes accessed", 0.0)), collectives=collectives(text),
         trip_counts=while_trip_counts(text))
+
+
+def shard_bytes(tree) -> int:
+    """Bytes of one device's shard of every array of an abstract tree (device 0 of each sharding)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+        total += jnp.dtype(leaf.dtype).itemsize * math.prod(shape)
+    return total

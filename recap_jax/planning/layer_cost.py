@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from recap_jax.models.llama import KV_CACHE_AXES, DecoderLayer
+from recap_jax.models.attention import KV_CACHE_AXES
+from recap_jax.models.llama import DecoderLayer
 from recap_jax.models.llava import LlavaModel
 from recap_jax.models.quantization import mode_of, quantized_layer
 from recap_jax.models.vision import EncoderLayer
@@ -60,7 +61,7 @@ def text_layer_prefill(model: LlavaModel, mesh: Mesh, rows: int, seq: int) -> Co
 
 def text_layer_decode(model: LlavaModel, mesh: Mesh, rows: int, cache_length: int, cache_dtype,
                       attention: Callable | None = None) -> Cost:
-    """`attention`: the decode attention the job's programs use (`sampler.decode_attention_fn`)."""
+    """`attention`: the decode attention the job's programs use (`decoding.programs.decode_attention_fn`)."""
     t = model.config.text
     x = _arg(mesh, (rows, 1, t.hidden_size), model.dtype, ("batch", "length", None))
     positions = _arg(mesh, (rows, 1), jnp.int32, ("batch", "length"))

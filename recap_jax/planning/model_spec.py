@@ -13,6 +13,7 @@ import threading
 import ml_collections
 from etils import epath
 
+from recap_jax.conversion import bundle
 from recap_jax.errors import ConfigError
 from recap_jax.models.config import LlavaConfig, llava_config_from_hf
 
@@ -64,12 +65,10 @@ def _readable(path: str) -> bool:
 
 def planned_model(config: ml_collections.ConfigDict) -> PlannedModel:
     """The caption job's model and prompt length, from its checkpoint when readable."""
-    from recap_jax.captioning.model_loading import read_converted_spec  # transformers: only on this path
-    from recap_jax.conversion import bundle
     m = config.model
     try:
         if m.checkpoint and _readable(f"{m.checkpoint}/{bundle.CONFIG_FILE}"):
-            spec, _ = read_converted_spec(m.checkpoint, m.tokenizer or m.hf_dir or None)
+            spec, _ = bundle.read_converted_spec(m.checkpoint, m.tokenizer or m.hf_dir or None)
             return PlannedModel(spec.config, len(spec.prompt_encoder().encode(config.prompt)),
                                 f"model.checkpoint={m.checkpoint}")
         if m.hf_dir and _readable(f"{m.hf_dir}/config.json"):
@@ -78,7 +77,7 @@ def planned_model(config: ml_collections.ConfigDict) -> PlannedModel:
                                 f"model.hf_dir={m.hf_dir}")
     except (OSError, ValueError) as e:
         print(f"[plan] cannot read the model's config and tokenizer ({e}); using the built-in config")
-    name = config.get("tpu", {}).get("model", "llava-llama-3-8b")
+    name = config.tpu.model
     if name not in BUILTIN_MODELS:
         raise ConfigError(f"tpu.model={name!r}: expected one of {sorted(BUILTIN_MODELS)}")
     llava = llava_config_from_hf(BUILTIN_MODELS[name])

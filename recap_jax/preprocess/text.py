@@ -7,6 +7,7 @@ from `TEMPLATES` (the original LLaVA layout ships none).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jinja2
 import numpy as np
@@ -68,17 +69,28 @@ class PromptEncoder:
         text = self.render(prompt)
         if text.count(IMAGE_PLACEHOLDER) != 1:
             raise ValueError(f"the rendered prompt must hold exactly one {IMAGE_PLACEHOLDER}, got {text!r}")
+        ids = self.tokenize(text)
+        return np.asarray(self.expand_image(ids, self.image_position(ids), self.image_token_id), np.int32)
+
+    def tokenize(self, text: str, first: bool = True) -> list[int]:
+        """`text`'s ids. The tokenizer adds its BOS to the `first` piece of a sequence, unless the
+        template wrote one itself (no second BOS)."""
         bos = self.tokenizer.bos_token
-        # Templates that write the BOS themselves must not get a second one from the tokenizer.
-        add_special = not (bos and text.startswith(bos))
-        ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        add_special = first and not (bos and text.startswith(bos))
+        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+
+    def image_position(self, ids: list[int]) -> int:
+        """The index of the one `<image>` id in `ids`; ValueError unless there is exactly one."""
         positions = [i for i, t in enumerate(ids) if t == self.image_token_id]
         if len(positions) != 1:
             raise ValueError(f"{IMAGE_PLACEHOLDER} must tokenize to the single id {self.image_token_id}; "
-                             f"got {len(positions)} occurrences in {ids}")
-        at = positions[0]
-        expanded = ids[:at] + [self.image_token_id] * self.num_image_tokens + ids[at + 1:]
-        return np.asarray(expanded, np.int32)
+                             f"got {len(positions)} occurrences")
+        return positions[0]
+
+    def expand_image(self, values: list, at: int, fill: Any) -> list:
+        """`values` (ids, or anything aligned with them) with the item at `at` replaced by one
+        `fill` per image token."""
+        return values[:at] + [fill] * self.num_image_tokens + values[at + 1:]
 
 
 def stop_token_ids(tokenizer: transformers.PreTrainedTokenizerBase,

@@ -18,7 +18,9 @@ import numpy as np
 from etils import epath
 
 from recap_jax.data.storage import is_local, local_file, require_gcs
+from recap_jax.data.tfds_folder import open_tfds_folder, tfds_builder
 from recap_jax.errors import ConfigError
+from recap_jax.release.image_join import JoinedRecords, has_images
 
 BATCH = 256
 
@@ -56,8 +58,6 @@ class RemoteOutputSource:
     is copied to a local temporary file when first needed (one at a time: rows are read in order)."""
 
     def __init__(self, folder: str):
-        from recap_jax.data.tfds_folder import tfds_builder
-
         builder = tfds_builder(folder, "OUTPUT_DIR")  # the metadata reads fine through gcsfs
         split = builder.info.splits["train"]
         self.features = builder.info.features
@@ -104,9 +104,6 @@ class OutputRows:
 
     def __init__(self, folder: str, shard_index: int = 0, num_shards: int = 1, images: bool = False,
                  images_field: str = "OUTPUT_DIR"):
-        from recap_jax.data.tfds_folder import open_tfds_folder
-        from recap_jax.release.image_join import JoinedRecords, has_images
-
         self._source = (open_tfds_folder(folder, "train", field="OUTPUT_DIR") if is_local(folder)
                         else RemoteOutputSource(folder))
         self.has_images = has_images(self._source)

@@ -10,6 +10,8 @@ Samples whose mapped caption is missing are left out and listed in `missing` (ke
 from __future__ import annotations
 
 import dataclasses
+import glob
+import json
 import os
 import posixpath
 import tarfile
@@ -19,9 +21,9 @@ from typing import Any
 
 from etils import epath
 
+from recap_jax.data.captions_map import CaptionSource, caption_from, parse_captions_map, parse_meta
 from recap_jax.data.inputs.webdataset import WEBDATASET_IMAGE_EXTS
 from recap_jax.errors import ConfigError
-from recap_jax.data.captions_map import CaptionSource, caption_from, parse_captions_map, parse_meta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +147,6 @@ class WebdatasetRecords:
 
 def tar_paths(paths: Sequence[str]) -> list[str]:
     """Tar files named by files, folders (their *.tar) or globs, in a fixed (sorted) order per entry."""
-    import glob
-
     out: list[str] = []
     for p in paths:
         if os.path.isdir(p):
@@ -162,13 +162,10 @@ def tar_paths(paths: Sequence[str]) -> list[str]:
 def open_webdataset_records(paths: Sequence[str], captions_map: str, captions_parquet: Sequence[str] = (),
                             report_path: str | None = None) -> WebdatasetRecords:
     """The training records of img2dataset tars; samples left out are listed in `report_path` (JSON lines)."""
-    import json
-
     records = WebdatasetRecords(tar_paths(paths), captions_map, captions_parquet)
     if records.missing:
         print(f"[data] {len(records.missing)} samples left out (mapped caption or image missing)"
               + (f"; listed in {report_path}" if report_path else f"; first: {records.missing[:3]}"), flush=True)
     if report_path:  # the workdir may be gs://
-        from etils import epath
         epath.Path(report_path).write_text("".join(json.dumps(m) + "\n" for m in records.missing))
     return records

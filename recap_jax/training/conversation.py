@@ -107,17 +107,12 @@ class ConversationEncoder:
         ids: list[int] = []
         target: list[bool] = []
         for n, (text, is_answer) in enumerate(self.segments(turns)):
-            bos = self.tokenizer.bos_token
-            # As PromptEncoder.encode: no second BOS when the template writes one.
-            add_special = n == 0 and not (bos and text.startswith(bos))
-            piece = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+            piece = p.tokenize(text, first=n == 0)
             ids += piece
             target += [is_answer] * len(piece)
-        at = [i for i, t in enumerate(ids) if t == p.image_token_id]
-        if len(at) != 1:
-            raise ConversationError(f"{IMAGE_PLACEHOLDER} must tokenize to one id {p.image_token_id}, "
-                                    f"found {len(at)}")
-        k = at[0]
-        ids = ids[:k] + [p.image_token_id] * p.num_image_tokens + ids[k + 1:]
-        target = target[:k] + [False] * p.num_image_tokens + target[k + 1:]
-        return Encoded(np.asarray(ids, np.int32), np.asarray(target, bool))
+        try:
+            at = p.image_position(ids)
+        except ValueError as e:
+            raise ConversationError(str(e)) from None
+        return Encoded(np.asarray(p.expand_image(ids, at, p.image_token_id), np.int32),
+                       np.asarray(p.expand_image(target, at, False), bool))

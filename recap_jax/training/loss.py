@@ -56,8 +56,3 @@ def summed_loss(model: LlavaModel, params, batch: dict[str, jax.Array], chunk: i
     total, _ = jax.lax.scan(chunk_loss, jnp.zeros((), jnp.float32),
                             (split(normed), split(targets), split(weights)))
     return total
-
-
-def mean_loss(model: LlavaModel, params, batch: dict[str, jax.Array], chunk: int = 0) -> jax.Array:
-    """Mean cross-entropy per assistant token: what HF's `labels=` loss computes."""
-    return summed_loss(model, params, batch, chunk) / jnp.maximum(jnp.sum(batch["weights"]), 1.0)

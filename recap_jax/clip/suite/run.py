@@ -7,18 +7,17 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax
 import ml_collections
 
-from recap_jax.clip import evaluate
+from recap_jax.clip import evaluate, model_loading
 from recap_jax.clip.suite import imagenet, report, retrieval_sets, vg_attribute
-
-DATASETS = ("imagenet", "coco", "flickr", "urban1k", "vg_attribute")
-
 
 def _missing(cfg: ml_collections.ConfigDict, name: str, fields: tuple[str, ...]) -> str | None:
     """Why `name` cannot run (a field unset or a path absent), or None."""
     for field in fields:
-        value = cfg.get(field, "")
+        value = cfg[field]
         if not value:
             return f"{name}.{field} is not set"
         if not os.path.exists(value):
@@ -84,10 +83,6 @@ def run_suite(config: ml_collections.ConfigDict, encoders: evaluate.Encoders,
 def evaluate_model(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The eval_suite command: the model of `config.model` on every configured dataset; writes the
     report under `config.output_dir` (process 0). Returns {"results", "skipped", "notes", "paths"}."""
-    import jax
-
-    from recap_jax.clip import model_loading
-
     encoders = model_loading.build_encoders(config)
     first = jax.process_index() == 0
     results, skipped, notes = run_suite(config, encoders, log=lambda line: print(line, flush=True) if first else None)

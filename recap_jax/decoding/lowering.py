@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any
 
 import jax
@@ -17,8 +16,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from recap_jax.decoding.sampler import DecodePrograms, decode_programs, decode_state_shardings, init_state
+from recap_jax.decoding.programs import DecodePrograms, decode_programs
 from recap_jax.decoding.settings import DecodeSettings
+from recap_jax.decoding.steps import decode_state_shardings, init_state
 from recap_jax.models.llava import LlavaModel
 from recap_jax.models.quantization import abstract_model_params
 from recap_jax.parallel import mesh as mesh_lib
@@ -77,11 +77,3 @@ def lower_caption_programs(model: LlavaModel, settings: DecodeSettings, mesh: Me
     decode = programs.decode.lower(params, state, jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
     return CaptionPrograms(params, state, prefill, decode)
 
-
-def shard_bytes(tree) -> int:
-    """Bytes of one device's shard of every array of an abstract tree (device 0 of each sharding)."""
-    total = 0
-    for leaf in jax.tree.leaves(tree):
-        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
-        total += jnp.dtype(leaf.dtype).itemsize * math.prod(shape)
-    return total
