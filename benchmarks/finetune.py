@@ -8,7 +8,7 @@ and trained on the same batch (64 image + 64 text tokens per row, loss on the la
 on the CPU, in one process:
 - HF: `LlavaForConditionalGeneration(..., labels=...)`, `loss.backward()`, grad-norm clipping,
   `torch.optim.AdamW` over the trainable params (the rest `requires_grad=False`).
-- ours: `recap_jax.training.step.make_train_step` jitted (AdamW, clipping, same trainable set).
+- ours: `recap_jax.finetuning.step.make_train_step` jitted (AdamW, clipping, same trainable set).
 Both first run one untimed step (compilation / warm-up), then --steps timed ones. Tokens/s counts
 every position of the batch. Writes benchmarks/results/finetune.json (--out).
 """
@@ -51,7 +51,8 @@ def time_ours(ckpt: str, batch: dict, trainable: str, steps: int) -> float:
     import jax
     from recap_jax.captioning import model_loading
     from recap_jax.models.llava import LlavaModel
-    from recap_jax.training import optimizer, step as step_lib
+    from recap_jax.training import optimizer
+    from recap_jax.finetuning import step as step_lib
     spec, params = model_loading.load_captioner(checkpoint=ckpt)
     train, frozen = step_lib.split_params(params, trainable)
     tx = optimizer.make_optimizer(optimizer.OptimizerSettings(learning_rate=1e-5, num_steps=1000, warmup_steps=30))

@@ -2,7 +2,7 @@
 
     python benchmarks/finetune_padding.py [--config configs/finetune_cpu.py] [--batches 40] [--group 8]
 
-Builds the config's batches exactly as the finetune job does (`training.batches.BatchMaker`, the
+Builds the config's batches exactly as the finetune job does (`finetuning.batches.BatchMaker`, the
 config's reader, tokenizer, buckets and batch size; the tiny demo model is built if the config
 asks for it) and counts padded positions / all positions of the token arrays, for
 `data.length_group_batches` = 1 (off) and = --group, each with the config's `data.length_buckets`
@@ -22,7 +22,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 def padding_share(maker, batches: int) -> float:
     """Padded positions / all positions of the token arrays of the first `batches` batches."""
-    from recap_jax.training.batches import Position
+    from recap_jax.finetuning.batches import Position
 
     padded = total = 0
     stream = maker.batches(Position())
@@ -65,9 +65,9 @@ def main() -> None:
 
     from recap_jax.conversion import bundle
     from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
-    from recap_jax.training.batches import BatchMaker, FailureLog
-    from recap_jax.training.conversation import ConversationEncoder
-    from recap_jax.training.records import make_reader
+    from recap_jax.finetuning.batches import BatchMaker, FailureLog
+    from recap_jax.finetuning.conversation import ConversationEncoder
+    from recap_jax.finetuning.records import make_reader
 
     spec_ = importlib.util.spec_from_file_location("finetune_config", args.config)
     module = importlib.util.module_from_spec(spec_)

@@ -2,7 +2,7 @@
 
     python benchmarks/finetune_tpu_memory.py [--topology v4-8] [--config configs/llava_stage2_v4.py]
 
-The finetune job's own jitted step (`recap_jax.training.step.make_train_step`, AdamW, donation of
+The finetune job's own jitted step (`recap_jax.finetuning.step.make_train_step`, AdamW, donation of
 the state, the config's mesh and accum_steps) over the built-in LLaVA-LLaMA-3-8B
 (`recap_jax.planning.model_spec`), compiled ahead of time for the slice's devices described by
 libtpu (`recap_jax.planning.chips.compile_slice`, as `python -m recap_jax.plan` does); params,
@@ -53,8 +53,9 @@ def main() -> None:
     from recap_jax.planning.chips import compile_slice
     from recap_jax.planning.hlo import compiled_stats
     from recap_jax.planning.model_spec import BUILTIN_MODELS
-    from recap_jax.training import optimizer as optimizer_lib, step as step_lib
-    from recap_jax.training.trainer import BATCH_AXES
+    from recap_jax.training import optimizer as optimizer_lib
+    from recap_jax.finetuning import step as step_lib
+    from recap_jax.finetuning.trainer import BATCH_AXES
 
     config = load_config(args.config)
     if args.accum_steps:

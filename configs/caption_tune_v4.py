@@ -12,7 +12,7 @@ known length: set train.num_steps to pairs / 128 for one epoch.
 """
 
 from recap_jax.preprocess.text import DEFAULT_PROMPT
-from recap_jax.training.defaults import tpu_pod_config
+from recap_jax.finetuning.defaults import tpu_pod_config
 
 
 def get_config():

@@ -10,7 +10,7 @@ model.checkpoint, data.* and workdir at your own files to fine-tune something re
 
 import os
 
-from recap_jax.training.defaults import base_config
+from recap_jax.finetuning.defaults import base_config
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

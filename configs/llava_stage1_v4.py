@@ -10,7 +10,7 @@ batch 256, learning rate 1e-3, 1 epoch, 3% warm-up then cosine, no weight decay;
 and the LLM stay frozen. Run it on every worker of the slice (tpu/launch.sh does).
 """
 
-from recap_jax.training.defaults import tpu_pod_config
+from recap_jax.finetuning.defaults import tpu_pod_config
 
 
 def get_config():

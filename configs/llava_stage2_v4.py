@@ -13,7 +13,7 @@ it needs 8 chips or more; rematerialised decoder layers (train.remat="full"), a 
 within a v4 chip's HBM (docs/finetune.md, Speed).
 """
 
-from recap_jax.training.defaults import tpu_pod_config
+from recap_jax.finetuning.defaults import tpu_pod_config
 
 
 def get_config():

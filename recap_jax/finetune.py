@@ -8,7 +8,7 @@
 Run the same command on every host of a pod. Run it again after a crash or preemption: it
 resumes from the last checkpoint in the workdir at the same data position. The result is written
 to <workdir>/export (for `python -m recap_jax.caption --config.model.checkpoint=...`) and
-<workdir>/export_hf (a llava-hf folder). Config fields: recap_jax/training/defaults.py.
+<workdir>/export_hf (a llava-hf folder). Config fields: recap_jax/finetuning/defaults.py.
 Exit status: 0 done, 2 a usage error (one line naming the field or file; --debug for the traceback).
 """
 
@@ -25,7 +25,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config fi
 
 def main(argv: Sequence[str]) -> int:
     config = cli.command_config(argv, _CONFIG.value, "configs/finetune_cpu.py")
-    from recap_jax.training.trainer import run  # deferred past the flags (cli.job_main)
+    from recap_jax.finetuning.trainer import run  # deferred past the flags (cli.job_main)
     print(json.dumps(run(config), indent=1))
     return 0
 

@@ -11,8 +11,9 @@ from recap_jax.models.config import llava_config_from_hf
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
 from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
-from recap_jax.training import optimizer, step as step_lib
-from recap_jax.training.trainer import device_batch
+from recap_jax.training import optimizer
+from recap_jax.finetuning import step as step_lib
+from recap_jax.finetuning.trainer import device_batch
 
 
 def batch_for(config, rows: int = 16) -> dict[str, np.ndarray]:

@@ -4,7 +4,7 @@ import pytest
 
 from configs_loader import load
 from recap_jax.errors import ConfigError
-from recap_jax.training.trainer import validate
+from recap_jax.finetuning.trainer import validate
 
 RECIPES = {  # config: (trainable, global batch, learning rate, data format)
     "llava_stage1_v4.py": ("projector", 256, 1e-3, "llava_json"),

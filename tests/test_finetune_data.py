@@ -9,9 +9,9 @@ from finetune_helpers import CAPTIONS, PROMPT, write_images, write_llava_json
 from recap_jax.captioning.tiny_demo import tiny_tokenizer
 from recap_jax.preprocess.image import ImageSettings
 from recap_jax.preprocess.text import PromptEncoder
-from recap_jax.training.batches import BatchMaker, FailureLog, Position
-from recap_jax.training.conversation import ConversationEncoder
-from recap_jax.training.records import make_reader
+from recap_jax.finetuning.batches import BatchMaker, FailureLog, Position
+from recap_jax.finetuning.conversation import ConversationEncoder
+from recap_jax.finetuning.records import make_reader
 from webdataset_helpers import write_tar
 
 N_IMAGE_TOKENS = 16

@@ -9,7 +9,7 @@ from flax import traverse_util
 
 from recap_jax.captioning import model_loading
 from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
-from recap_jax.training import export
+from recap_jax.finetuning import export
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from loop_helpers import REPO, SIGINT, env, python_module, run_until_line_then_s
 from recap_jax.captioning import model_loading
 from recap_jax.data.lease import Lease
 from recap_jax.training import checkpoints
-from recap_jax.training.defaults import base_config
-from recap_jax.training.trainer import run
+from recap_jax.finetuning.defaults import base_config
+from recap_jax.finetuning.trainer import run
 
 TRAIN = dict(trainable="projector+llm", num_steps=6, global_batch_size=4, accum_steps=2, learning_rate=3e-3)
 

@@ -9,11 +9,11 @@ import torch
 from finetune_helpers import CAPTIONS, PROMPT, tiny_checkpoint, write_images, write_llava_json
 from recap_jax.captioning import model_loading
 from recap_jax.models.llava import LlavaModel
-from recap_jax.training.batches import BatchMaker, FailureLog, Position
-from recap_jax.training.conversation import ConversationEncoder, caption_turns, llava_turns
-from recap_jax.training.export import hf_tensors
-from recap_jax.training.loss import summed_loss
-from recap_jax.training.records import LlavaJsonReader
+from recap_jax.finetuning.batches import BatchMaker, FailureLog, Position
+from recap_jax.finetuning.conversation import ConversationEncoder, caption_turns, llava_turns
+from recap_jax.finetuning.export import hf_tensors
+from recap_jax.finetuning.loss import summed_loss
+from recap_jax.finetuning.records import LlavaJsonReader
 from tiny_llava import load_reference
 
 

@@ -16,8 +16,8 @@ from recap_jax.captioning import model_loading
 from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
 from recap_jax.conversion import parts
 from recap_jax.errors import ConfigError
-from recap_jax.training.defaults import base_config
-from recap_jax.training.trainer import run
+from recap_jax.finetuning.defaults import base_config
+from recap_jax.finetuning.trainer import run
 from test_convert_original import llama3_tokenizer
 
 

@@ -19,8 +19,8 @@ from caption_helpers import REPO, env, read_output, run_caption, text
 from finetune_helpers import CAPTIONS, PROMPT, tiny_checkpoint, write_images, write_llava_json
 from recap_jax import convert
 from recap_jax.captioning import model_loading
-from recap_jax.training.defaults import base_config
-from recap_jax.training.trainer import run
+from recap_jax.finetuning.defaults import base_config
+from recap_jax.finetuning.trainer import run
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ from flax import linen as nn
 from recap_jax.models.llava import LlavaModel
 from recap_jax.models.config import llava_config_from_hf
 from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
-from recap_jax.training import optimizer, step as step_lib
+from recap_jax.training import optimizer
+from recap_jax.finetuning import step as step_lib
 from recap_jax.training.loop_config import train_fields
 
 

@@ -34,6 +34,7 @@ LAYERS = {
     # cli.py: what commands share; it starts jax.distributed (parallel/), config files parse their
     # arguments with it (clip/clipa.py).
     "recap_jax.cli": MODELS_AND_DATA,
+    "recap_jax.progress": MODELS_AND_DATA,  # the one progress reporter of every long command
     "recap_jax.models": MODELS_AND_DATA,
     "recap_jax.data": MODELS_AND_DATA,
     "recap_jax.preprocess": MODELS_AND_DATA,
@@ -49,11 +50,14 @@ LAYERS = {
     "recap_jax.clip.evaluate": STEPS_AND_EVALUATION,
     "recap_jax.clip.retrieval_job": STEPS_AND_EVALUATION,
     "recap_jax.clip.suite": STEPS_AND_EVALUATION,
-    "recap_jax.training.loss": STEPS_AND_EVALUATION,
-    "recap_jax.training.step": STEPS_AND_EVALUATION,
+    "recap_jax.finetuning.loss": STEPS_AND_EVALUATION,
+    "recap_jax.finetuning.step": STEPS_AND_EVALUATION,
     "recap_jax.captioning.model_loading": STEPS_AND_EVALUATION,
     "recap_jax.captioning.param_reads": STEPS_AND_EVALUATION,
     "recap_jax.metrics": STEPS_AND_EVALUATION,
+    # The one training loop and what it is made of (optimizer, checkpoints, metrics): every trainer
+    # runs on it, and jitted steps and model loading use its optimizer and checkpoint format.
+    "recap_jax.training": STEPS_AND_EVALUATION,
     # Trainers (their config defaults, data and loops), the caption job, the plan, the dataset analysis.
     "recap_jax.clip.trainer": TRAINERS_AND_JOBS,
     # A trainer's config fields and recipes (they may share the trainers' optimizer fields).
@@ -61,7 +65,7 @@ LAYERS = {
     "recap_jax.clip.clipa": TRAINERS_AND_JOBS,
     "recap_jax.clip.stage_init": TRAINERS_AND_JOBS,
     "recap_jax.clip.schedule": TRAINERS_AND_JOBS,
-    "recap_jax.training": TRAINERS_AND_JOBS,
+    "recap_jax.finetuning": TRAINERS_AND_JOBS,
     "recap_jax.dit": TRAINERS_AND_JOBS,
     "recap_jax.captioning": TRAINERS_AND_JOBS,
     "recap_jax.planning": TRAINERS_AND_JOBS,

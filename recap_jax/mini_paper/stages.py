@@ -29,8 +29,8 @@ from recap_jax.errors import ConfigError
 from recap_jax.mini_paper.world_files import read_images
 from recap_jax.progress import Reporter
 from recap_jax.release.rows import Row
-from recap_jax.training import defaults as finetune_defaults
-from recap_jax.training import trainer as finetune_trainer
+from recap_jax.finetuning import defaults as finetune_defaults
+from recap_jax.finetuning import trainer as finetune_trainer
 
 EVAL_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "configs", "clip_eval.py")

@@ -28,8 +28,8 @@ from etils import epath
 from recap_jax.data.images import decode_image
 from recap_jax.errors import ConfigError, ImageError
 from recap_jax.preprocess.image import ImageSettings, preprocess_image
-from recap_jax.training.conversation import ConversationEncoder, ConversationError, Encoded
-from recap_jax.training.records import Record
+from recap_jax.finetuning.conversation import ConversationEncoder, ConversationError, Encoded
+from recap_jax.finetuning.records import Record
 
 
 @dataclasses.dataclass(frozen=True)

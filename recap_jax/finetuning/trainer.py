@@ -35,11 +35,12 @@ from recap_jax.models.llama import REMAT_CHOICES
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
 from recap_jax.parallel.distributed import check_distributed_config, initialize_distributed
-from recap_jax.training import export, loop, optimizer, step as step_lib
-from recap_jax.training.batches import BatchMaker, FailureLog, Position, prefetch
-from recap_jax.training.conversation import ConversationEncoder
+from recap_jax.training import loop, optimizer
+from recap_jax.finetuning import export, step as step_lib
+from recap_jax.finetuning.batches import BatchMaker, FailureLog, Position, prefetch
+from recap_jax.finetuning.conversation import ConversationEncoder
 from recap_jax.training.loop_config import check_loop_fields
-from recap_jax.training.records import make_reader
+from recap_jax.finetuning.records import make_reader
 
 BATCH_AXES = {"tokens": (None, "batch", "length"), "targets": (None, "batch", "length"),
               "weights": (None, "batch", "length"), "pixels": (None, "batch", None, None, None)}

@@ -19,7 +19,7 @@ from flax import traverse_util
 
 from recap_jax.errors import ConfigError
 from recap_jax.models.llava import LlavaModel
-from recap_jax.training.loss import summed_loss
+from recap_jax.finetuning.loss import summed_loss
 
 # Which top-level parts of the LLaVA params each stage trains (the vision tower stays frozen in
 # both of LLaVA-1.5's stages and in caption tuning).

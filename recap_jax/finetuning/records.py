@@ -20,7 +20,7 @@ from etils import epath
 
 from recap_jax.data import inputs
 from recap_jax.errors import ConfigError
-from recap_jax.training.conversation import ConversationError, caption_turns, llava_turns
+from recap_jax.finetuning.conversation import ConversationError, caption_turns, llava_turns
 
 FORMATS = ("llava_json", "webdataset", "tfds")
 
