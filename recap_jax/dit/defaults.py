@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.eta = 0.0  # DDIM's eta
     config.sample.seed = 0  # with each prompt's key, seeds its image
     config.sample.batch_size = 8  # prompts per generation batch (images do not depend on it)
+    config.sample.prompts_per_unit = 64  # prompts per work unit (the resume granularity)
     config.sample.use_ema = True  # sample with the EMA weights (DiT does)
     config.sample.autoencoder_dir = ""  # "" = the one latents.json names (kl-f8 latents only)
     return config
