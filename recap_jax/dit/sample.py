@@ -24,7 +24,7 @@ from flax import linen as nn
 from recap_jax.dit import sampling
 from recap_jax.dit.codec import load_codec, to_uint8
 from recap_jax.dit.model import init_params
-from recap_jax.dit.trainer import build, text_params_on
+from recap_jax.dit.components import build, text_params_on
 from recap_jax.errors import ConfigError
 from recap_jax.parallel.mesh import make_mesh, params_shardings
 from recap_jax.training import checkpoints

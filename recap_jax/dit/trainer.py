@@ -21,14 +21,14 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from recap_jax.clip.data import CheckpointableIterator
-from recap_jax.clip.model import TextTower
 from recap_jax.dit import data as data_lib
+from recap_jax.dit.components import build, text_params_on
 from recap_jax.dit.loss import diffusion_loss
-from recap_jax.dit.model import DiT, config_from_dict, count_params, init_params
-from recap_jax.dit.schedule import Schedule, q_sample, schedule_from_config
-from recap_jax.dit.text_encoder import TextEncoder, load_text_encoder
+from recap_jax.dit.model import DiT, count_params, init_params
+from recap_jax.dit.schedule import Schedule, q_sample
+from recap_jax.dit.text_encoder import TextEncoder
 from recap_jax.errors import ConfigError
-from recap_jax.parallel.mesh import LOGICAL_AXIS_RULES, params_shardings
+from recap_jax.parallel.mesh import LOGICAL_AXIS_RULES
 from recap_jax.training import loop, optimizer
 from recap_jax.training.loop_config import check_loop_fields
 
@@ -55,22 +55,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if batch % hosts or batch % config.train.accum_steps:
         raise ConfigError(f"train.global_batch_size: {batch} must be divisible by the {hosts} hosts and by "
                           f"train.accum_steps ({config.train.accum_steps})")
-
-
-def build(config: ml_collections.ConfigDict, mesh) -> tuple[DiT, TextEncoder, Schedule, dict[str, Any]]:
-    """(model, frozen text encoder, schedule, latents.json) of a config: what training and sampling share."""
-    info = data_lib.read_latents_info(config.data.dir)
-    text = load_text_encoder(config.text.encoder, max_tokens=config.text.max_tokens,
-                             tokenizer=config.text.tokenizer, dtype=config.text.dtype, mesh=mesh)
-    model = DiT(config_from_dict(config.model, info["latent_shape"], text.width, text.embed_dim))
-    return model, text, schedule_from_config(config.diffusion), info
-
-
-def text_params_on(mesh, text: TextEncoder) -> Any:
-    """The frozen text params placed on the mesh by their logical axes."""
-    tokens = jnp.zeros((1, text.max_tokens), jnp.int32)
-    boxed = jax.eval_shape(lambda: TextTower(text.cfg).init(jax.random.key(0), tokens)["params"])
-    return jax.device_put(text.params, params_shardings(mesh, boxed))
 
 
 def abstract_state(model: DiT, tx, mesh) -> tuple[Any, Any]:
