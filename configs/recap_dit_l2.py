@@ -8,8 +8,10 @@ decay, EMA of the weights.
 
 Where the paper is silent, the choice made here (as configs/recap_dit_b4.py): 400K steps unless
 train.num_samples sets one epoch; DiT's linear-beta DDPM with learned variance; EMA 0.9999; no
-clipping; 77 text tokens; bfloat16 compute; block activations recomputed (remat) so that L/2's
-256 tokens x 24 blocks fit batch 2048 on the slice `python -m recap_jax.plan` checks.
+clipping; 77 text tokens; bfloat16 compute; block activations recomputed (remat). The plan
+(`python -m recap_jax.plan --dit_config configs/recap_dit_l2.py --topology v4-128`) fits batch 2048
+on a v4-128 (32 images per chip, peak 30.0 of 32 GiB); on a v4-64 (64 per chip) the compiler needs
+33.7 GiB of temporaries (set train.accum_steps=2 there).
 """
 
 import ml_collections
