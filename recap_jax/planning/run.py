@@ -10,6 +10,7 @@ from typing import Any
 
 import ml_collections
 
+from recap_jax.errors import ConfigError
 from recap_jax.parallel.mesh import make_mesh
 from recap_jax.planning import caption_plan, chips, report
 from recap_jax.planning.clip_plan import compile_clip_step
@@ -105,3 +106,26 @@ def plan_clip(clip_config: ml_collections.ConfigDict, settings: PlanSettings,
               "step_flops_per_chip": clip.step_cost.flops, "step_bytes_accessed_per_chip": clip.step_cost.bytes_accessed,
               "model_flops_per_chip": clip.model_flops}
     return result, report.clip_text(clip, pod.chip, reserve), ok
+
+
+def plan_dit(dit_config: ml_collections.ConfigDict, settings: PlanSettings, text: str,
+             samples: float = 0) -> tuple[dict[str, Any], list[str], bool]:
+    """(JSON-ready result, text lines, fits?) for a Recap-DiT train config, over the whole slice;
+    `text`: the CLIP text tower it reads, `samples`: training samples for the days (0: the config's)."""
+    from recap_jax.planning import dit_plan
+
+    if text not in dit_plan.TEXT_EMBED:
+        raise ConfigError(f"--dit_text={text!r}: expected one of {sorted(dit_plan.TEXT_EMBED)}")
+    pod = chips.compile_slice(settings.topology or "v4-8")
+    print(f"[plan] compiling the Recap-DiT train step for {pod.name} ({pod.num_chips} chips) ...", file=sys.stderr,
+          flush=True)
+    base = {"topology": pod.topology, "slice": pod.name, "chips": pod.num_chips}
+    try:
+        step = dit_plan.compile_dit_step(dit_config, pod.devices, text)
+    except dit_plan.DoesNotFit as e:
+        return {**base, "fits": False, "compiler_refused": str(e)}, [f"Recap-DiT: DOES NOT FIT: {e}"], False
+    t = dit_config.train
+    samples = samples or float(t.num_steps) * t.global_batch_size
+    result, lines, ok = dit_plan.plan_lines(step, pod.chip, int(settings.reserve_gib * chips.GIB), pod.num_chips,
+                                            samples, settings.efficiency)
+    return {**base, **result}, lines, ok
