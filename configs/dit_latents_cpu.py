@@ -29,6 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
         kind="kl-f8",  # "kl-f8" (the latent-diffusion autoencoder of `dir`) or "pixels" (no autoencoder)
         dir="",  # a diffusers AutoencoderKL folder (config.json + *.safetensors), e.g. sd-vae-ft-ema
         posterior="sample",  # "sample" (DiT's latent_dist.sample(), noise seeded by seed and key) or "mean"
+        # true: build a tiny random KL-f8 autoencoder at `dir` if nothing is there (the offline demo)
+        build_tiny_if_missing=False,
     ))
     c.image_size = 256  # DiT's centre crop side; latents are image_size / 8 for KL-f8
     c.batch_size = 8  # images per autoencoder call

@@ -33,7 +33,8 @@ def main(argv: Sequence[str]) -> int:
     from recap_jax.errors import ConfigError
     for field in ("workdir", "sample", "eval"):
         if field not in config:
-            raise ConfigError(f"--config: no field {field!r}; a Recap-DiT config (configs/recap_dit_cpu.py) is expected")
+            raise ConfigError(f"--config: no field {field!r}; a Recap-DiT config (configs/recap_dit_cpu.py) "
+                              "is expected")
     results = evaluate(config)
     print(json.dumps(results, indent=1), flush=True)
     return 0

@@ -104,11 +104,13 @@ def test_command_misuse_and_help(world, tmp_path):
         import ml_collections
         from recap_jax.dit.evaluate import eval_defaults
         def get_config():
-            c = ml_collections.ConfigDict(dict(workdir="{tmp_path / 'run'}", sample=dict(prompts="{world / 'raw.txt'}")))
+            c = ml_collections.ConfigDict(dict(workdir="{tmp_path / 'run'}",
+                                               sample=dict(prompts="{world / 'raw.txt'}")))
             c.eval = eval_defaults()
             return c
     """))
-    cmd = [sys.executable, "-m", "recap_jax.eval_dit", f"--config={config_file}", f"--config.eval.clip={world / 'clip'}"]
+    cmd = [sys.executable, "-m", "recap_jax.eval_dit", f"--config={config_file}",
+           f"--config.eval.clip={world / 'clip'}"]
     proc = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "eval.reference_dir" in proc.stderr

@@ -51,7 +51,8 @@ def test_pixels_and_kl_f8_latents(world, tmp_path):
     assert [r["key"].decode() for r in rows] == [k for k in sorted(records) if k != "k003"]
     for row in rows:
         source = records[row["key"].decode()]
-        assert row["re_caption"].decode() == source["re_caption"] and row["org_caption"].decode() == source["org_caption"]
+        for field in ("re_caption", "org_caption", "url"):
+            assert row[field].decode() == source[field]
         expected = prepare_encoded(source["image"], 16).astype(np.float32) / 127.5 - 1
         np.testing.assert_allclose(row["latent"], expected, atol=1e-6)
     meta = json.loads((tmp_path / "pix" / latents.LATENTS_JSON).read_text())

@@ -74,7 +74,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def load_codec(config: ml_collections.ConfigDict) -> Any:
-    return codec_lib.load_codec("pixels" if config.autoencoder.kind == "pixels" else config.autoencoder.dir)
+    """The configured codec; the demo's tiny random autoencoder is built first if asked for."""
+    ae = config.autoencoder
+    if ae.kind == "pixels":
+        return codec_lib.load_codec("pixels")
+    if ae.build_tiny_if_missing and not epath.Path(ae.dir).exists():
+        from recap_jax.dit.tiny_autoencoder import build_tiny_autoencoder
+        build_tiny_autoencoder(ae.dir)
+    return codec_lib.load_codec(ae.dir)
 
 
 def plan_units(config: ml_collections.ConfigDict) -> list[TfdsUnit]:
@@ -200,6 +207,6 @@ def encode_unit(config, codec, source, unit: TfdsUnit, pool) -> tuple[list[dict]
             noise = np.concatenate([noise, np.repeat(noise[-1:], pad, 0)]) if pad else noise
         latents = codec.encode(codec_lib.to_model_range(pixels), noise)[:len(chunk)]
         for (record, key, _), latent in zip(chunk, latents):
-            records.append({"key": key, "url": _text(record.get("url")), "org_caption": _text(record.get("org_caption")),
-                            "re_caption": _text(record.get("re_caption")), "latent": np.asarray(latent, np.float32)})
+            texts = {name: _text(record.get(name)) for name in TEXT_FIELDS if name != "key"}
+            records.append({"key": key, **texts, "latent": np.asarray(latent, np.float32)})
     return records, failures
