@@ -48,14 +48,16 @@ def _config(root, out, **eval_fields):
 def test_scores_and_outputs(world, tmp_path):
     config = _config(world, tmp_path / "eval")
     sets = dit_eval.prompt_sets(config)
-    assert sets["raw"] == ["a red square", "a photo of a dog", "a cat", "green circle"] and len(sets["recap"]) == 4
+    assert sets["raw"] == (["00001", "00002", "00004", "00005"],
+                           ["a red square", "a photo of a dog", "a cat", "green circle"])
+    assert sets["recap"][0] == ["00001", "00002", "00003", "00004"]
     reference = dit_eval.reference_images(str(world / "real"), 32)
     assert reference.shape == (6, 32, 32, 3)
     noise = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
 
     def generate(cfg, prompts, keys):  # the real images for "raw", noise for "recap"
-        assert keys == [str(i) for i in range(len(prompts))]
-        return reference[:len(prompts)] if prompts == sets["raw"] else noise
+        assert (keys, prompts) in (sets["raw"], sets["recap"])
+        return reference[:len(prompts)] if prompts == sets["raw"][1] else noise
 
     results = dit_eval.evaluate(config, generate=generate)
     encoders = clip_score.load_clip_encoders(str(world / "clip"), batch_size=4)
@@ -64,7 +66,8 @@ def test_scores_and_outputs(world, tmp_path):
         r = results["sets"][name]
         expected_fid = frechet.frechet_distance_of_features(clip_score.image_embeddings(encoders, images), ref_features)
         assert r["fid"] == pytest.approx(expected_fid, abs=1e-5)
-        assert r["clip_score"] == pytest.approx(np.mean(clip_score.clip_scores(encoders, images, sets[name])), abs=1e-4)
+        expected_score = np.mean(clip_score.clip_scores(encoders, images, sets[name][1]))
+        assert r["clip_score"] == pytest.approx(expected_score, abs=1e-4)
         assert r["num_images"] == 4
     assert results["sets"]["raw"]["fid"] < results["sets"]["recap"]["fid"]  # real images are nearer the reference
     assert results["reference_images"] == 6 and results["image_size"] == 32
@@ -89,7 +92,7 @@ def test_reference_images_are_cropped_as_dit_does(world):
     (dict(reference_dir="/nonexistent"), "eval.reference_dir: /nonexistent is not a folder"),
     (dict(fid_features="inception"), "eval.inception_weights: (empty) is not a file"),
     (dict(clip=""), "eval.clip: required"),
-    (dict(prompt_sets="raw=/nonexistent.txt"), r"eval.prompt_sets (raw): /nonexistent.txt is not a file"),
+    (dict(prompt_sets="raw=/nonexistent.txt"), "eval.prompt_sets (raw): '/nonexistent.txt' is not a file"),
     (dict(prompt_sets="raw"), "eval.prompt_sets: 'raw'"),
 ])
 def test_misuse_names_the_field(world, tmp_path, fields, message):
@@ -117,3 +120,33 @@ def test_command_misuse_and_help(world, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "recap_jax.eval_dit", "--help"], env=env(), cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "eval.reference_dir" in proc.stdout
+
+
+@pytest.mark.slow
+def test_eval_dit_end_to_end_on_a_trained_run(world, tmp_path):
+    """train_dit (2 steps) -> eval_dit's command with the real sampler: the grid holds the images
+    `generate` gives for those prompt keys, and the table and results have both sets."""
+    import dit_helpers as h
+    from recap_jax.dit import sample, trainer
+    data = h.write_latents(tmp_path / "latents", h.colour_latents(), list(h.COLOURS),
+                           [f"a {c} square" for c in h.COLOURS])
+    encoder = h.save_text_encoder(tmp_path / "enc", "text")
+    config = h.cpu_config(tmp_path / "run", data, encoder, num_steps=2, checkpoint_every=2, log_every=1)
+    trainer.train(config)
+    args = [f"--config.workdir={tmp_path / 'run'}", f"--config.eval.reference_dir={world / 'real'}",
+            f"--config.eval.clip={world / 'clip'}", "--config.eval.fid_features=clip",
+            f"--config.eval.prompt_sets=raw={world / 'raw.txt'},recap={world / 'recap.txt'}",
+            f"--config.eval.out={tmp_path / 'eval'}", "--config.sample.steps=3", "--config.eval.grid_images=2"]
+    proc = subprocess.run([sys.executable, "-m", "recap_jax.eval_dit", "--config=configs/recap_dit_cpu.py", *args],
+                          env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert sorted(results["sets"]) == ["raw", "recap"] and results["image_size"] == 8
+    assert all(np.isfinite(r["fid"]) and 0 <= r["clip_score"] <= 100 for r in results["sets"].values())
+    assert "| recap | 4 |" in (tmp_path / "eval" / "table.md").read_text()
+    config.sample.steps = 3
+    want = sample.generate(config, ["a red square", "a photo of a dog"], ["00001", "00002"])
+    grid = np.asarray(Image.open(tmp_path / "eval" / "grid.png"))
+    assert grid.shape == (16, 16, 3)
+    np.testing.assert_array_equal(grid[:8, :8], want[0])
+    np.testing.assert_array_equal(grid[:8, 8:], want[1])

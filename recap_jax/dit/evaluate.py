@@ -50,19 +50,20 @@ def eval_defaults() -> ml_collections.ConfigDict:
     ))
 
 
-def read_prompts(path: str, field: str, limit: int = 0) -> list[str]:
-    """The non-empty lines of a text file (one prompt a line)."""
-    if not path or not os.path.isfile(path):
-        raise ConfigError(f"{field}: {path or '(empty)'} is not a file (a text file, one prompt a line)")
-    with open(path, encoding="utf-8") as f:
-        prompts = [line.strip() for line in f if line.strip()]
-    if not prompts:
-        raise ConfigError(f"{field}: {path} has no prompts")
-    return prompts[:limit] if limit else prompts
+def read_prompts(path: str, field: str, limit: int = 0) -> tuple[list[str], list[str]]:
+    """(keys, prompts) of a prompt file as sample_dit reads it (key = the 5-digit line number, so an
+    image here is the one sample_dit writes for that line)."""
+    from recap_jax.dit.sample_job import read_prompts as read_keyed
+    try:
+        keyed = read_keyed(path)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("sample.prompts", field, 1)) from None
+    keyed = keyed[:limit] if limit else keyed
+    return [k for k, _ in keyed], [p for _, p in keyed]
 
 
-def prompt_sets(config: ml_collections.ConfigDict) -> dict[str, list[str]]:
-    """{set name: prompts} from eval.prompt_sets, or {"prompts": sample.prompts}."""
+def prompt_sets(config: ml_collections.ConfigDict) -> dict[str, tuple[list[str], list[str]]]:
+    """{set name: (keys, prompts)} from eval.prompt_sets, or {"prompts": sample.prompts}."""
     e = config.eval
     if not e.prompt_sets:
         return {"prompts": read_prompts(config.sample.prompts, "sample.prompts", e.max_prompts)}
@@ -185,9 +186,8 @@ def evaluate(config: ml_collections.ConfigDict, generate: Callable | None = None
     if generate is None:
         from recap_jax.dit.sample import generate
     sets = prompt_sets(config)
-    images = {name: np.asarray(generate(config, prompts, [str(i) for i in range(len(prompts))]))
-              for name, prompts in sets.items()}
-    results = score_sets(config, images, sets, clip_encoders)
+    images = {name: np.asarray(generate(config, prompts, keys)) for name, (keys, prompts) in sets.items()}
+    results = score_sets(config, images, {name: prompts for name, (_, prompts) in sets.items()}, clip_encoders)
     results["workdir"] = config.workdir
     out = config.eval.out or os.path.join(config.workdir, "eval")
     import jax

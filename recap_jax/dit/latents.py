@@ -123,7 +123,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
             if jax.process_index() == 0:
                 identity_lib.write_json(out_dir / LATENTS_JSON, {
                     "codec": codec.kind, "image_size": config.image_size, "latent_shape": list(shape),
-                    "scale_factor": codec.scale_factor, "autoencoder_dir": codec.autoencoder_dir,
+                    "scale_factor": codec.scale_factor,
+                    "autoencoder_dir": identity_lib.absolute(codec.autoencoder_dir) if codec.autoencoder_dir else None,
                     "posterior": fingerprint["autoencoder.posterior"]})
             summary = _encode_share(config, codec, units, output)
             if lease is not None and lease.took_over is not None:
