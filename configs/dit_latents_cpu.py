@@ -1,7 +1,7 @@
-r"""Latents for Recap-DiT from a caption job's output, on a CPU (the demo sizes).
+r"""Latents for Recap-DiT from a caption job's output, on a CPU (the demo sizes: 64 px).
 
     python -m recap_jax.encode_latents --config configs/dit_latents_cpu.py \
-        --config.autoencoder.dir=/models/sd-vae-ft-ema
+        --config.autoencoder.dir=/models/sd-vae-ft-ema --config.image_size=256
 
 The paper's setting is 256 px images through Stable Diffusion's KL-f8 VAE -> 32x32x4 latents
 (`--config.image_size=256`); `--config.autoencoder.kind=pixels` keeps the images themselves.
@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
         # true: build a tiny random KL-f8 autoencoder at `dir` if nothing is there (the offline demo)
         build_tiny_if_missing=False,
     ))
-    c.image_size = 256  # DiT's centre crop side; latents are image_size / 8 for KL-f8
+    c.image_size = 64  # DiT's centre crop side (the paper: 256); latents are image_size / 8 for KL-f8
     c.batch_size = 8  # images per autoencoder call
     c.seed = 0  # of the posterior samples
     c.output = ml_collections.ConfigDict(dict(
