@@ -24,6 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
         records_per_unit=256,  # records per work unit (= per output shard, the unit of resumption)
         max_pixels=64_000_000,  # larger images are listed as failures (decompression bombs)
         num_workers=2,  # image-decoding threads
+        # A captions-only caption output (output.store_images=false) is joined with the images of the
+        # caption job's input by key (sha256 checked): "" = the input its run_config.json records.
+        image_paths="",
+        image_format="",  # "webdataset" or "folder"; "" = as recorded
     ))
     c.autoencoder = ml_collections.ConfigDict(dict(
         kind="kl-f8",  # "kl-f8" (the latent-diffusion autoencoder of `dir`) or "pixels" (no autoencoder)

@@ -143,3 +143,30 @@ def test_help():
     proc = subprocess.run([sys.executable, "-m", "recap_jax.encode_latents", "--help"], env=env(), cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "input.dir" in proc.stdout
+
+
+def test_captions_only_output_is_joined_with_its_input(world, tmp_path):
+    """A caption output without image bytes (output.store_images=false) takes each image from the
+    caption job's input folder by key, as its run_config.json records it; the latents are the same."""
+    from recap_jax.data.schema import CAPTIONS_ONLY_FEATURES, image_sha256
+    from recap_jax.data.writer import OutputDataset
+    root, records = world
+    images = tmp_path / "images"
+    images.mkdir()
+    kept = [r for k, r in sorted(records.items()) if k != "k003"]
+    for r in kept:
+        (images / f"{r['key']}.png").write_bytes(r["image"])
+    out = OutputDataset(str(tmp_path / "captions"), 1, features=CAPTIONS_ONLY_FEATURES,
+                        fingerprint={"input.format": "folder", "input.paths": str(images)})
+    out.write_unit(0, [{**{k: v for k, v in r.items() if k != "image"}, "sha256": image_sha256(r["image"])}
+                       for r in kept], [])
+    assert out.finalize({})
+    joined = _config(root, tmp_path / "joined", autoencoder__kind="pixels")
+    joined.input.dir = str(tmp_path / "captions")
+    latents.run(joined)
+    full = _config(root, tmp_path / "full", autoencoder__kind="pixels")
+    latents.run(full)
+    got, want = _read(tmp_path / "joined"), _read(tmp_path / "full")
+    assert [r["key"] for r in got] == [r["key"] for r in want] and len(got) == 9
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a["latent"], b["latent"])

@@ -1,7 +1,8 @@
 """The latents job: a caption job's output -> the latents dataset `train_dit` reads (INTERFACES.md).
 
 Follow one record: the caption output (`input.dir`, a TFDS ArrayRecord folder with key, url,
-image, org_caption, re_caption) is planned as work units of `input.records_per_unit` records
+image, org_caption, re_caption; a captions-only output gets its images from the caption job's
+input by key, sha256 checked) is planned as work units of `input.records_per_unit` records
 (the caption job's `tfds` input format); this host takes its share and skips units already
 written (resume). Worker threads decode each image robustly (`data/images.py`) and crop it as
 DiT does (`dit/images.py`); the codec encodes batches of `batch_size` (the last one padded, so
@@ -87,12 +88,23 @@ def load_codec(config: ml_collections.ConfigDict) -> Any:
 def plan_units(config: ml_collections.ConfigDict) -> list[TfdsUnit]:
     """The input's work units; ConfigError if it is not a caption output with images."""
     features = tfds_builder(config.input.dir, "input.dir").info.features
-    missing = [f for f in ("image", "re_caption") if f not in features]
-    if missing:
-        raise ConfigError(f"input.dir: {config.input.dir} has no {missing} field(s) (it has {sorted(features)}); "
-                          "a caption job's output with its images (output.store_images=true) is expected")
+    if "re_caption" not in features:
+        raise ConfigError(f"input.dir: {config.input.dir} has no re_caption field (it has {sorted(features)}); "
+                          "a caption job's output is expected")
     fmt = TfdsInput(records_per_unit=config.input.records_per_unit, split=config.input.split)
     return fmt.plan([epath.Path(identity_lib.absolute(config.input.dir))])
+
+
+def open_input(config: ml_collections.ConfigDict, split: str) -> Any:
+    """The caption output as a random-access source of records with image bytes: a captions-only
+    output (output.store_images=false) is joined with the caption job's input images by key, each
+    checked against its sha256 (release/image_join.py, as the CLIP trainer does)."""
+    from recap_jax.release.image_join import JoinedRecords, has_images
+    source = open_tfds_folder(config.input.dir, split, field="input.dir")
+    if has_images(source):
+        return source
+    return JoinedRecords(source, config.input.dir, config.input.image_paths, config.input.image_format,
+                         field="input.image_paths")
 
 
 def run_identity(config: ml_collections.ConfigDict, codec: Any, units: list[TfdsUnit]) -> dict[str, Any]:
@@ -100,7 +112,8 @@ def run_identity(config: ml_collections.ConfigDict, codec: Any, units: list[Tfds
     ae = config.autoencoder
     weights = folder_fingerprint(ae.dir, (".safetensors", "config.json")) if codec.kind != "pixels" else None
     return {"input.dir": identity_lib.absolute(config.input.dir), "units": inputs.units_fingerprint(units),
-            "input.max_pixels": config.input.max_pixels, "codec": codec.kind, "autoencoder.weights": weights,
+            "input.max_pixels": config.input.max_pixels, "input.image_paths": config.input.image_paths,
+            "input.image_format": config.input.image_format, "codec": codec.kind, "autoencoder.weights": weights,
             "autoencoder.posterior": ae.posterior if codec.kind != "pixels" else None,
             "image_size": config.image_size, "seed": config.seed}
 
@@ -144,7 +157,7 @@ def _encode_share(config, codec, units: list[TfdsUnit], output: OutputDataset) -
     for unit in todo:
         output.clean_unit(unit.index)
     start, encoded, failed = time.time(), 0, 0
-    source = open_tfds_folder(config.input.dir, units[0].split, field="input.dir") if units else None
+    source = open_input(config, units[0].split) if units else None
     with concurrent.futures.ThreadPoolExecutor(config.input.num_workers) as pool:
         for unit in todo:
             records, failures = encode_unit(config, codec, source, unit, pool)
