@@ -19,7 +19,9 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.input = ml_collections.ConfigDict(dict(
-        dir=os.path.join(_REPO, "out", "demo", "captions"),  # a caption job's output (with its images)
+        # "caption_output" (input.dir) or "released" (img2dataset tars + released Parquet captions)
+        format="caption_output",
+        dir=os.path.join(_REPO, "out", "demo", "captions"),  # a caption job's output
         split="",  # "" = train
         records_per_unit=256,  # records per work unit (= per output shard, the unit of resumption)
         max_pixels=64_000_000,  # larger images are listed as failures (decompression bombs)
@@ -28,6 +30,11 @@ def get_config() -> ml_collections.ConfigDict:
         # caption job's input by key (sha256 checked): "" = the input its run_config.json records.
         image_paths="",
         image_format="",  # "webdataset" or "folder"; "" = as recorded
+        # input.format=released: the img2dataset tars (files, folders or globs, comma-separated), where
+        # each caption is (data/captions_map.py: txt, json:FIELD or parquet:COLUMN), and the Parquet files
+        paths="",
+        captions_map="",  # e.g. org_caption=txt,re_caption=json:re_caption
+        captions_parquet="",
     ))
     c.autoencoder = ml_collections.ConfigDict(dict(
         kind="kl-f8",  # "kl-f8" (the latent-diffusion autoencoder of `dir`) or "pixels" (no autoencoder)

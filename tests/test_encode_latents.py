@@ -170,3 +170,30 @@ def test_captions_only_output_is_joined_with_its_input(world, tmp_path):
     assert [r["key"] for r in got] == [r["key"] for r in want] and len(got) == 9
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a["latent"], b["latent"])
+
+
+def test_released_tars_are_an_input(world, tmp_path):
+    """input.format=released: img2dataset tars with their captions named by input.captions_map."""
+    from webdataset_helpers import write_tar
+    root, records = world
+    kept = [r for k, r in sorted(records.items()) if k != "k003"]
+    (tmp_path / "tars").mkdir()
+    for shard in range(2):
+        write_tar(tmp_path / "tars" / f"{shard:05d}.tar",
+                  [(r["key"], "png", r["image"], r["re_caption"]) for r in kept[shard::2]])
+    config = _config(root, tmp_path / "released", autoencoder__kind="pixels", input__format="released",
+                     input__paths=str(tmp_path / "tars"), input__captions_map="org_caption=txt,re_caption=json:caption")
+    config.input.dir = ""
+    summary = latents.run(config)
+    assert summary["encoded"] == 9 and summary["finalized"]
+    rows = _read(tmp_path / "released")
+    assert sorted(r["key"].decode() for r in rows) == [r["key"] for r in kept]
+    for row in rows:
+        source = records[row["key"].decode()]
+        assert row["re_caption"].decode() == source["re_caption"] and row["url"].decode().startswith("http://")
+        np.testing.assert_array_equal(row["latent"], prepare_encoded(source["image"], 16) / np.float32(127.5) - 1)
+    bad = _config(root, tmp_path / "bad", autoencoder__kind="pixels", input__format="released",
+                  input__paths=str(tmp_path / "tars"), input__captions_map="org_caption=txt,re_caption=json:nope")
+    from recap_jax.errors import ConfigError
+    with pytest.raises(ConfigError, match="input.captions_map: no sample"):
+        latents.run(bad)

@@ -18,9 +18,10 @@ from a seed of (`seed`, key), so a latent does not depend on batching, hosts or 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import ml_collections
@@ -31,7 +32,7 @@ from etils import epath
 from recap_jax.captioning import output_lease
 from recap_jax.conversion.fingerprint import folder_fingerprint
 from recap_jax.data import identity as identity_lib, inputs
-from recap_jax.data.inputs import Failure
+from recap_jax.data.inputs import Failure, WorkUnit
 from recap_jax.data.inputs.tfds import TfdsInput, TfdsUnit
 from recap_jax.data.tfds_folder import open_tfds_folder, tfds_builder
 from recap_jax.data.writer import OutputDataset
@@ -42,6 +43,7 @@ from recap_jax.parallel.distributed import check_distributed_config, initialize_
 
 LATENTS_JSON = "latents.json"
 POSTERIORS = ("sample", "mean")
+INPUT_FORMATS = ("caption_output", "released")
 TEXT_FIELDS = ("key", "url", "org_caption", "re_caption")
 
 
@@ -54,11 +56,17 @@ def latent_features(shape: tuple[int, int, int]) -> tfds.features.FeaturesDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Fail at start-up, naming the field."""
-    if not config.input.dir:
+    if config.input.format not in INPUT_FORMATS:
+        raise ConfigError(f"input.format={config.input.format!r}: expected one of {INPUT_FORMATS}")
+    if config.input.format == "released":
+        if not config.input.paths or not config.input.captions_map:
+            raise ConfigError("input.paths / input.captions_map: input.format=released needs the img2dataset "
+                              "tars and where each caption is (e.g. org_caption=txt,re_caption=json:re_caption)")
+    elif not config.input.dir:
         raise ConfigError("input.dir: required (a caption job's output folder)")
     if not config.output.dir:
         raise ConfigError("output.dir: required (where the latents dataset is written)")
-    if identity_lib.absolute(config.output.dir) == identity_lib.absolute(config.input.dir):
+    if config.input.dir and identity_lib.absolute(config.output.dir) == identity_lib.absolute(config.input.dir):
         raise ConfigError("output.dir: must differ from input.dir")
     if config.autoencoder.kind not in codec_lib.CODECS:
         raise ConfigError(f"autoencoder.kind={config.autoencoder.kind!r}: expected one of {tuple(codec_lib.CODECS)}")
@@ -85,8 +93,33 @@ def load_codec(config: ml_collections.ConfigDict) -> Any:
     return codec_lib.load_codec(ae.dir)
 
 
-def plan_units(config: ml_collections.ConfigDict) -> list[TfdsUnit]:
+@dataclasses.dataclass(frozen=True)
+class RecordRange(WorkUnit):
+    """A unit of released img2dataset tars: records [start, stop) of their indexed samples."""
+    format: ClassVar[str] = "released"
+    start: int = 0
+    stop: int = 0
+    split: str = ""
+
+
+def released_records(config: ml_collections.ConfigDict) -> Any:
+    """input.format="released": img2dataset tars (input.paths) with the captions input.captions_map
+    names, optionally from released Parquet (input.captions_parquet), as the CLIP trainer reads them."""
+    from recap_jax.data.inputs.paths import split_paths
+    from recap_jax.release.webdataset_records import WebdatasetRecords, tar_paths
+    i = config.input
+    try:
+        return WebdatasetRecords(tar_paths(split_paths(i.paths)), i.captions_map, split_paths(i.captions_parquet))
+    except ConfigError as e:  # its messages name the CLIP trainer's data.* fields
+        raise ConfigError(str(e).replace("data.folders", "input.paths").replace("data.", "input.")) from None
+
+
+def plan_units(config: ml_collections.ConfigDict) -> list[TfdsUnit | RecordRange]:
     """The input's work units; ConfigError if it is not a caption output with images."""
+    if config.input.format == "released":
+        size, step = len(released_records(config)), config.input.records_per_unit
+        paths = ",".join(identity_lib.absolute(p) for p in config.input.paths.split(",") if p.strip())
+        return [RecordRange(n, paths, start=s, stop=min(s + step, size)) for n, s in enumerate(range(0, size, step))]
     features = tfds_builder(config.input.dir, "input.dir").info.features
     if "re_caption" not in features:
         raise ConfigError(f"input.dir: {config.input.dir} has no re_caption field (it has {sorted(features)}); "
@@ -100,6 +133,8 @@ def open_input(config: ml_collections.ConfigDict, split: str) -> Any:
     output (output.store_images=false) is joined with the caption job's input images by key, each
     checked against its sha256 (release/image_join.py, as the CLIP trainer does)."""
     from recap_jax.release.image_join import JoinedRecords, has_images
+    if config.input.format == "released":
+        return released_records(config)
     source = open_tfds_folder(config.input.dir, split, field="input.dir")
     if has_images(source):
         return source
@@ -111,7 +146,11 @@ def run_identity(config: ml_collections.ConfigDict, codec: Any, units: list[Tfds
     """What changes a latent: the input and its plan, the codec and its weights, crop and posterior."""
     ae = config.autoencoder
     weights = folder_fingerprint(ae.dir, (".safetensors", "config.json")) if codec.kind != "pixels" else None
-    return {"input.dir": identity_lib.absolute(config.input.dir), "units": inputs.units_fingerprint(units),
+    i = config.input
+    where = ({"input.dir": identity_lib.absolute(i.dir)} if i.format != "released" else
+             {"input.format": i.format, "input.captions_map": i.captions_map,
+              "input.captions_parquet": i.captions_parquet})
+    return {**where, "units": inputs.units_fingerprint(units),
             "input.max_pixels": config.input.max_pixels, "input.image_paths": config.input.image_paths,
             "input.image_format": config.input.image_format, "codec": codec.kind, "autoencoder.weights": weights,
             "autoencoder.posterior": ae.posterior if codec.kind != "pixels" else None,
@@ -191,10 +230,11 @@ def noise_for(key: str, seed: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.random.default_rng(int.from_bytes(digest[:8], "little")).standard_normal(shape).astype(np.float32)
 
 
-def encode_unit(config, codec, source, unit: TfdsUnit, pool) -> tuple[list[dict], list[Failure]]:
+def encode_unit(config, codec, source, unit: TfdsUnit | RecordRange, pool) -> tuple[list[dict], list[Failure]]:
     """One unit's records (in input order) and failures."""
-    raw = source.__getitems__(list(range(unit.start, unit.stop)))
-    name = epath.Path(unit.path).name
+    indices = list(range(unit.start, unit.stop))
+    raw = source.__getitems__(indices) if hasattr(source, "__getitems__") else [source[i] for i in indices]
+    name = "released" if isinstance(unit, RecordRange) else epath.Path(unit.path).name
 
     def prepare(pair):
         index, record = pair
