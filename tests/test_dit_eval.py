@@ -117,6 +117,10 @@ def test_command_misuse_and_help(world, tmp_path):
     proc = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "eval.reference_dir" in proc.stderr
+    proc = subprocess.run(cmd + [f"--config.eval.reference_dir={world / 'real'}", "--config.eval.fid_features=clip"],
+                          env=env(), cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "workdir:" in proc.stderr and "train_dit" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "recap_jax.eval_dit", "--help"], env=env(), cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "eval.reference_dir" in proc.stdout

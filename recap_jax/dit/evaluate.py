@@ -122,12 +122,14 @@ def feature_fn(config: ml_collections.ConfigDict, clip_encoders) -> Callable[[np
 
 
 def score_sets(config: ml_collections.ConfigDict, images_by_set: dict[str, np.ndarray],
-               prompts_by_set: dict[str, Sequence[str]], clip_encoders=None) -> dict[str, Any]:
-    """FID and CLIP score of each set's uint8 images against eval.reference_dir; the results dict."""
+               prompts_by_set: dict[str, Sequence[str]], clip_encoders=None,
+               features: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+    """FID and CLIP score of each set's uint8 images against eval.reference_dir; the results dict.
+    `clip_encoders`, `features`: already loaded ones (else loaded from eval.clip / eval.fid_features)."""
     from recap_jax.metrics import clip_score
     e = config.eval
     clip_encoders = clip_encoders or clip_score.load_clip_encoders(e.clip, batch_size=e.batch_size)
-    features = feature_fn(config, clip_encoders)
+    features = features or feature_fn(config, clip_encoders)
     size = next(iter(images_by_set.values())).shape[1]
     reference = reference_images(e.reference_dir, size, e.max_reference)
     mu_ref, sigma_ref = frechet.feature_statistics(features(reference))
@@ -181,13 +183,17 @@ def write_outputs(out: str, results: dict[str, Any], images_by_set: dict[str, np
 def evaluate(config: ml_collections.ConfigDict, generate: Callable | None = None) -> dict[str, Any]:
     """Generate every prompt set's images (dit.sample.generate, keys = line numbers) and score them."""
     validate(config)
-    from recap_jax.metrics import clip_score
-    clip_encoders = clip_score.load_clip_encoders(config.eval.clip, batch_size=config.eval.batch_size)
     if generate is None:
-        from recap_jax.dit.sample import generate
+        from recap_jax.dit.sample import generate, run_config
+        run_config(config.workdir)  # a train_dit workdir, checked before anything loads
+    from recap_jax.metrics import clip_score
+    # Every model the scoring needs is loaded (and its files checked) before the first image is made.
+    clip_encoders = clip_score.load_clip_encoders(config.eval.clip, batch_size=config.eval.batch_size)
+    features = feature_fn(config, clip_encoders)
     sets = prompt_sets(config)
     images = {name: np.asarray(generate(config, prompts, keys)) for name, (keys, prompts) in sets.items()}
-    results = score_sets(config, images, {name: prompts for name, (_, prompts) in sets.items()}, clip_encoders)
+    results = score_sets(config, images, {name: prompts for name, (_, prompts) in sets.items()}, clip_encoders,
+                         features)
     results["workdir"] = config.workdir
     out = config.eval.out or os.path.join(config.workdir, "eval")
     import jax
