@@ -4,6 +4,7 @@
     python -m recap_jax.plan --config configs/v4_256.py [--topology v4-256] [--json]
     python -m recap_jax.plan --config configs/v4_256.py --clip_config configs/clip_v4_pod.py
     python -m recap_jax.plan --clip_config configs/clip_v4_pod.py --topology v4-256   # CLIP only
+    python -m recap_jax.plan --dit_config configs/recap_dit_b4.py --topology v4-64    # Recap-DiT only
 
 Prints per chip: params, KV cache, decode state, temporaries and total against the chip's HBM,
 the verdict (exit 0: fits; exit 3: does not fit, naming the largest decode.batch_size that does),
@@ -27,6 +28,11 @@ from recap_jax.errors import ConfigError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Caption config (configs/*.py).", lock_config=True)
 _CLIP = config_flags.DEFINE_config_file("clip_config", None, "Optional CLIP train config to plan too.")
+_DIT = config_flags.DEFINE_config_file("dit_config", None, "Optional Recap-DiT train config to plan too "
+                                       "(configs/recap_dit_*.py).")
+_DIT_TEXT = flags.DEFINE_string("dit_text", "L", "CLIP text tower the DiT reads: tiny, B, L (CLIP ViT-L/14's) or H.")
+_DIT_SAMPLES = flags.DEFINE_float("dit_samples", 0, "DiT training samples for the days estimate "
+                                  "(0: train.num_steps x train.global_batch_size).")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "Slice (v4-256, v5e-256) or libtpu topology (v4:4x4x8); "
                                 "default: the config's tpu.topology, else v4-8.")
 _JSON = flags.DEFINE_bool("json", False, "Print the plan as one JSON object.")
@@ -48,12 +54,17 @@ def main(argv: Sequence[str]) -> int:
     if _NEW_TOKENS.value < 1 or _RESERVE.value < 0:
         raise ConfigError(f"--new_tokens={_NEW_TOKENS.value} / --reserve_gib={_RESERVE.value}: expected "
                           ">= 1 token and >= 0 GiB")
-    if _CONFIG.value is None and _CLIP.value is None:
-        raise ConfigError("--config (a caption config, e.g. configs/v4_256.py) and/or --clip_config is required")
-    if _CONFIG.value is None:
-        result, lines, ok = plan_clip(_CLIP.value)
-    else:
+    if _CONFIG.value is None and _CLIP.value is None and _DIT.value is None:
+        raise ConfigError("--config (a caption config, e.g. configs/v4_256.py), --clip_config and/or "
+                          "--dit_config is required")
+    result, lines, ok = {}, [], True
+    if _CONFIG.value is not None:
         result, lines, ok = plan(_CONFIG.value, _CLIP.value)
+    elif _CLIP.value is not None:
+        result, lines, ok = plan_clip(_CLIP.value)
+    if _DIT.value is not None:
+        dit, dit_lines, dit_ok = plan_dit(_DIT.value)
+        result, lines, ok = ({**result, "dit": dit} if result else dit), lines + [""] * bool(lines) + dit_lines, ok and dit_ok
     print(json.dumps(result, indent=1) if _JSON.value else "\n".join(lines), flush=True)
     return 0 if ok else EXIT_DOES_NOT_FIT
 
@@ -142,6 +153,27 @@ def plan_clip(clip_config, pod=None):
               "step_flops_per_chip": clip.step_cost.flops, "step_bytes_accessed_per_chip": clip.step_cost.bytes_accessed,
               "model_flops_per_chip": clip.model_flops}
     return result, report.clip_text(clip, pod.chip, reserve), ok
+
+
+def plan_dit(dit_config):
+    """(JSON-ready result, text lines, fits?) for a Recap-DiT train config, over the whole slice."""
+    from recap_jax.planning import chips, dit_plan
+    if _DIT_TEXT.value not in dit_plan.TEXT_EMBED:
+        raise ConfigError(f"--dit_text={_DIT_TEXT.value!r}: expected one of {sorted(dit_plan.TEXT_EMBED)}")
+    pod = chips.compile_slice(_TOPOLOGY.value or "v4-8")
+    print(f"[plan] compiling the Recap-DiT train step for {pod.name} ({pod.num_chips} chips) ...", file=sys.stderr,
+          flush=True)
+    base = {"topology": pod.topology, "slice": pod.name, "chips": pod.num_chips}
+    try:
+        plan_ = dit_plan.compile_dit_step(dit_config, pod.devices, _DIT_TEXT.value)
+    except dit_plan.DoesNotFit as e:
+        return {**base, "fits": False, "compiler_refused": str(e)}, [f"Recap-DiT: DOES NOT FIT: {e}"], False
+    t = dit_config.train
+    samples = _DIT_SAMPLES.value or float(t.num_steps) * t.global_batch_size
+    result, lines, ok = dit_plan.plan_lines(plan_, pod.chip, int(_RESERVE.value * chips.GIB), pod.num_chips,
+                                            samples, _EFFICIENCY.value)
+    return {**base, **result}, lines, ok
+
 
 if __name__ == "__main__":
     cli.run_config_command(main, __doc__, __name__)

@@ -128,3 +128,24 @@ def test_help_and_misuse(world, tmp_path, module):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and field in lines[0], (args, result.stderr[-2000:])
     assert not (tmp_path / "w").exists()  # a refused start leaves nothing behind
+
+
+@pytest.mark.slow  # a train_clip run: 245 s under a load average of 24 (shared 2 cores)
+def test_text_encoder_from_a_train_clip_workdir(tmp_path):
+    """A Recap-CLIP workdir's newest text tower: pooled = the trained CLIP's own text embedding."""
+    from clip_helpers import tiny_config, write_shapes
+    from recap_jax.clip import trainer as clip_trainer
+
+    shapes = write_shapes(tmp_path / "shapes", num_train=32)
+    config = tiny_config(shapes, tmp_path / "clip", global_batch_size=16, num_steps=2, warmup_steps=1,
+                         log_every=1, checkpoint_every=2)
+    config.eval.datasets.heldout.folder = ""
+    clip = clip_trainer.train(config)
+    enc = load_text_encoder(str(tmp_path / "clip"), max_tokens=12)
+    assert enc.tokenizer.folder == shapes["tokenizer"]
+    tokens = jnp.asarray(enc.tokenize(["a red circle", ""]))
+    _, mask, pooled = enc.encode(enc.params, tokens)
+    from recap_jax.clip.model import CLIP
+    want = CLIP(enc.cfg).apply({"params": clip["params"]}, tokens, normalize=False, method=CLIP.encode_text)
+    np.testing.assert_allclose(np.asarray(pooled), np.asarray(want), atol=1e-5)
+    assert np.asarray(mask).sum(1).tolist() == [5, 2]  # BOS a red circle EOS / BOS EOS

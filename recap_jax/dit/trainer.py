@@ -197,4 +197,4 @@ class DitTrainer(loop.Trainer):
 
 def train(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Runs (or resumes) training as configured; the summary, with the final TrainState as "state"."""
-    return loop.run(config, DitTrainer)
+    return loop.run(optimizer.resolve_sample_schedule(config), DitTrainer)  # num_samples -> steps
