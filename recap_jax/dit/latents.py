@@ -44,6 +44,7 @@ from recap_jax.parallel.distributed import check_distributed_config, initialize_
 LATENTS_JSON = "latents.json"
 POSTERIORS = ("sample", "mean")
 INPUT_FORMATS = ("caption_output", "released")
+_RELEASED: dict[tuple[str, str, str], Any] = {}  # indexed img2dataset tars, by (paths, captions_map, parquet)
 TEXT_FIELDS = ("key", "url", "org_caption", "re_caption")
 
 
@@ -108,10 +109,14 @@ def released_records(config: ml_collections.ConfigDict) -> Any:
     from recap_jax.data.inputs.paths import split_paths
     from recap_jax.release.webdataset_records import WebdatasetRecords, tar_paths
     i = config.input
-    try:
-        return WebdatasetRecords(tar_paths(split_paths(i.paths)), i.captions_map, split_paths(i.captions_parquet))
-    except ConfigError as e:  # its messages name the CLIP trainer's data.* fields
-        raise ConfigError(str(e).replace("data.folders", "input.paths").replace("data.", "input.")) from None
+    what = (i.paths, i.captions_map, i.captions_parquet)
+    if what not in _RELEASED:  # indexing reads every tar header: once per process
+        try:
+            _RELEASED[what] = WebdatasetRecords(tar_paths(split_paths(i.paths)), i.captions_map,
+                                                split_paths(i.captions_parquet))
+        except ConfigError as e:  # its messages name the CLIP trainer's data.* fields
+            raise ConfigError(str(e).replace("data.folders", "input.paths").replace("data.", "input.")) from None
+    return _RELEASED[what]
 
 
 def plan_units(config: ml_collections.ConfigDict) -> list[TfdsUnit | RecordRange]:
