@@ -154,3 +154,11 @@ def test_eval_dit_end_to_end_on_a_trained_run(world, tmp_path):
     assert grid.shape == (16, 16, 3)
     np.testing.assert_array_equal(grid[:8, :8], want[0])
     np.testing.assert_array_equal(grid[:8, 8:], want[1])
+
+
+def test_grid_is_no_wider_than_the_largest_set():
+    a = np.full((2, 4, 4, 3), 7, np.uint8)
+    b = np.full((3, 4, 4, 3), 9, np.uint8)
+    grid = dit_eval.image_grid({"a": a, "b": b}, per_row=8)
+    assert grid.shape == (8, 12, 3)
+    assert (grid[:4, :8] == 7).all() and (grid[:4, 8:] == 0).all() and (grid[4:] == 9).all()

@@ -155,6 +155,7 @@ def table_markdown(results: dict[str, Any]) -> str:
 def image_grid(images_by_set: dict[str, np.ndarray], per_row: int) -> np.ndarray:
     """The first `per_row` images of every set, one row per set (black where a set has fewer)."""
     size = next(iter(images_by_set.values())).shape[1]
+    per_row = min(per_row, max(len(images) for images in images_by_set.values()))
     grid = np.zeros((size * len(images_by_set), size * per_row, 3), np.uint8)
     for row, images in enumerate(images_by_set.values()):
         for col, image in enumerate(images[:per_row]):
