@@ -91,3 +91,33 @@ def test_tiny_autoencoder_is_a_diffusers_folder(tmp_path):
         decoded = model.decode(mean).sample.permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(codec.encode(images), 0.18215 * mean.permute(0, 2, 3, 1).numpy(), atol=1e-4)
     np.testing.assert_allclose(codec.decode(codec.encode(images)), np.clip(decoded, -1, 1), atol=1e-4)
+
+
+_SPLIT_SCRIPT = """
+import sys, numpy as np, jax
+from recap_jax.dit.codec import load_codec
+codec = load_codec(sys.argv[1])
+x = np.random.default_rng(0).uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
+eps = np.random.default_rng(1).normal(size=(3, 8, 8, 4)).astype(np.float32)
+np.savez(sys.argv[2], mean=codec.encode(x), sample=codec.encode(x, eps), decoded=codec.decode(codec.encode(x)),
+         devices=len(jax.local_devices()))
+"""
+
+
+def test_codec_splits_batches_over_local_devices(vae, tmp_path):
+    """On 2 devices (3 rows: padded to 4, split 2 + 2) the codec gives the 1-device results."""
+    import subprocess
+    import sys
+
+    from caption_helpers import REPO, env
+    folder, _ = vae
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"{devices}.npz"
+        proc = subprocess.run([sys.executable, "-c", _SPLIT_SCRIPT, str(folder), str(out)], env=env(devices),
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results[devices] = np.load(out)
+    assert int(results[2]["devices"]) == 2 and results[1]["mean"].shape == (3, 8, 8, 4)
+    for name in ("mean", "sample", "decoded"):
+        np.testing.assert_allclose(results[2][name], results[1][name], atol=1e-5)
