@@ -11,7 +11,8 @@ latents, batch 2048, AdamW, constant lr 1e-4, no warm-up, no weight decay, EMA o
 Where the paper is silent, the choice made here: steps 400K (DiT-B/4's own training length in
 Peebles & Xie; set train.num_samples to the dataset size for one epoch instead); noise schedule
 DiT's linear-beta DDPM (1000 steps, 1e-4..2e-2, learned variance); EMA decay 0.9999 (DiT); no
-gradient clipping (DiT); text: 77 tokens of the frozen CLIP text tower named by text.encoder
+gradient clipping (DiT); block activations recomputed (remat) so that batch 2048 fits the slice
+`python -m recap_jax.plan` checks; text: 77 tokens of the frozen CLIP text tower named by text.encoder
 (the paper names neither the CLIP variant nor the length); bfloat16 compute, float32 params.
 Table 7 sweeps p = data.org_caption_prob over 0, 0.1, 0.2, 0.5, 0.75, 1.
 Sampling (sample_dit / eval_dit): guidance 10, 250 DDPM steps (the paper).
@@ -25,7 +26,7 @@ from recap_jax.dit.defaults import base_config
 def get_config() -> ml_collections.ConfigDict:
     config = base_config()
     config.model.size, config.model.patch_size = "B", 4
-    config.model.dtype = "bfloat16"
+    config.model.dtype, config.model.remat = "bfloat16", True  # without remat: 83 GiB of temps per v4 chip
     config.data.num_threads = 16
     t = config.train
     t.global_batch_size = 2048

@@ -1,4 +1,5 @@
-"""Progress lines for long runs: images/s, tokens/s, failures and ETA, every `every_s` seconds.
+"""The caption job's progress: images/s, tokens/s, failures and ETA, every `every_s` seconds,
+printed through the one progress reporter of every long command (recap_jax/progress.py).
 
 Rates count from the start of captioning (after the model is loaded; compiles included); the
 run summary's `images_per_s` counts from the start of the command, and its `captioning_s` is the
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import time
 
+from recap_jax.progress import Reporter, format_eta
+
 
 class Progress:
     def __init__(self, total_units: int, every_s: float = 30.0, prefix: str = "[caption]"):
         self.total_units, self.every_s, self.prefix = total_units, every_s, prefix
+        self.reporter = Reporter(prefix)
         self.start = self._last = time.time()
         self.units = self.captioned = self.failed = self.generated_tokens = self.prefill_tokens = 0
 
@@ -37,15 +41,15 @@ class Progress:
         eta = ""
         if self.units:
             remaining = elapsed / self.units * (self.total_units - self.units)
-            eta = f" | ETA {remaining / 60:.1f} min"
-        return (f"{self.prefix} units {self.units}/{self.total_units} | images {self.captioned} "
+            eta = f" | ETA {format_eta(remaining)}"
+        return (f"units {self.units}/{self.total_units} | images {self.captioned} "
                 f"({self.captioned / elapsed:.2f}/s) | generated {self.generated_tokens / elapsed:.1f} tok/s "
                 f"| prefill {self.prefill_tokens / elapsed:.0f} tok/s | failures {self.failed} "
                 f"| {elapsed:.0f}s{eta}")
 
     def report(self) -> None:
         self._last = time.time()
-        print(self.line(), flush=True)
+        self.reporter.say(self.line())
 
     def close(self) -> None:
         self.report()

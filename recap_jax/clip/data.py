@@ -201,7 +201,7 @@ def train_dataset(folders: str | Sequence[str], tokenizer: Tokenizer, *, image_s
         raise ConfigError(f"data.caption_mix: {caption_mix!r} is not one of {CAPTION_MIXES}")
     paths = split_paths(folders)  # one comma-separated string (CLI friendly) or a sequence
     if not paths:
-        raise ValueError("data.folders: no dataset folder given")
+        raise ConfigError("data.folders: no dataset folder given")
     if format == "webdataset":
         from recap_jax.release.webdataset_records import open_webdataset_records
         report = os.path.join(report_dir, "missing_captions.jsonl") if report_dir else None
@@ -213,7 +213,7 @@ def train_dataset(folders: str | Sequence[str], tokenizer: Tokenizer, *, image_s
         raise ValueError(f"data.format: {format!r} is not tfds (our output folders) or webdataset (img2dataset tars)")
     records = sources[0] if len(sources) == 1 else grain.MapDataset.concatenate(sources)
     if len(records) < per_host_batch * process_count:
-        raise ValueError(f"data.folders: {len(records)} records are fewer than one global batch "
+        raise ConfigError(f"data.folders: {len(records)} records are fewer than one global batch "
                          f"({per_host_batch * process_count})")
     transform = TrainTransform(tokenizer, image_size, org_caption_prob, caption_mix, re_caption_max_tokens,
                                org_caption_max_tokens, tuple(crop_scale), seed)

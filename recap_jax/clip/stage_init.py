@@ -22,7 +22,7 @@ import ml_collections
 import optax
 from etils import epath
 
-from recap_jax.clip import model as model_lib, pos_resample, train_step
+from recap_jax.clip import hf_weights, model as model_lib, pos_resample, train_step
 from recap_jax.errors import ConfigError
 from recap_jax.training import checkpoints
 
@@ -36,7 +36,6 @@ def previous_image_size(workdir: str) -> int:
         raise ConfigError(f"init.checkpoint: {workdir} has no config.json (not a train_clip workdir?)")
     run = json.loads(path.read_text())
     if run["model"]["hf_dir"]:
-        from recap_jax.clip import hf_weights
         return hf_weights.read_hf_config(run["model"]["hf_dir"]).image_size
     return int(run["model"]["image_size"])
 

@@ -23,6 +23,7 @@ from recap_jax.clip.model_loading import build_model, text_length
 from recap_jax.errors import ConfigError
 from recap_jax.parallel.mesh import mesh_axis_sizes
 from recap_jax.training import loop, optimizer
+from recap_jax.training.loop_config import check_loop_fields
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -31,6 +32,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("data.re_caption_prob was replaced by data.org_caption_prob = p, the probability "
                           "of the ORIGINAL caption as in the paper (p = 0.8: 80% alt-text, 20% recaption); "
                           "remove re_caption_prob and set data.org_caption_prob")
+    check_loop_fields(config)
     mesh_axis_sizes(dict(config.mesh), jax.device_count())
     t = config.train
     batch_devices = jax.device_count() // (config.mesh.tensor or 1)
@@ -139,7 +141,21 @@ class ClipTrainer(loop.Trainer):
 
     def data(self, position: Any | None) -> _DeviceBatches:
         c, t = self.config, self.config.train
-        batches = data_lib.train_dataset(
+        try:
+            batches = self._dataset()
+        except ValueError as e:
+            if "can not be of 0 length" in str(e):  # TFDS: a folder without a record (every sample failed)
+                raise ConfigError(f"data.folders: no examples in {c.data.folders} (split {c.data.split}); "
+                                  "nothing to learn") from None
+            raise
+        host = data_lib.CheckpointableIterator(batches, c.data.num_threads, c.data.prefetch, c.data.num_workers)
+        if position is not None:
+            host.set_state(position)
+        return _DeviceBatches(host, train_step.batch_sharding(self.mesh))
+
+    def _dataset(self):
+        c, t = self.config, self.config.train
+        return data_lib.train_dataset(
             c.data.folders, self.tokenizer, image_size=self.model.cfg.image_size,
             per_host_batch=t.global_batch_size // jax.process_count(), seed=c.seed,
             org_caption_prob=c.data.org_caption_prob, caption_mix=c.data.caption_mix,
@@ -149,10 +165,6 @@ class ClipTrainer(loop.Trainer):
             format=c.data.format, captions_map=c.data.captions_map, captions_parquet=c.data.captions_parquet,
             report_dir=loop.absolute_workdir(c.workdir), image_paths=c.data.image_paths,
             image_format=c.data.image_format)
-        host = data_lib.CheckpointableIterator(batches, c.data.num_threads, c.data.prefetch, c.data.num_workers)
-        if position is not None:
-            host.set_state(position)
-        return _DeviceBatches(host, train_step.batch_sharding(self.mesh))
 
     def units(self, batch: Any) -> int:
         return self.config.train.global_batch_size

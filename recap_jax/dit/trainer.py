@@ -30,6 +30,7 @@ from recap_jax.dit.text_encoder import TextEncoder, load_text_encoder
 from recap_jax.errors import ConfigError
 from recap_jax.parallel.mesh import LOGICAL_AXIS_RULES, params_shardings
 from recap_jax.training import loop, optimizer
+from recap_jax.training.loop_config import check_loop_fields
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -43,6 +44,7 @@ class TrainState(struct.PyTreeNode):
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """ConfigError naming the field, before anything is loaded."""
+    check_loop_fields(config)
     if not config.data.dir:
         raise ConfigError("data.dir: required (an encode_latents output folder)")
     if not config.text.encoder:

@@ -17,13 +17,13 @@ from etils import epath
 
 from recap_jax.clip import mini_world as world
 from recap_jax.errors import ConfigError
+from recap_jax.progress import Reporter
 
 EVAL_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "configs", "clip_eval.py")
 
 
-def _log(message: str) -> None:
-    print(f"[reproduce] {message}", flush=True)
+_log = Reporter("[reproduce]").say  # the one progress reporter (recap_jax/progress.py)
 
 
 def check_captioner_init(config: ml_collections.ConfigDict) -> None:

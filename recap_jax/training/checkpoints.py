@@ -127,11 +127,16 @@ def _shape_mismatch(error: BaseException) -> bool:
 
 
 def set_aside(workdir: epath.PathLike, step: int) -> str:
-    """Moves checkpoints/<step> to set_aside/<step>-<time> (kept for inspection); its new path."""
+    """Moves checkpoints/<step> to set_aside/<step>-<time> (kept for inspection; process 0 moves it,
+    every host skips it); its new path."""
     src = epath.Path(workdir) / CHECKPOINTS_DIR / str(step)
-    dst = epath.Path(workdir) / SET_ASIDE_DIR / f"{step}-{int(time.time())}"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    src.rename(dst)
+    dst = epath.Path(workdir) / SET_ASIDE_DIR / f"{step}-{time.time_ns()}"
+    if jax.process_index() == 0:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dst)
+    if jax.process_count() > 1:  # no host lists the step again before it is gone
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"set_aside {step}")
     return os.fspath(dst)
 
 

@@ -39,7 +39,7 @@ from recap_jax.errors import ConfigError
 from recap_jax.parallel.mesh import make_mesh
 from recap_jax.progress import Reporter, format_eta
 from recap_jax.training import checkpoints
-from recap_jax.training.loop_config import check_train_fields
+from recap_jax.training.loop_config import check_loop_fields
 from recap_jax.training.metrics import MetricsWriter
 
 IDENTITY_FILE = "run_identity.json"
@@ -117,9 +117,7 @@ def absolute_workdir(workdir: str) -> str:
 def run(config: ml_collections.ConfigDict, make_trainer: Callable[[ml_collections.ConfigDict, Any], Trainer]
         ) -> dict[str, Any]:
     """Train as `config` says with the trainer `make_trainer(config, mesh)` builds; the summary."""
-    check_train_fields(config.train)
-    if not config.workdir:
-        raise ConfigError("workdir: required (checkpoints, metrics.jsonl and config.json go there)")
+    check_loop_fields(config)
     workdir = absolute_workdir(config.workdir)
     mesh = make_mesh(dict(config.mesh))
     existed = epath.Path(workdir).exists()
@@ -216,7 +214,7 @@ class _Run:
         return summary
 
     def _restore_or_init(self) -> tuple[Any, Any, int]:
-        identity = self.trainer.identity()
+        self.identity = identity = self.trainer.identity()
         if identity:
             identity_lib.check(epath.Path(self.workdir) / IDENTITY_FILE, identity, folder_field="workdir",
                                remedy=REMEDY)
@@ -233,14 +231,15 @@ class _Run:
         return state, position, step
 
     def _record_start(self) -> None:
-        """The run's identity and config, once its first state and batch exist (process 0)."""
+        """The run's identity and first config, once its first state and batch exist (process 0)."""
         if jax.process_index() != 0:
             return
-        identity = self.trainer.identity()
         path = epath.Path(self.workdir) / IDENTITY_FILE
-        if identity and not path.exists():
-            identity_lib.write_json(path, identity_lib.normalized(identity))
-        identity_lib.write_json(epath.Path(self.workdir) / CONFIG_FILE, json.loads(self.config.to_json_best_effort()))
+        if self.identity and not path.exists():
+            identity_lib.write_json(path, identity_lib.normalized(self.identity))
+        path = epath.Path(self.workdir) / CONFIG_FILE  # what evaluation rebuilds the model from
+        if not path.exists():
+            identity_lib.write_json(path, json.loads(self.config.to_json_best_effort()))
 
     def _steps(self, state, start: int, stop_at: int, first, batches) -> tuple[Any, int, int]:
         """Steps start+1 .. stop_at; (state, last step, the stopping signal or 0)."""
@@ -260,7 +259,7 @@ class _Run:
                 batch = None
                 check = jax.process_count() == 1 or step % t.log_every == 0
                 stop = _agree(bool(requested)) if check else False
-                if step % t.log_every == 0 or step == stop_at:
+                if step % t.log_every == 0 or step == self.trainer.num_steps:
                     self._log(step)
                 if step % t.checkpoint_every == 0 or step == stop_at or stop:
                     self._save(step, state, batches)
@@ -268,7 +267,7 @@ class _Run:
                     self._evaluate(step, state)
                 if stop:
                     return state, step, requested[0] if requested else signal.SIGTERM
-            if batches is not None and step < stop_at:
+            if batches is not None and step < stop_at:  # the data ended first
                 self._log(step)
                 self._save(step, state, batches)
         return state, step, 0

@@ -47,8 +47,15 @@ def train_fields(t: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return t
 
 
+def check_loop_fields(config: ml_collections.ConfigDict) -> None:
+    """ConfigError naming the first loop field (workdir, train.*) that cannot work."""
+    if not config.workdir:
+        raise ConfigError("workdir: required (checkpoints, metrics.jsonl and config.json go there)")
+    check_train_fields(config.train)
+
+
 def check_train_fields(t: ml_collections.ConfigDict) -> None:
-    """ConfigError naming the first loop field that cannot work."""
+    """ConfigError naming the first loop field of `config.train` that cannot work."""
     for field in ("global_batch_size", "accum_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
         if int(t[field]) < 1:
             raise ConfigError(f"train.{field}: {t[field]} must be >= 1")

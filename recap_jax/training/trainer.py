@@ -26,7 +26,7 @@ from etils import epath
 
 from recap_jax.captioning.tiny_demo import build_tiny_checkpoint
 from recap_jax.captioning import model_loading
-from recap_jax.conversion import bundle
+from recap_jax.conversion import bundle, parts
 from recap_jax.conversion.llava import abstract_params
 from recap_jax.data.identity import absolute
 from recap_jax.errors import ConfigError
@@ -38,7 +38,7 @@ from recap_jax.parallel.distributed import check_distributed_config, initialize_
 from recap_jax.training import export, loop, optimizer, step as step_lib
 from recap_jax.training.batches import BatchMaker, FailureLog, Position, prefetch
 from recap_jax.training.conversation import ConversationEncoder
-from recap_jax.training.loop_config import check_train_fields
+from recap_jax.training.loop_config import check_loop_fields
 from recap_jax.training.records import make_reader
 
 BATCH_AXES = {"tokens": (None, "batch", "length"), "targets": (None, "batch", "length"),
@@ -47,7 +47,7 @@ BATCH_AXES = {"tokens": (None, "batch", "length"), "targets": (None, "batch", "l
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Fail at start-up, naming the field."""
-    check_train_fields(config.train)
+    check_loop_fields(config)
     m = config.model
     if bool(m.vision_dir) != bool(m.llm_dir):
         raise ConfigError("model.vision_dir and model.llm_dir: give both (stage 1 from parts) or neither")
@@ -122,8 +122,6 @@ def _start_params(config: ml_collections.ConfigDict, mesh) -> tuple[bundle.Capti
     """(spec, params placed on the mesh) of the converted checkpoint, or of the stage-1 parts."""
     m = config.model
     if m.vision_dir:
-        from recap_jax.conversion import parts  # reads HF folders with transformers: only stage 1 needs it
-
         spec, tensors = parts.read_parts(m.vision_dir, m.llm_dir, m.template or "llama3_llava")
     else:
         spec, _ = model_loading.read_converted_spec(m.checkpoint, m.tokenizer or None)
