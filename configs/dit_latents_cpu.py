@@ -1,7 +1,7 @@
-r"""Latents for Recap-DiT from a caption job's output, on a CPU (the demo sizes).
+r"""Latents for Recap-DiT from a caption job's output, on a CPU (the demo sizes: 64 px).
 
     python -m recap_jax.encode_latents --config configs/dit_latents_cpu.py \
-        --config.autoencoder.dir=/models/sd-vae-ft-ema
+        --config.autoencoder.dir=/models/sd-vae-ft-ema --config.image_size=256
 
 The paper's setting is 256 px images through Stable Diffusion's KL-f8 VAE -> 32x32x4 latents
 (`--config.image_size=256`); `--config.autoencoder.kind=pixels` keeps the images themselves.
@@ -19,18 +19,31 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.input = ml_collections.ConfigDict(dict(
-        dir=os.path.join(_REPO, "out", "demo", "captions"),  # a caption job's output (with its images)
+        # "caption_output" (input.dir) or "released" (img2dataset tars + released Parquet captions)
+        format="caption_output",
+        dir=os.path.join(_REPO, "out", "demo", "captions"),  # a caption job's output
         split="",  # "" = train
         records_per_unit=256,  # records per work unit (= per output shard, the unit of resumption)
         max_pixels=64_000_000,  # larger images are listed as failures (decompression bombs)
         num_workers=2,  # image-decoding threads
+        # A captions-only caption output (output.store_images=false) is joined with the images of the
+        # caption job's input by key (sha256 checked): "" = the input its run_config.json records.
+        image_paths="",
+        image_format="",  # "webdataset" or "folder"; "" = as recorded
+        # input.format=released: the img2dataset tars (files, folders or globs, comma-separated), where
+        # each caption is (data/captions_map.py: txt, json:FIELD or parquet:COLUMN), and the Parquet files
+        paths="",
+        captions_map="",  # e.g. org_caption=txt,re_caption=json:re_caption
+        captions_parquet="",
     ))
     c.autoencoder = ml_collections.ConfigDict(dict(
         kind="kl-f8",  # "kl-f8" (the latent-diffusion autoencoder of `dir`) or "pixels" (no autoencoder)
         dir="",  # a diffusers AutoencoderKL folder (config.json + *.safetensors), e.g. sd-vae-ft-ema
         posterior="sample",  # "sample" (DiT's latent_dist.sample(), noise seeded by seed and key) or "mean"
+        # true: build a tiny random KL-f8 autoencoder at `dir` if nothing is there (the offline demo)
+        build_tiny_if_missing=False,
     ))
-    c.image_size = 256  # DiT's centre crop side; latents are image_size / 8 for KL-f8
+    c.image_size = 64  # DiT's centre crop side (the paper: 256); latents are image_size / 8 for KL-f8
     c.batch_size = 8  # images per autoencoder call
     c.seed = 0  # of the posterior samples
     c.output = ml_collections.ConfigDict(dict(

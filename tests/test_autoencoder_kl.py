@@ -72,3 +72,52 @@ def test_misfit_checkpoints_name_the_problem(vae, tmp_path):
     (other / "config.json").write_text((folder / "config.json").read_text())
     with pytest.raises(ConversionError, match="autoencoder.dir: .*AutoencoderKL checkpoint"):
         load_autoencoder(str(other))
+
+
+def test_tiny_autoencoder_is_a_diffusers_folder(tmp_path):
+    """The demo's tiny random autoencoder (here with two levels, for a quick compile): diffusers
+    loads it and computes what we compute."""
+    import dataclasses
+
+    from recap_jax.dit.codec import load_codec
+    from recap_jax.dit.tiny_autoencoder import TINY, build_tiny_autoencoder
+    build_tiny_autoencoder(str(tmp_path / "tiny"), cfg=dataclasses.replace(TINY, block_out_channels=(8, 16)))
+    model = diffusers.AutoencoderKL.from_pretrained(str(tmp_path / "tiny")).eval()
+    codec = load_codec(str(tmp_path / "tiny"))
+    assert codec.kind == "kl-f8" and codec.latent_shape(32) == (16, 16, 4) and codec.scale_factor == 0.18215
+    images = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        mean = model.encode(torch.from_numpy(images).permute(0, 3, 1, 2)).latent_dist.mean
+        decoded = model.decode(mean).sample.permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(codec.encode(images), 0.18215 * mean.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+    np.testing.assert_allclose(codec.decode(codec.encode(images)), np.clip(decoded, -1, 1), atol=1e-4)
+
+
+_SPLIT_SCRIPT = """
+import sys, numpy as np, jax
+from recap_jax.dit.codec import load_codec
+codec = load_codec(sys.argv[1])
+x = np.random.default_rng(0).uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
+eps = np.random.default_rng(1).normal(size=(3, 8, 8, 4)).astype(np.float32)
+np.savez(sys.argv[2], mean=codec.encode(x), sample=codec.encode(x, eps), decoded=codec.decode(codec.encode(x)),
+         devices=len(jax.local_devices()))
+"""
+
+
+def test_codec_splits_batches_over_local_devices(vae, tmp_path):
+    """On 2 devices (3 rows: padded to 4, split 2 + 2) the codec gives the 1-device results."""
+    import subprocess
+    import sys
+
+    from caption_helpers import REPO, env
+    folder, _ = vae
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"{devices}.npz"
+        proc = subprocess.run([sys.executable, "-c", _SPLIT_SCRIPT, str(folder), str(out)], env=env(devices),
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results[devices] = np.load(out)
+    assert int(results[2]["devices"]) == 2 and results[1]["mean"].shape == (3, 8, 8, 4)
+    for name in ("mean", "sample", "decoded"):
+        np.testing.assert_allclose(results[2][name], results[1][name], atol=1e-5)

@@ -51,7 +51,8 @@ def test_pixels_and_kl_f8_latents(world, tmp_path):
     assert [r["key"].decode() for r in rows] == [k for k in sorted(records) if k != "k003"]
     for row in rows:
         source = records[row["key"].decode()]
-        assert row["re_caption"].decode() == source["re_caption"] and row["org_caption"].decode() == source["org_caption"]
+        for field in ("re_caption", "org_caption", "url"):
+            assert row[field].decode() == source[field]
         expected = prepare_encoded(source["image"], 16).astype(np.float32) / 127.5 - 1
         np.testing.assert_allclose(row["latent"], expected, atol=1e-6)
     meta = json.loads((tmp_path / "pix" / latents.LATENTS_JSON).read_text())
@@ -142,3 +143,57 @@ def test_help():
     proc = subprocess.run([sys.executable, "-m", "recap_jax.encode_latents", "--help"], env=env(), cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "input.dir" in proc.stdout
+
+
+def test_captions_only_output_is_joined_with_its_input(world, tmp_path):
+    """A caption output without image bytes (output.store_images=false) takes each image from the
+    caption job's input folder by key, as its run_config.json records it; the latents are the same."""
+    from recap_jax.data.schema import CAPTIONS_ONLY_FEATURES, image_sha256
+    from recap_jax.data.writer import OutputDataset
+    root, records = world
+    images = tmp_path / "images"
+    images.mkdir()
+    kept = [r for k, r in sorted(records.items()) if k != "k003"]
+    for r in kept:
+        (images / f"{r['key']}.png").write_bytes(r["image"])
+    out = OutputDataset(str(tmp_path / "captions"), 1, features=CAPTIONS_ONLY_FEATURES,
+                        fingerprint={"input.format": "folder", "input.paths": str(images)})
+    out.write_unit(0, [{**{k: v for k, v in r.items() if k != "image"}, "sha256": image_sha256(r["image"])}
+                       for r in kept], [])
+    assert out.finalize({})
+    joined = _config(root, tmp_path / "joined", autoencoder__kind="pixels")
+    joined.input.dir = str(tmp_path / "captions")
+    latents.run(joined)
+    full = _config(root, tmp_path / "full", autoencoder__kind="pixels")
+    latents.run(full)
+    got, want = _read(tmp_path / "joined"), _read(tmp_path / "full")
+    assert [r["key"] for r in got] == [r["key"] for r in want] and len(got) == 9
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a["latent"], b["latent"])
+
+
+def test_released_tars_are_an_input(world, tmp_path):
+    """input.format=released: img2dataset tars with their captions named by input.captions_map."""
+    from webdataset_helpers import write_tar
+    root, records = world
+    kept = [r for k, r in sorted(records.items()) if k != "k003"]
+    (tmp_path / "tars").mkdir()
+    for shard in range(2):
+        write_tar(tmp_path / "tars" / f"{shard:05d}.tar",
+                  [(r["key"], "png", r["image"], r["re_caption"]) for r in kept[shard::2]])
+    config = _config(root, tmp_path / "released", autoencoder__kind="pixels", input__format="released",
+                     input__paths=str(tmp_path / "tars"), input__captions_map="org_caption=txt,re_caption=json:caption")
+    config.input.dir = ""
+    summary = latents.run(config)
+    assert summary["encoded"] == 9 and summary["finalized"]
+    rows = _read(tmp_path / "released")
+    assert sorted(r["key"].decode() for r in rows) == [r["key"] for r in kept]
+    for row in rows:
+        source = records[row["key"].decode()]
+        assert row["re_caption"].decode() == source["re_caption"] and row["url"].decode().startswith("http://")
+        np.testing.assert_array_equal(row["latent"], prepare_encoded(source["image"], 16) / np.float32(127.5) - 1)
+    bad = _config(root, tmp_path / "bad", autoencoder__kind="pixels", input__format="released",
+                  input__paths=str(tmp_path / "tars"), input__captions_map="org_caption=txt,re_caption=json:nope")
+    from recap_jax.errors import ConfigError
+    with pytest.raises(ConfigError, match="input.captions_map: no sample"):
+        latents.run(bad)

@@ -70,4 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.prompts_per_unit = 64  # prompts per work unit (the resume granularity)
     config.sample.use_ema = True  # sample with the EMA weights (DiT does)
     config.sample.autoencoder_dir = ""  # "" = the one latents.json names (kl-f8 latents only)
+
+    # eval_dit: FID and CLIP score per prompt set (fields in recap_jax/dit/evaluate.py, docs/dit_eval.md)
+    from recap_jax.dit.evaluate import eval_defaults
+    config.eval = eval_defaults()
     return config

@@ -1,5 +1,8 @@
 """The `kl-f8` codec: images <-> scaled latents through the latent-diffusion KL autoencoder
-(Stable Diffusion's / DiT's VAE, `models/autoencoder_kl.py`), loaded from a diffusers folder."""
+(Stable Diffusion's / DiT's VAE, `models/autoencoder_kl.py`), loaded from a diffusers folder.
+
+Each host runs it on its own devices (a batch split over `jax.local_devices()`, the weights on
+each): the latents job's hosts encode their own units, so no step needs the other hosts."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from recap_jax.conversion.autoencoder_kl import load_autoencoder
 from recap_jax.errors import ConfigError
@@ -34,15 +39,30 @@ class KLCodec:
         except ValueError as e:
             raise ConfigError(f"image_size: {e}") from None
 
+    @property
+    def mesh(self) -> Mesh:
+        return Mesh(np.asarray(jax.local_devices()), ("data",))
+
+    def _split(self, *arrays: np.ndarray) -> tuple[int, list[jax.Array]]:
+        """(rows, arrays) with the rows padded to a multiple of the local devices and split over them."""
+        rows, devices = len(arrays[0]), len(jax.local_devices())
+        pad = -rows % devices
+        sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        out = [jax.device_put(np.concatenate([a, np.repeat(a[-1:], pad, 0)]) if pad else a, sharding)
+               for a in (np.asarray(a, np.float32) for a in arrays)]
+        return rows, out
+
     def encode(self, images: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """The posterior mean, or (DiT's `latent_dist.sample()`) mean + std * `noise`, scaled."""
         if noise is None:
-            return np.asarray(_encode_mean(self.cfg, self.params, jnp.asarray(images, jnp.float32)))
-        return np.asarray(_encode_sample(self.cfg, self.params, jnp.asarray(images, jnp.float32),
-                                         jnp.asarray(noise, jnp.float32)))
+            rows, (x,) = self._split(images)
+            return np.asarray(_encode_mean(self.cfg, self.params, x))[:rows]
+        rows, (x, eps) = self._split(images, noise)
+        return np.asarray(_encode_sample(self.cfg, self.params, x, eps))[:rows]
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        return np.asarray(jnp.clip(_decode(self.cfg, self.params, jnp.asarray(latents, jnp.float32)), -1, 1))
+        rows, (z,) = self._split(latents)
+        return np.asarray(jnp.clip(_decode(self.cfg, self.params, z), -1, 1))[:rows]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -63,4 +83,5 @@ def _decode(cfg, params, latents):
 def load_kl_codec(folder: str, field: str = "autoencoder.dir") -> KLCodec:
     """The codec of a diffusers-layout AutoencoderKL folder (config.json + *.safetensors)."""
     cfg, params = load_autoencoder(folder, field)
-    return KLCodec(cfg, jax.device_put(params), folder)
+    replicated = NamedSharding(Mesh(np.asarray(jax.local_devices()), ("data",)), PartitionSpec())
+    return KLCodec(cfg, jax.device_put(params, replicated), folder)

@@ -1,7 +1,8 @@
 """The latents job: a caption job's output -> the latents dataset `train_dit` reads (INTERFACES.md).
 
 Follow one record: the caption output (`input.dir`, a TFDS ArrayRecord folder with key, url,
-image, org_caption, re_caption) is planned as work units of `input.records_per_unit` records
+image, org_caption, re_caption; a captions-only output gets its images from the caption job's
+input by key, sha256 checked) is planned as work units of `input.records_per_unit` records
 (the caption job's `tfds` input format); this host takes its share and skips units already
 written (resume). Worker threads decode each image robustly (`data/images.py`) and crop it as
 DiT does (`dit/images.py`); the codec encodes batches of `batch_size` (the last one padded, so
@@ -17,9 +18,10 @@ from a seed of (`seed`, key), so a latent does not depend on batching, hosts or 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import ml_collections
@@ -30,7 +32,7 @@ from etils import epath
 from recap_jax.captioning import output_lease
 from recap_jax.conversion.fingerprint import folder_fingerprint
 from recap_jax.data import identity as identity_lib, inputs
-from recap_jax.data.inputs import Failure
+from recap_jax.data.inputs import Failure, WorkUnit
 from recap_jax.data.inputs.tfds import TfdsInput, TfdsUnit
 from recap_jax.data.tfds_folder import open_tfds_folder, tfds_builder
 from recap_jax.data.writer import OutputDataset
@@ -41,6 +43,8 @@ from recap_jax.parallel.distributed import check_distributed_config, initialize_
 
 LATENTS_JSON = "latents.json"
 POSTERIORS = ("sample", "mean")
+INPUT_FORMATS = ("caption_output", "released")
+_RELEASED: dict[tuple[str, str, str], Any] = {}  # indexed img2dataset tars, by (paths, captions_map, parquet)
 TEXT_FIELDS = ("key", "url", "org_caption", "re_caption")
 
 
@@ -53,11 +57,17 @@ def latent_features(shape: tuple[int, int, int]) -> tfds.features.FeaturesDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Fail at start-up, naming the field."""
-    if not config.input.dir:
+    if config.input.format not in INPUT_FORMATS:
+        raise ConfigError(f"input.format={config.input.format!r}: expected one of {INPUT_FORMATS}")
+    if config.input.format == "released":
+        if not config.input.paths or not config.input.captions_map:
+            raise ConfigError("input.paths / input.captions_map: input.format=released needs the img2dataset "
+                              "tars and where each caption is (e.g. org_caption=txt,re_caption=json:re_caption)")
+    elif not config.input.dir:
         raise ConfigError("input.dir: required (a caption job's output folder)")
     if not config.output.dir:
         raise ConfigError("output.dir: required (where the latents dataset is written)")
-    if identity_lib.absolute(config.output.dir) == identity_lib.absolute(config.input.dir):
+    if config.input.dir and identity_lib.absolute(config.output.dir) == identity_lib.absolute(config.input.dir):
         raise ConfigError("output.dir: must differ from input.dir")
     if config.autoencoder.kind not in codec_lib.CODECS:
         raise ConfigError(f"autoencoder.kind={config.autoencoder.kind!r}: expected one of {tuple(codec_lib.CODECS)}")
@@ -74,26 +84,80 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def load_codec(config: ml_collections.ConfigDict) -> Any:
-    return codec_lib.load_codec("pixels" if config.autoencoder.kind == "pixels" else config.autoencoder.dir)
+    """The configured codec; the demo's tiny random autoencoder is built first if asked for."""
+    ae = config.autoencoder
+    if ae.kind == "pixels":
+        return codec_lib.load_codec("pixels")
+    if ae.build_tiny_if_missing and not epath.Path(ae.dir).exists():
+        from recap_jax.dit.tiny_autoencoder import build_tiny_autoencoder
+        build_tiny_autoencoder(ae.dir)
+    return codec_lib.load_codec(ae.dir)
 
 
-def plan_units(config: ml_collections.ConfigDict) -> list[TfdsUnit]:
+@dataclasses.dataclass(frozen=True)
+class RecordRange(WorkUnit):
+    """A unit of released img2dataset tars: records [start, stop) of their indexed samples."""
+    format: ClassVar[str] = "released"
+    start: int = 0
+    stop: int = 0
+    split: str = ""
+
+
+def released_records(config: ml_collections.ConfigDict) -> Any:
+    """input.format="released": img2dataset tars (input.paths) with the captions input.captions_map
+    names, optionally from released Parquet (input.captions_parquet), as the CLIP trainer reads them."""
+    from recap_jax.data.inputs.paths import split_paths
+    from recap_jax.release.webdataset_records import WebdatasetRecords, tar_paths
+    i = config.input
+    what = (i.paths, i.captions_map, i.captions_parquet)
+    if what not in _RELEASED:  # indexing reads every tar header: once per process
+        try:
+            _RELEASED[what] = WebdatasetRecords(tar_paths(split_paths(i.paths)), i.captions_map,
+                                                split_paths(i.captions_parquet))
+        except ConfigError as e:  # its messages name the CLIP trainer's data.* fields
+            raise ConfigError(str(e).replace("data.folders", "input.paths").replace("data.", "input.")) from None
+    return _RELEASED[what]
+
+
+def plan_units(config: ml_collections.ConfigDict) -> list[TfdsUnit | RecordRange]:
     """The input's work units; ConfigError if it is not a caption output with images."""
+    if config.input.format == "released":
+        size, step = len(released_records(config)), config.input.records_per_unit
+        paths = ",".join(identity_lib.absolute(p) for p in config.input.paths.split(",") if p.strip())
+        return [RecordRange(n, paths, start=s, stop=min(s + step, size)) for n, s in enumerate(range(0, size, step))]
     features = tfds_builder(config.input.dir, "input.dir").info.features
-    missing = [f for f in ("image", "re_caption") if f not in features]
-    if missing:
-        raise ConfigError(f"input.dir: {config.input.dir} has no {missing} field(s) (it has {sorted(features)}); "
-                          "a caption job's output with its images (output.store_images=true) is expected")
+    if "re_caption" not in features:
+        raise ConfigError(f"input.dir: {config.input.dir} has no re_caption field (it has {sorted(features)}); "
+                          "a caption job's output is expected")
     fmt = TfdsInput(records_per_unit=config.input.records_per_unit, split=config.input.split)
     return fmt.plan([epath.Path(identity_lib.absolute(config.input.dir))])
+
+
+def open_input(config: ml_collections.ConfigDict, split: str) -> Any:
+    """The caption output as a random-access source of records with image bytes: a captions-only
+    output (output.store_images=false) is joined with the caption job's input images by key, each
+    checked against its sha256 (release/image_join.py, as the CLIP trainer does)."""
+    from recap_jax.release.image_join import JoinedRecords, has_images
+    if config.input.format == "released":
+        return released_records(config)
+    source = open_tfds_folder(config.input.dir, split, field="input.dir")
+    if has_images(source):
+        return source
+    return JoinedRecords(source, config.input.dir, config.input.image_paths, config.input.image_format,
+                         field="input.image_paths")
 
 
 def run_identity(config: ml_collections.ConfigDict, codec: Any, units: list[TfdsUnit]) -> dict[str, Any]:
     """What changes a latent: the input and its plan, the codec and its weights, crop and posterior."""
     ae = config.autoencoder
     weights = folder_fingerprint(ae.dir, (".safetensors", "config.json")) if codec.kind != "pixels" else None
-    return {"input.dir": identity_lib.absolute(config.input.dir), "units": inputs.units_fingerprint(units),
-            "input.max_pixels": config.input.max_pixels, "codec": codec.kind, "autoencoder.weights": weights,
+    i = config.input
+    where = ({"input.dir": identity_lib.absolute(i.dir)} if i.format != "released" else
+             {"input.format": i.format, "input.captions_map": i.captions_map,
+              "input.captions_parquet": i.captions_parquet})
+    return {**where, "units": inputs.units_fingerprint(units),
+            "input.max_pixels": config.input.max_pixels, "input.image_paths": config.input.image_paths,
+            "input.image_format": config.input.image_format, "codec": codec.kind, "autoencoder.weights": weights,
             "autoencoder.posterior": ae.posterior if codec.kind != "pixels" else None,
             "image_size": config.image_size, "seed": config.seed}
 
@@ -116,7 +180,8 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
             if jax.process_index() == 0:
                 identity_lib.write_json(out_dir / LATENTS_JSON, {
                     "codec": codec.kind, "image_size": config.image_size, "latent_shape": list(shape),
-                    "scale_factor": codec.scale_factor, "autoencoder_dir": codec.autoencoder_dir,
+                    "scale_factor": codec.scale_factor,
+                    "autoencoder_dir": identity_lib.absolute(codec.autoencoder_dir) if codec.autoencoder_dir else None,
                     "posterior": fingerprint["autoencoder.posterior"]})
             summary = _encode_share(config, codec, units, output)
             if lease is not None and lease.took_over is not None:
@@ -136,7 +201,7 @@ def _encode_share(config, codec, units: list[TfdsUnit], output: OutputDataset) -
     for unit in todo:
         output.clean_unit(unit.index)
     start, encoded, failed = time.time(), 0, 0
-    source = open_tfds_folder(config.input.dir, units[0].split, field="input.dir") if units else None
+    source = open_input(config, units[0].split) if units else None
     with concurrent.futures.ThreadPoolExecutor(config.input.num_workers) as pool:
         for unit in todo:
             records, failures = encode_unit(config, codec, source, unit, pool)
@@ -170,10 +235,11 @@ def noise_for(key: str, seed: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.random.default_rng(int.from_bytes(digest[:8], "little")).standard_normal(shape).astype(np.float32)
 
 
-def encode_unit(config, codec, source, unit: TfdsUnit, pool) -> tuple[list[dict], list[Failure]]:
+def encode_unit(config, codec, source, unit: TfdsUnit | RecordRange, pool) -> tuple[list[dict], list[Failure]]:
     """One unit's records (in input order) and failures."""
-    raw = source.__getitems__(list(range(unit.start, unit.stop)))
-    name = epath.Path(unit.path).name
+    indices = list(range(unit.start, unit.stop))
+    raw = source.__getitems__(indices) if hasattr(source, "__getitems__") else [source[i] for i in indices]
+    name = "released" if isinstance(unit, RecordRange) else epath.Path(unit.path).name
 
     def prepare(pair):
         index, record = pair
@@ -200,6 +266,6 @@ def encode_unit(config, codec, source, unit: TfdsUnit, pool) -> tuple[list[dict]
             noise = np.concatenate([noise, np.repeat(noise[-1:], pad, 0)]) if pad else noise
         latents = codec.encode(codec_lib.to_model_range(pixels), noise)[:len(chunk)]
         for (record, key, _), latent in zip(chunk, latents):
-            records.append({"key": key, "url": _text(record.get("url")), "org_caption": _text(record.get("org_caption")),
-                            "re_caption": _text(record.get("re_caption")), "latent": np.asarray(latent, np.float32)})
+            texts = {name: _text(record.get(name)) for name in TEXT_FIELDS if name != "key"}
+            records.append({"key": key, **texts, "latent": np.asarray(latent, np.float32)})
     return records, failures

@@ -11,7 +11,6 @@ to 299 x 299 bilinearly (no antialiasing, half-pixel centres) and scaled to [-1,
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
@@ -191,7 +190,7 @@ def load_inception(weights: str, field: str = "eval.inception_weights") -> dict:
     return params_from_plan(plan, tensors, np.float32)
 
 
-@functools.partial(jax.jit, static_argnums=())
+@jax.jit
 def _features(variables, images):
     return FIDInceptionV3().apply(variables, prepare(images))
 
