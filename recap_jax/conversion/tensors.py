@@ -50,8 +50,12 @@ class CheckpointTensors:
 
     def add_folder(self, folder: epath.PathLike, renames: Renames) -> CheckpointTensors:
         """Index a folder's tensors under canonical names (longest matching prefix wins)."""
+        return self.add_files(safetensors_files(folder), renames)
+
+    def add_files(self, files: Iterable[epath.PathLike], renames: Renames) -> CheckpointTensors:
+        """Index the tensors of the given safetensors files (a weights file the user names)."""
         renames = sorted(renames, key=lambda r: -len(r[0]))
-        for path in safetensors_files(folder):
+        for path in map(epath.Path, files):
             try:
                 handle = safe_open(str(path), framework="numpy")
             except Exception as e:  # noqa: BLE001 - safetensors says "incomplete metadata", not which file

@@ -1,0 +1,1 @@
+"""Recap-DiT: the paper's text-to-image half (model, codecs, schedules, samplers, jobs)."""

@@ -1,0 +1,1 @@
+"""Image-generation metrics: Frechet distance, InceptionV3 pool features (FID), CLIP score."""
