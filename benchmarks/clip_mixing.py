@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "clip_mixing.json"))
     args = parser.parse_args()
 
-    from recap_jax.clip.evaluate import evaluate_config
+    from recap_jax.clip.retrieval_job import evaluate_config
     from recap_jax.clip import trainer
 
     rows = []

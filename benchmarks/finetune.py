@@ -51,10 +51,10 @@ def time_ours(ckpt: str, batch: dict, trainable: str, steps: int) -> float:
     import jax
     from recap_jax.captioning import model_loading
     from recap_jax.models.llava import LlavaModel
-    from recap_jax.training import step as step_lib
+    from recap_jax.training import optimizer, step as step_lib
     spec, params = model_loading.load_captioner(checkpoint=ckpt)
     train, frozen = step_lib.split_params(params, trainable)
-    tx = step_lib.make_optimizer(step_lib.OptimizerSettings(learning_rate=1e-5, num_steps=1000))
+    tx = optimizer.make_optimizer(optimizer.OptimizerSettings(learning_rate=1e-5, num_steps=1000, warmup_steps=30))
     state = step_lib.init_state(train, tx)
     step = jax.jit(step_lib.make_train_step(LlavaModel(spec.config), tx), donate_argnums=(0,))
     micro = {k: v[None] for k, v in batch.items()}

@@ -3,7 +3,7 @@
     python benchmarks/finetune_tpu_memory.py [--topology v4-8] [--config configs/llava_stage2_v4.py]
 
 The finetune job's own jitted step (`recap_jax.training.step.make_train_step`, AdamW, donation of
-the state, the config's mesh and grad_accum_steps) over the built-in LLaVA-LLaMA-3-8B
+the state, the config's mesh and accum_steps) over the built-in LLaVA-LLaMA-3-8B
 (`recap_jax.planning.model_spec`), compiled ahead of time for the slice's devices described by
 libtpu (`recap_jax.planning.chips.compile_slice`, as `python -m recap_jax.plan` does); params,
 optimizer state and batch are ShapeDtypeStructs (no weights). Reads `compiled.memory_analysis()`:
@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topology", default="v4-8")
     parser.add_argument("--config", default=str(HERE.parent / "configs" / "llava_stage2_v4.py"))
-    parser.add_argument("--grad_accum_steps", type=int, default=0, help="override the config's (0: keep)")
+    parser.add_argument("--accum_steps", type=int, default=0, help="override the config's (0: keep)")
     parser.add_argument("--remat", default="", help="override the config's train.remat ('': keep)")
     parser.add_argument("--loss_chunk", type=int, default=-1, help="override the config's train.loss_chunk (-1: keep)")
     parser.add_argument("--out", default=str(HERE / "results" / "finetune_tpu_memory.json"))
@@ -53,12 +53,12 @@ def main() -> None:
     from recap_jax.planning.chips import compile_slice
     from recap_jax.planning.hlo import compiled_stats
     from recap_jax.planning.model_spec import BUILTIN_MODELS
-    from recap_jax.training import step as step_lib
+    from recap_jax.training import optimizer as optimizer_lib, step as step_lib
     from recap_jax.training.trainer import BATCH_AXES
 
     config = load_config(args.config)
-    if args.grad_accum_steps:
-        config.train.grad_accum_steps = args.grad_accum_steps
+    if args.accum_steps:
+        config.train.accum_steps = args.accum_steps
     if args.remat:
         config.train.remat = args.remat
     if args.loss_chunk >= 0:
@@ -74,10 +74,7 @@ def main() -> None:
     shapes = nn.unbox(boxed)
     params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     trainable, frozen = step_lib.split_params(params, t.trainable)
-    settings = step_lib.OptimizerSettings(learning_rate=t.learning_rate, num_steps=1000, warmup_ratio=t.warmup_ratio,
-                                          weight_decay=t.weight_decay, b1=t.b1, b2=t.b2, eps=t.eps,
-                                          max_grad_norm=t.max_grad_norm)
-    optimizer = step_lib.make_optimizer(settings)
+    optimizer = optimizer_lib.make_optimizer(optimizer_lib.settings_from_config(t, num_steps=1000))
     state_shapes = jax.eval_shape(lambda p: step_lib.init_state(p, optimizer), trainable)
     # The state shares the params' logical sharding: f32 master weights and both Adam moments.
     by_path = {jax.tree_util.keystr(k): v.sharding for k, v in jax.tree_util.tree_leaves_with_path(trainable)}
@@ -88,12 +85,12 @@ def main() -> None:
         return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=match or mesh_lib.replicated(mesh))
 
     state = jax.tree_util.tree_map_with_path(state_sharding, state_shapes)
-    rows = t.global_batch_size // t.grad_accum_steps
+    rows = t.global_batch_size // t.accum_steps
     length, side = config.data.max_length, llava.vision.image_size
-    shapes_of = {"tokens": ((t.grad_accum_steps, rows, length), jnp.int32),
-                 "targets": ((t.grad_accum_steps, rows, length), jnp.int32),
-                 "weights": ((t.grad_accum_steps, rows, length), jnp.float32),
-                 "pixels": ((t.grad_accum_steps, rows, side, side, 3), jnp.float32)}
+    shapes_of = {"tokens": ((t.accum_steps, rows, length), jnp.int32),
+                 "targets": ((t.accum_steps, rows, length), jnp.int32),
+                 "weights": ((t.accum_steps, rows, length), jnp.float32),
+                 "pixels": ((t.accum_steps, rows, side, side, 3), jnp.float32)}
     batch = {k: jax.ShapeDtypeStruct(s, d, sharding=mesh_lib.logical_sharding(mesh, BATCH_AXES[k]))
              for k, (s, d) in shapes_of.items()}
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -102,7 +99,7 @@ def main() -> None:
     gib = 1024 ** 3
     result = {"topology": tpu.name, "chips": tpu.num_chips, "chip_hbm_gib": round(tpu.chip.hbm_bytes / gib, 1),
               "mesh": dict(mesh.shape), "trainable": t.trainable, "global_batch_size": t.global_batch_size,
-              "grad_accum_steps": t.grad_accum_steps, "rows_per_micro_batch": rows,
+              "accum_steps": t.accum_steps, "rows_per_micro_batch": rows,
               "remat": t.remat, "loss_chunk": t.loss_chunk, "max_length": length}
     start = time.time()
     try:

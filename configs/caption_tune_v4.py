@@ -25,6 +25,6 @@ def get_config():
     c.train.trainable = "projector+llm"
     c.train.num_steps = 1000  # 128K pairs / 128; set from your data
     c.train.global_batch_size = 128
-    c.train.grad_accum_steps = 8  # 16 rows per micro-batch: one per chip on a v4-32
+    c.train.accum_steps = 8  # 16 rows per micro-batch: one per chip on a v4-32
     c.train.learning_rate = 2e-5
     return c

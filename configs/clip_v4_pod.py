@@ -72,7 +72,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     t.checkpoint_every = 1_000
     t.keep_checkpoints = 3
 
-    config.eval.every_steps = 2_000
+    config.train.eval_every = 2_000
     config.eval.batch_size = 1024
     config.eval.datasets.heldout.folder = args["eval"]
     config.eval.datasets.heldout.split = "test"

@@ -24,6 +24,6 @@ def get_config():
     c.train.trainable = "projector"
     c.train.num_steps = -1  # one epoch: 558K / 256 = 2,180 steps
     c.train.global_batch_size = 256
-    c.train.grad_accum_steps = 1
+    c.train.accum_steps = 1
     c.train.learning_rate = 1e-3
     return c

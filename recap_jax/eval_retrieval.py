@@ -28,7 +28,7 @@ def main(argv: Sequence[str]) -> int:
     config = cli.command_config(argv, _CONFIG.value, "configs/clip_eval.py")
     from recap_jax.parallel.distributed import initialize_distributed
     initialize_distributed(config.distributed)
-    from recap_jax.clip.evaluate import evaluate_config
+    from recap_jax.clip.retrieval_job import evaluate_config
     evaluate_config(config)
     return 0
 

@@ -6,9 +6,11 @@ r"""Train CLIP on recaptioned data (the captioner's TFDS ArrayRecord output fold
 
 Every field of the config file can be overridden with --config.<field>=value (each field is
 documented in recap_jax/clip/defaults.py). Rerunning the same command resumes from the latest
-checkpoint in --config.workdir. Metrics: <workdir>/metrics.jsonl.
+checkpoint in --config.workdir. Metrics: <workdir>/metrics.jsonl and TensorBoard events under
+<workdir>/tensorboard (`tensorboard --logdir WORKDIR`).
 On a multi-host TPU pod run the same command on every host (jax.distributed starts by itself there:
-config.distributed.mode=auto). Exit status: 0 done, 2 a usage error (one line; --debug for the traceback).
+config.distributed.mode=auto). Exit status: 0 done, 2 a usage error (one line; --debug for the traceback), 130 stopped by
+SIGINT/SIGTERM after saving a checkpoint (run the same command again to continue).
 """
 
 from collections.abc import Sequence
@@ -31,7 +33,7 @@ def main(argv: Sequence[str]) -> int:
     from recap_jax.clip import trainer
 
     result = trainer.train(config)
-    result.pop("params", None)
+    result.pop("params")
     if jax.process_index() == 0:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
     return 0

@@ -11,7 +11,7 @@ from recap_jax.models.config import llava_config_from_hf
 from recap_jax.models.llava import LlavaModel
 from recap_jax.parallel import mesh as mesh_lib
 from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
-from recap_jax.training import step as step_lib
+from recap_jax.training import optimizer, step as step_lib
 from recap_jax.training.trainer import device_batch
 
 
@@ -34,7 +34,7 @@ def main():
     arrays = batch_for(config)
     boxed = model.init(jax.random.PRNGKey(0), arrays["tokens"][:1], arrays["pixels"][:1])["params"]
     host_params = jax.device_get(nn.unbox(boxed))
-    tx = step_lib.make_optimizer(step_lib.OptimizerSettings(learning_rate=1e-3, num_steps=10, warmup_ratio=0.0))
+    tx = optimizer.make_optimizer(optimizer.OptimizerSettings(learning_rate=1e-3, num_steps=10))
     results = {}
     for name, mesh in (("one", mesh_lib.make_mesh({"fsdp": 1}, jax.devices()[:1])),
                        ("fsdp8", mesh_lib.make_mesh({"fsdp": 8}))):

@@ -6,24 +6,10 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+from dit_eval_helpers import tiny_diffusers_vae  # noqa: E402
 from recap_jax.conversion.autoencoder_kl import load_autoencoder  # noqa: E402
 from recap_jax.errors import ConfigError, ConversionError  # noqa: E402
 from recap_jax.models import autoencoder_kl as ae  # noqa: E402
-
-
-def tiny_diffusers_vae(folder, *, blocks=(8, 16), attention=True, seed=0):
-    """A random diffusers AutoencoderKL saved with save_pretrained (every weight perturbed, so a
-    GroupNorm's ones and zeros cannot hide a mapping mistake)."""
-    torch.manual_seed(seed)
-    model = diffusers.AutoencoderKL(
-        block_out_channels=blocks, down_block_types=("DownEncoderBlock2D",) * len(blocks),
-        up_block_types=("UpDecoderBlock2D",) * len(blocks), layers_per_block=1, latent_channels=4,
-        norm_num_groups=4, sample_size=16, scaling_factor=0.3, mid_block_add_attention=attention).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(folder, safe_serialization=True)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from flax import linen as nn
 
 import configs_loader
 from clip_helpers import tiny_config, write_shapes
-from recap_jax.clip import data, hf_weights, model as model_lib, train_step, trainer
+from recap_jax.clip import data, hf_weights, model as model_lib, model_loading, train_step, trainer
 from recap_jax.parallel.mesh import make_mesh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +39,7 @@ def test_pod_config_loads_and_builds_the_big_model():
     assert config.data.org_caption_prob == 0.8 and config.data.re_caption_max_tokens > config.data.org_caption_max_tokens
     cfg = model_lib.config_from_dict(dict(config.model.to_dict(), vocab_size=49408))
     assert (cfg.patch_size, cfg.vision.width, cfg.text.width, cfg.dtype) == (16, 1024, 1024, jnp.bfloat16)
-    assert trainer.text_length(config.data) <= cfg.text_context
+    assert model_loading.text_length(config.data) <= cfg.text_context
     abstract = jax.eval_shape(lambda: model_lib.init_params(model_lib.CLIP(cfg), jax.random.key(0)))
     assert 600e6 < model_lib.count_params(abstract) < 750e6  # ViT-L/16 (~304M) + 24-layer 1024 text tower
     with pytest.raises(ValueError, match="clip_v4_pod.py: unknown config argument 'bucket=gs://x'"):
@@ -86,7 +86,7 @@ def test_train_from_and_evaluate_a_hf_clip(tmp_path_factory, tmp_path):
     config = tiny_config(shapes, tmp_path / "run", global_batch_size=16, num_steps=2, warmup_steps=1,
                          log_every=1, checkpoint_every=2)
     config.model.hf_dir = hf_dir
-    model, hf_params = trainer.build_model(config.model, tokenizer)
+    model, hf_params = model_loading.build_model(config.model, tokenizer)
     tx = train_step.make_optimizer(config.train)
     state, _ = train_step.create_train_state(model, tx, make_mesh({"data": -1}), seed=0, init_from=hf_params)
     for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(hf_params)):
@@ -99,10 +99,10 @@ def test_train_from_and_evaluate_a_hf_clip(tmp_path_factory, tmp_path):
     _save_tiny_hf_clip(bad_dir, vocab_size=40, eos_token_id=39)
     config.model.hf_dir = bad_dir
     with pytest.raises(ValueError, match="data.tokenizer"):
-        trainer.build_model(config.model, tokenizer)
+        model_loading.build_model(config.model, tokenizer)
 
     # The evaluation command takes the HF folder directly.
-    from recap_jax.clip.evaluate import evaluate_config
+    from recap_jax.clip.retrieval_job import evaluate_config
     eval_config = configs_loader.load("clip_eval.py")
     eval_config.model.hf_dir = hf_dir
     eval_config.tokenizer = shapes["tokenizer"]

@@ -10,8 +10,9 @@ import pytest
 
 import configs_loader
 from clip_helpers import tiny_config, write_shapes
-from recap_jax.clip import model as model_lib, pos_resample, schedule, stage_init, train_step, trainer
+from recap_jax.clip import model as model_lib, model_loading, pos_resample, stage_init, train_step, trainer
 from recap_jax.errors import ConfigError
+from recap_jax.training import optimizer as schedule
 from recap_jax.parallel.mesh import make_mesh
 
 # Table 2 (vision width/depth, text width/depth).
@@ -98,13 +99,13 @@ def test_stage_2_starts_from_stage_1_and_its_loss_does_not_jump(shapes, tmp_path
     # What stage 2 starts from: stage 1's last params, positions resampled 2x2 -> 4x4.
     config = _stage(shapes, s2, 32, steps=6, init=str(s1))
     config = schedule.resolve_sample_schedule(config)
-    tok = trainer.data_lib.Tokenizer(config.data.tokenizer)
-    model, _ = trainer.build_model(config.model, tok)
+    tok = model_loading.data_lib.Tokenizer(config.data.tokenizer)
+    model, _ = model_loading.build_model(config.model, tok)
     mesh = make_mesh({"data": -1})
     tx = train_step.make_optimizer(config.train)
     abstract, shardings = train_step.abstract_train_state(model, tx, mesh)
-    small_model, _ = trainer.build_model(_stage(shapes, s1, 16, **STAGE_1).model, tok)
-    stage1_params, step = trainer.latest_params(str(s1), small_model, mesh)
+    small_model, _ = model_loading.build_model(_stage(shapes, s1, 16, **STAGE_1).model, tok)
+    stage1_params, step = model_loading.latest_params(str(s1), small_model, mesh)
     assert step == 80
     for mode in ("reset", "keep"):
         config.init.optimizer = mode

@@ -14,6 +14,7 @@ import pytest
 
 from clip_helpers import tiny_config, write_shapes
 from recap_jax.clip import evaluate, train_step, trainer
+from recap_jax.training import loop
 from recap_jax.clip.model import CLIP, config_from_dict
 from recap_jax.parallel.mesh import make_mesh
 
@@ -52,7 +53,7 @@ def test_tiny_clip_learns_retrieval_on_heldout_shapes(shapes, tmp_path):
     assert abs(rows[2]["org_caption_fraction"] - 0.8) < 0.05
 
     # The evaluation command on the saved run reproduces the in-training figures.
-    from recap_jax.clip.evaluate import evaluate_config
+    from recap_jax.clip.retrieval_job import evaluate_config
     import configs_loader
     eval_config = configs_loader.load("clip_eval.py")
     eval_config.model.checkpoint = str(tmp_path / "run")
@@ -118,7 +119,7 @@ def test_stop_after_steps_then_continue(shapes, tmp_path):
 
 def test_non_finite_loss_stops_with_a_clear_message(shapes, tmp_path):
     config = _small(tiny_config(shapes, tmp_path / "run"), learning_rate=float("nan"), log_every=1)
-    with pytest.raises(trainer.NonFiniteLossError, match="non-finite loss .* at step 2"):
+    with pytest.raises(loop.NonFiniteLossError, match="non-finite loss .* at step 2"):
         trainer.train(config)
     assert not os.path.exists(tmp_path / "run" / "checkpoints" / "4")
 

@@ -32,8 +32,8 @@ def test_cpu_config_validates_and_names_bad_fields():
     with pytest.raises(ConfigError, match="train.trainable"):
         validate(c)
     c = load("finetune_cpu.py")
-    c.train.global_batch_size, c.train.grad_accum_steps = 6, 4
-    with pytest.raises(ConfigError, match="grad_accum_steps"):
+    c.train.global_batch_size, c.train.accum_steps = 6, 4
+    with pytest.raises(ConfigError, match="accum_steps"):
         validate(c)
     c = load("finetune_cpu.py")
     c.train.remat = "some"

@@ -128,7 +128,7 @@ def test_projector_training_freezes_the_rest_and_skips_bad_data(tiny, tmp_path):
 @pytest.mark.slow  # three training runs, two of them fresh processes
 def test_sigkill_then_rerun_equals_uninterrupted_run(tiny, tmp_path):
     root, ckpt, _, data = tiny
-    train = dict(trainable="projector+llm", num_steps=6, global_batch_size=4, grad_accum_steps=2,
+    train = dict(trainable="projector+llm", num_steps=6, global_batch_size=4, accum_steps=2,
                  checkpoint_every=2, learning_rate=3e-3)
     reference = run(_config(ckpt, data, root / "images", tmp_path / "reference", **train))
 

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import torch
@@ -10,16 +11,17 @@ from flax import linen as nn
 from recap_jax.models.llava import LlavaModel
 from recap_jax.models.config import llava_config_from_hf
 from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
-from recap_jax.training import step as step_lib
+from recap_jax.training import optimizer, step as step_lib
+from recap_jax.training.loop_config import train_fields
 
 
 def test_adamw_step_equals_torch_adamw():
     rng = np.random.default_rng(0)
     params = {"w": rng.normal(size=(5, 4)).astype(np.float32), "b": rng.normal(size=(4,)).astype(np.float32)}
     grads = [{k: (3 * rng.normal(size=v.shape)).astype(np.float32) for k, v in params.items()} for _ in range(2)]
-    s = step_lib.OptimizerSettings(learning_rate=1e-2, num_steps=1000, warmup_ratio=0.0, weight_decay=0.1,
-                                   b1=0.9, b2=0.95, eps=1e-6, max_grad_norm=1.0)
-    tx = step_lib.make_optimizer(s)
+    s = optimizer.OptimizerSettings(learning_rate=1e-2, num_steps=1000, warmup_steps=0, weight_decay=0.1,
+                                    b1=0.9, b2=0.95, eps=1e-6, grad_clip_norm=1.0)
+    tx = optimizer.make_optimizer(s)
     ours, state = {k: jnp.asarray(v) for k, v in params.items()}, None
     state = tx.init(ours)
     for g in grads:
@@ -30,7 +32,7 @@ def test_adamw_step_equals_torch_adamw():
     # HF's Trainer groups: decay on matrices, none on biases/norms; the same cosine schedule.
     opt = torch.optim.AdamW([{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}],
                             lr=1e-2, betas=(0.9, 0.95), eps=1e-6)
-    schedule = step_lib.learning_rate_schedule(s)
+    schedule = optimizer.learning_rate_schedule(s)
     for i, g in enumerate(grads):
         w.grad, b.grad = torch.from_numpy(g["w"]), torch.from_numpy(g["b"])
         torch.nn.utils.clip_grad_norm_([w, b], 1.0)
@@ -44,8 +46,10 @@ def test_adamw_step_equals_torch_adamw():
 
 
 def test_schedule_warms_up_then_decays_to_zero():
-    s = step_lib.OptimizerSettings(learning_rate=1e-3, num_steps=100, warmup_ratio=0.03)
-    lr = [float(step_lib.learning_rate_schedule(s)(i)) for i in range(101)]
+    t = ml_collections.ConfigDict(dict(train_fields(ml_collections.ConfigDict()), num_steps=100,
+                                       warmup_ratio=0.03, learning_rate=1e-3))
+    s = optimizer.settings_from_config(t)
+    lr = [float(optimizer.learning_rate_schedule(s)(i)) for i in range(101)]
     assert s.warmup_steps == 3 and lr[0] == 0.0 and abs(lr[3] - 1e-3) < 1e-9
     assert lr[1] < lr[2] < lr[3] and all(a >= b for a, b in zip(lr[3:], lr[4:])) and lr[100] < 1e-9
 
@@ -69,8 +73,8 @@ def _tiny():
 
 def test_accumulation_equals_one_big_batch_and_frozen_stay_frozen():
     model, params, batch = _tiny()
-    s = step_lib.OptimizerSettings(learning_rate=1e-3, num_steps=10, warmup_ratio=0.0)
-    tx = step_lib.make_optimizer(s)
+    s = optimizer.OptimizerSettings(learning_rate=1e-3, num_steps=10)
+    tx = optimizer.make_optimizer(s)
     step = jax.jit(step_lib.make_train_step(model, tx))
     trainable, frozen = step_lib.split_params(params, "projector")
     assert set(trainable) == {"multi_modal_projector"} and "multi_modal_projector" not in frozen
@@ -94,8 +98,8 @@ def test_accumulation_equals_one_big_batch_and_frozen_stay_frozen():
 
 def test_remat_and_chunked_loss_step_equals_the_plain_step():
     model, params, batch = _tiny()
-    s = step_lib.OptimizerSettings(learning_rate=1e-3, num_steps=10, warmup_ratio=0.0)
-    tx = step_lib.make_optimizer(s)
+    s = optimizer.OptimizerSettings(learning_rate=1e-3, num_steps=10)
+    tx = optimizer.make_optimizer(s)
     trainable, frozen = step_lib.split_params(params, "projector+llm")
     micro = {k: v.reshape((2, v.shape[0] // 2) + v.shape[1:]) for k, v in batch.items()}
     remat_model = LlavaModel(model.config, remat="full")

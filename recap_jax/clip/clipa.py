@@ -104,7 +104,7 @@ def recipe_config(model_name: str, arg: str = "", config_file: str = "configs/re
     if stage == 2 and not config.init.checkpoint:
         raise ConfigError(f"{config_file}: stage=2 needs init=<the stage-1 workdir>")
 
-    config.eval.every_steps = 2_000
+    config.train.eval_every = 2_000
     config.eval.batch_size = 1024
     config.eval.datasets.heldout.folder = args["eval"]
     config.eval.datasets.heldout.split = "test"

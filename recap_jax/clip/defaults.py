@@ -8,6 +8,7 @@ import math
 import ml_collections
 
 from recap_jax.parallel.distributed import distributed_config
+from recap_jax.training.loop_config import train_fields
 
 
 def base_config(folders: str = "") -> ml_collections.ConfigDict:
@@ -60,30 +61,22 @@ def base_config(folders: str = "") -> ml_collections.ConfigDict:
     config.data.prefetch = 4  # batches prepared ahead
     config.data.num_workers = 0  # >0: grain worker processes (big hosts; JPEG decoding is CPU-bound)
 
-    config.train = ml_collections.ConfigDict()
-    config.train.global_batch_size = 64  # examples per step over all hosts and devices
-    config.train.num_steps = 2000  # total optimizer steps (the cosine schedule spans them)
-    # Or in samples (CLIPA's recipe; kept when the batch changes): >0 sets num_steps / warmup_steps
-    # for the global batch, and base_learning_rate sets learning_rate = base x batch / lr_reference_batch.
-    config.train.num_samples = 0
-    config.train.warmup_samples = 0
-    config.train.base_learning_rate = 0.0
-    config.train.lr_reference_batch = 256
-    config.train.accum_steps = 1  # micro-batches per step (exact full-batch contrastive gradient)
-    config.train.loss = "softmax"  # softmax (CLIP) or sigmoid (SigLIP; needs model.use_logit_bias)
-    config.train.learning_rate = 1e-3  # peak AdamW learning rate
-    config.train.warmup_steps = 50  # linear warmup from 0
-    config.train.end_lr_ratio = 0.0  # final learning rate / peak (cosine decay)
-    config.train.b1 = 0.9  # AdamW beta1
-    config.train.b2 = 0.98  # AdamW beta2 (CLIP uses 0.98 for stability)
-    config.train.eps = 1e-6  # AdamW epsilon
-    config.train.weight_decay = 0.1  # decoupled weight decay on matrices only
-    config.train.grad_clip_norm = 1.0  # global-norm gradient clipping; 0 = off
-    config.train.logit_scale_max = 100.0  # clamp of exp(logit_scale), as in CLIP
-    config.train.log_every = 50  # steps between progress lines / metrics.jsonl rows
-    config.train.checkpoint_every = 200  # steps between Orbax checkpoints (also saved at the end)
-    config.train.keep_checkpoints = 2  # how many recent checkpoints to keep
-    config.train.stop_after_steps = 0  # >0: leave after this many steps of THIS run (time-sliced jobs)
+    # The loop's fields (recap_jax/training/loop_config.py: schedule, AdamW, logging, checkpoints,
+    # evaluation, lease), with CLIP's defaults below.
+    config.train = train_fields(ml_collections.ConfigDict())
+    t = config.train
+    t.global_batch_size = 64
+    t.num_steps = 2000
+    t.loss = "softmax"  # softmax (CLIP) or sigmoid (SigLIP; needs model.use_logit_bias)
+    t.learning_rate = 1e-3
+    t.warmup_steps = 50
+    t.b2 = 0.98  # CLIP uses 0.98 for stability
+    t.eps = 1e-6
+    t.weight_decay = 0.1
+    t.logit_scale_max = 100.0  # clamp of exp(logit_scale), as in CLIP
+    t.log_every = 50
+    t.checkpoint_every = 200
+    t.eval_every = 0  # 0 = evaluate only at the end of training (if any eval dataset has a folder)
 
     # Start from the checkpoint of an earlier stage (CLIPA stage 2): its latest params, the image
     # position embeddings resampled to this image size. Ignored once this workdir has a checkpoint.
@@ -93,7 +86,6 @@ def base_config(folders: str = "") -> ml_collections.ConfigDict:
     config.init.pos_interpolation = "bilinear"  # bilinear or bicubic
 
     config.eval = ml_collections.ConfigDict()
-    config.eval.every_steps = 0  # 0 = only at the end of training (if any dataset has a folder)
     config.eval.batch_size = 96  # images/texts per encoder call (divisible by the batch devices)
     # Named retrieval datasets; entries with an empty folder are skipped.
     config.eval.datasets = ml_collections.ConfigDict()

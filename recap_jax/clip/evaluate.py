@@ -11,7 +11,6 @@ Ties are broken towards the lower index (stable sort); real embeddings practical
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -19,11 +18,9 @@ from typing import Any
 
 import grain
 import jax
-import ml_collections
 import numpy as np
 
-from recap_jax.clip import data as data_lib
-from recap_jax.errors import ConfigError
+from recap_jax.clip import data as data_lib, train_step
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -236,8 +233,6 @@ def make_encoders(model, mesh, params, tokenizer: data_lib.Tokenizer, *, text_le
     Every host reads the whole evaluation set; each contributes its contiguous share of every
     batch (`jax.make_array_from_process_local_data`), and the embeddings come back replicated.
     """
-    from recap_jax.clip import train_step
-
     batch_devices = math.prod(mesh.shape[a] for a in train_step.BATCH_AXES)
     if batch_size % batch_devices:
         raise ValueError(f"eval.batch_size: {batch_size} is not divisible by the {batch_devices} "
@@ -253,36 +248,3 @@ def make_encoders(model, mesh, params, tokenizer: data_lib.Tokenizer, *, text_le
         encode_tokens=lambda tokens: np.asarray(text_fn(params, to_global(tokens))),
         tokenizer=tokenizer, image_size=model.cfg.image_size, text_length=text_length,
         batch_size=batch_size)
-
-
-def evaluate_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Evaluates every dataset of an eval config (configs/clip_eval.py); returns {dataset: metrics}."""
-    from recap_jax.clip import model_loading
-
-    encoders = model_loading.build_encoders(config)
-    results: dict[str, Any] = {}
-    for name, d in config.datasets.items():
-        if not d.folder:
-            continue
-        metrics = evaluate_retrieval(
-            encoders, d.folder, split=d.split, caption_fields=[f for f in d.caption_fields.split(",") if f],
-            image_field=d.image_field, max_images=d.max_images, field_prefix=f"datasets.{name}")
-        results[name] = metrics
-        print(f"{name} [{d.folder}:{d.split}] {metrics['num_images']} images, {metrics['num_texts']} texts: "
-              f"{format_recalls(metrics)}", flush=True)
-    z = config.zeroshot
-    if z.folder:
-        metrics = evaluate_zero_shot(
-            encoders, z.folder, split=z.split, label_field=z.label_field,
-            classnames=[c.strip() for c in z.classnames.split(",") if c.strip()] or None,
-            templates=[t for t in z.templates.split("|") if t], image_field=z.image_field,
-            max_images=z.max_images)
-        results["zeroshot"] = metrics
-        print(f"zero-shot [{z.folder}:{z.split}] {metrics['num_images']} images: "
-              f"top1 {100 * metrics['top1']:.1f} top5 {100 * metrics['top5']:.1f}", flush=True)
-    if not results:
-        raise ConfigError("datasets.*.folder / zeroshot.folder: nothing to evaluate; set a folder")
-    if config.output and jax.process_index() == 0:
-        with open(config.output, "w") as f:
-            json.dump(results, f, indent=2)
-    return results

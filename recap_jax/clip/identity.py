@@ -2,8 +2,9 @@
 
 `trainer.check_same_run` compares the model fields and tokenizer path with the workdir's
 config.json; this adds what a path does not show (a tokenizer or HF folder whose files changed)
-and the data (folders, split, caption mixing, seed), recorded in WORKDIR/run_identity.json by the
-first run and compared on every later one (data/identity.py), before any checkpoint is restored.
+and the data (folders, split, caption mixing, seed). The training loop records it in
+WORKDIR/run_identity.json once the first run has started and compares it on every later one,
+before any checkpoint is restored (data/identity.py).
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
-from etils import epath
 
 from recap_jax.conversion.fingerprint import folder_fingerprint, hf_dir_fingerprint
 from recap_jax.data import identity as identity_lib
 
 IDENTITY_FILE = "run_identity.json"
 DATA_FIELDS = ("split", "org_caption_prob", "caption_mix", "re_caption_max_tokens", "org_caption_max_tokens")
-REMEDY = "use a new --config.workdir, or the settings it was started with"
 
 
 def workdir_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -26,9 +25,3 @@ def workdir_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
     folders = ",".join(identity_lib.absolute(f) for f in str(config.data.folders).split(",") if f.strip())
     return {**model, "data.tokenizer": folder_fingerprint(config.data.tokenizer), "data.folders": folders,
             **{f"data.{k}": config.data[k] for k in DATA_FIELDS}, "seed": config.seed}
-
-
-def check_workdir(config: ml_collections.ConfigDict) -> None:
-    """Record the identity in a new workdir; refuse a workdir of another run."""
-    identity_lib.check_or_record(epath.Path(config.workdir) / IDENTITY_FILE, workdir_identity(config),
-                                 folder_field="workdir", remedy=REMEDY)

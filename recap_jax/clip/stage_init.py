@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-import orbax.checkpoint as ocp
 from etils import epath
 
 from recap_jax.clip import model as model_lib, pos_resample, train_step
 from recap_jax.errors import ConfigError
+from recap_jax.training import checkpoints
 
 OPTIMIZER_MODES = ("reset", "keep")
 
@@ -35,33 +35,26 @@ def previous_image_size(workdir: str) -> int:
     if not path.exists():
         raise ConfigError(f"init.checkpoint: {workdir} has no config.json (not a train_clip workdir?)")
     run = json.loads(path.read_text())
-    if run["model"].get("hf_dir"):
+    if run["model"]["hf_dir"]:
         from recap_jax.clip import hf_weights
         return hf_weights.read_hf_config(run["model"]["hf_dir"]).image_size
     return int(run["model"]["image_size"])
 
 
 def _restore(workdir: str, target: Any, params_only: bool) -> tuple[Any, int]:
-    manager = ocp.CheckpointManager(epath.Path(workdir) / "checkpoints",
-                                    options=ocp.CheckpointManagerOptions(create=False),
-                                    item_names=("state", "data"))
-    step = manager.latest_step()
-    if step is None:
+    """The previous stage's newest params (or whole state), checksum-verified, and its step."""
+    steps = checkpoints.step_folders(workdir)
+    if not steps:
         raise ConfigError(f"init.checkpoint: no checkpoint under {workdir}/checkpoints")
     try:
         if params_only:  # the optimizer state (twice the params) stays on disk
-            item = {"params": target.params}
-            args = ocp.args.PyTreeRestore(item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                                          partial_restore=True)
-        else:
-            args = ocp.args.StandardRestore(target)
-        restored = manager.restore(step, args=ocp.args.Composite(state=args)).state
-    except (ValueError, KeyError) as e:
-        raise ConfigError(f"init.checkpoint: {workdir} step {step} does not fit this model besides the "
-                          f"image size (towers, text length and optimizer must match): {e}") from e
-    finally:
-        manager.close()
-    return restored, step
+            return checkpoints.restore_params(workdir, {"params": target.params}, "init.checkpoint")
+        return checkpoints.restore_step(workdir, steps[-1], target)[0], steps[-1]
+    except checkpoints.DamagedCheckpointError:
+        raise
+    except ConfigError as e:
+        raise ConfigError(f"init.checkpoint: {workdir} does not fit this model besides the image size "
+                          f"(towers, text length and optimizer must match): {e}") from e
 
 
 def _carry_optimizer(old: Any, fresh: Any, fresh_params: Any) -> Any:
@@ -83,10 +76,10 @@ def initial_state(init_cfg: ml_collections.ConfigDict, model: model_lib.CLIP, tx
                   mesh, abstract_state: Any, shardings: Any) -> tuple[train_step.TrainState, dict[str, Any]]:
     """The first TrainState of a stage started from `init_cfg.checkpoint`, placed by `shardings`,
     and a summary of what was carried over."""
-    mode = init_cfg.get("optimizer", "reset")
+    mode = init_cfg.optimizer
     if mode not in OPTIMIZER_MODES:
         raise ConfigError(f"init.optimizer: {mode!r} is not one of {OPTIMIZER_MODES}")
-    method = init_cfg.get("pos_interpolation", "bilinear")
+    method = init_cfg.pos_interpolation
     workdir = init_cfg.checkpoint
     old_size = previous_image_size(workdir)
     old_model = model_lib.CLIP(dataclasses.replace(model.cfg, image_size=old_size))

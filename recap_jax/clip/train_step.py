@@ -18,6 +18,7 @@ that of one micro-batch, at the price of one extra forward pass.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,7 @@ from recap_jax.clip.data import SOURCE_CONCAT, SOURCE_ORG_CAPTION, normalize_on_
 from recap_jax.clip.model import CLIP, init_params
 from recap_jax.errors import ConfigError
 from recap_jax.parallel.mesh import LOGICAL_AXIS_RULES, params_shardings
+from recap_jax.training import optimizer as optimizer_lib
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -44,33 +46,20 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
 
 
+def _settings(cfg: Any) -> optimizer_lib.OptimizerSettings:
+    """The optimizer settings named in `cfg` (a `config.train`, or a benchmark's subset)."""
+    return optimizer_lib.OptimizerSettings(**{f.name: cfg[f.name] for f in dataclasses.fields(
+        optimizer_lib.OptimizerSettings) if f.name in cfg})
+
+
 def learning_rate_schedule(cfg: Any) -> optax.Schedule:
-    """Linear warmup from 0 to `learning_rate`, then cosine decay to `learning_rate * end_lr_ratio`."""
-    if cfg.warmup_steps >= cfg.num_steps:
-        raise ConfigError(f"train.warmup_steps ({cfg.warmup_steps}) must be < train.num_steps ({cfg.num_steps})")
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-        decay_steps=cfg.num_steps, end_value=cfg.learning_rate * cfg.end_lr_ratio)
-
-
-def _decay_mask(params):
-    """Weight decay on matrices only (not on biases, LayerNorms, embeddings' scalars, logit_scale).
-
-    Scanned blocks (under a "layers" key) carry a leading layer axis that does not count."""
-    def is_matrix(path, x):
-        stacked = any(getattr(k, "key", None) == "layers" for k in path)
-        return x.ndim - int(stacked) >= 2
-    return jax.tree_util.tree_map_with_path(is_matrix, params)
+    """The one schedule (training/optimizer.py) for the fields of `cfg`."""
+    return optimizer_lib.learning_rate_schedule(_settings(cfg))
 
 
 def make_optimizer(cfg: Any) -> optax.GradientTransformation:
-    """AdamW + optional global-norm clipping, from the `config.train` ConfigDict."""
-    parts = []
-    if cfg.grad_clip_norm:
-        parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-    parts.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, mask=_decay_mask))
-    return optax.chain(*parts)
+    """The one AdamW builder (training/optimizer.py) for the fields of `cfg`."""
+    return optimizer_lib.make_optimizer(_settings(cfg))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

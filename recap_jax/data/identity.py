@@ -47,16 +47,22 @@ def check_or_record(path: epath.Path, identity: dict[str, Any], *, folder_field:
     `folder_field` names the config field of the folder ("output.dir"); `remedy` says how to
     proceed otherwise ("use a new output.dir or ...").
     """
+    if not check(path, identity, folder_field=folder_field, remedy=remedy):
+        write_json(path, normalized(identity))
+
+
+def check(path: epath.Path, identity: dict[str, Any], *, folder_field: str, remedy: str) -> bool:
+    """Whether `path` records an identity (DifferentRunError if it is another one); writes nothing.
+    A job checks before it reads the folder and records (`write_json`) once its start succeeded."""
     identity = normalized(identity)
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = differences(previous, identity)
-        if changed:
-            raise DifferentRunError(
-                f"{folder_field}: {path.parent} holds the result of a different run "
-                f"({len(changed)} field(s) differ: {'; '.join(changed)}); {remedy}")
-        return
-    write_json(path, identity)
+    if not path.exists():
+        return False
+    changed = differences(json.loads(path.read_text()), identity)
+    if changed:
+        raise DifferentRunError(
+            f"{folder_field}: {path.parent} holds the result of a different run "
+            f"({len(changed)} field(s) differ: {'; '.join(changed)}); {remedy}")
+    return True
 
 
 def write_json(path: epath.Path, value: Any) -> None:

@@ -229,3 +229,33 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def hold(folder: epath.PathLike, *, field: str, stale_s: float = 600.0, heartbeat_s: float = 60.0):
+    """Hold the lease on `folder` for one run of every host while the body runs: process 0 takes
+    it with a run id of its own and tells the others whether it got it, so a second launch on a
+    pod refuses on every host. Yields the Lease on process 0, None elsewhere."""
+    import jax  # the caller runs JAX anyway; this module itself stays importable without it
+    import numpy as np
+
+    lease, error = None, None
+    if jax.process_index() == 0:
+        epath.Path(folder).mkdir(parents=True, exist_ok=True)
+        lease = Lease(folder, new_run_id(), stale_s=stale_s, heartbeat_s=heartbeat_s, field=field)
+        try:
+            lease.acquire()
+        except LeaseHeldError as e:
+            lease, error = None, e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        got = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+        if not int(got) and error is None:
+            error = LeaseHeldError(f"{field}: {folder} is being written by another job (see host 0's message)")
+    if error is not None:
+        raise error
+    try:
+        yield lease
+    finally:
+        if lease is not None:
+            lease.release()

@@ -189,9 +189,9 @@ def _eval_config(workdir: str, paths: dict[str, str]) -> ml_collections.ConfigDi
 
 def evaluate_clip(workdir: str, paths: dict[str, str]) -> dict[str, Any]:
     """Held-out retrieval (true descriptions, alt-text-style queries) and zero-shot classification
-    with the evaluation command's library call (`recap_jax.clip.evaluate.evaluate_config`, in this
+    with the evaluation command's library call (`recap_jax.clip.retrieval_job.evaluate_config`, in this
     process: no extra start-up and compile per row); cached in `workdir/eval.json`."""
-    from recap_jax.clip.evaluate import evaluate_config
+    from recap_jax.clip.retrieval_job import evaluate_config
 
     cached = epath.Path(workdir, "eval.json")
     if not cached.exists():

@@ -9,6 +9,7 @@ import ml_collections
 
 from recap_jax.parallel.distributed import distributed_config
 from recap_jax.preprocess.text import DEFAULT_PROMPT
+from recap_jax.training.loop_config import train_fields
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -47,11 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_workers = 8  # image decoding threads
     c.data.max_pixels = 64_000_000  # larger images are failures (decompression bombs)
 
-    c.train = ml_collections.ConfigDict()
+    # The loop's fields (training/loop_config.py: schedule, AdamW, logging, checkpoints, lease),
+    # with fine-tuning's defaults below (LLaVA-1.5: 3% warm-up then cosine to 0, no decay).
+    c.train = train_fields(ml_collections.ConfigDict())
     c.train.trainable = "projector+llm"  # "projector" (LLaVA stage 1) | "projector+llm" | "all"
     c.train.num_steps = -1  # -1: one epoch of a llava_json file (webdataset/tfds need a number)
     c.train.global_batch_size = 128  # examples per optimizer step, all hosts and accumulation
-    c.train.grad_accum_steps = 1  # micro-batches per step (each global_batch_size / grad_accum_steps)
     c.train.learning_rate = 2e-5  # peak, after warm-up
     # Decoder-layer activation checkpointing: "none" keeps every layer's activations for the
     # backward pass; "full" keeps only each layer's input and recomputes the layer (about a third
@@ -62,14 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
     # its gradient); 0 = the whole sequence. Same loss either way.
     c.train.loss_chunk = 512
     c.train.warmup_ratio = 0.03  # linear warm-up over this share of the steps, then cosine to 0
-    c.train.weight_decay = 0.0  # AdamW's decoupled decay on matrices (LLaVA-1.5: 0)
-    c.train.b1 = 0.9
-    c.train.b2 = 0.999
-    c.train.eps = 1e-8
-    c.train.max_grad_norm = 1.0  # global-norm clipping; 0 = off
-    c.train.checkpoint_every = 500  # steps between Orbax checkpoints (the last step is always saved)
-    c.train.keep_checkpoints = 2
-    c.train.log_every = 10  # steps between metrics lines
+    c.train.checkpoint_every = 500
+    c.train.log_every = 10
 
     c.export = ml_collections.ConfigDict()
     c.export.converted = True  # <workdir>/export: what `recap_jax.caption` loads

@@ -1,4 +1,5 @@
-"""The optimizer and the jitted train step (gradient accumulation, trainable subsets).
+"""The captioner's jitted train step (gradient accumulation, trainable subsets); the optimizer is
+the one of every trainer (training/optimizer.py).
 
 Params are split by `train.trainable` into a trainable and a frozen tree. Gradients are taken
 with respect to the trainable tree only (no backward pass into frozen weights) and the optimizer
@@ -8,8 +9,6 @@ bit for bit. The trainable tree is kept in float32 (master weights) whatever the
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -46,40 +45,6 @@ def split_params(params: Params, trainable: str) -> tuple[Params, Params]:
 def merge_params(trainable: Params, frozen: Params) -> Params:
     return traverse_util.unflatten_dict({**traverse_util.flatten_dict(frozen),
                                          **traverse_util.flatten_dict(trainable)})
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerSettings:
-    learning_rate: float
-    num_steps: int
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    max_grad_norm: float = 1.0  # 0 = no clipping
-
-    @property
-    def warmup_steps(self) -> int:
-        return int(math.ceil(self.warmup_ratio * self.num_steps))
-
-
-def learning_rate_schedule(s: OptimizerSettings) -> optax.Schedule:
-    """Linear warm-up from 0, then cosine decay to 0 at `num_steps` (LLaVA-1.5's schedule)."""
-    return optax.warmup_cosine_decay_schedule(0.0, s.learning_rate, s.warmup_steps,
-                                              max(s.num_steps, s.warmup_steps + 1), 0.0)
-
-
-def make_optimizer(s: OptimizerSettings) -> optax.GradientTransformation:
-    """AdamW (decoupled decay on matrices only, as HF's Trainer) after global-norm clipping."""
-    def decay_mask(params):
-        return jax.tree.map(lambda p: p.ndim >= 2, params)
-
-    adamw = optax.adamw(learning_rate_schedule(s), b1=s.b1, b2=s.b2, eps=s.eps,
-                        weight_decay=s.weight_decay, mask=decay_mask)
-    if s.max_grad_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(s.max_grad_norm), adamw)
-    return adamw
 
 
 def init_state(trainable: Params, optimizer: optax.GradientTransformation) -> dict[str, Any]:
