@@ -49,3 +49,31 @@ def write_caption_output(folder, count: int, per_unit: int = 4, seed: int = 0, b
         out.write_unit(index, unit, [])
     assert out.finalize({})
     return {r["key"]: r for r in records}
+
+
+WORDS = ["a", "red", "green", "blue", "square", "circle", "photo", "of", "dog", "cat"]
+
+
+def tiny_hf_clip(folder, seed=0):
+    """A random HF CLIPModel folder with a word tokenizer (saved with save_pretrained)."""
+    import torch
+    import transformers
+
+    from recap_jax.clip.data import Tokenizer
+    from recap_jax.clip.synthetic import write_word_tokenizer
+    write_word_tokenizer(str(folder), WORDS)
+    tokenizer = Tokenizer(str(folder))
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer.hf), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=16,
+                         eos_token_id=tokenizer.eos_id, bos_token_id=0, pad_token_id=tokenizer.eos_id),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=1, num_attention_heads=4),
+        projection_dim=16)
+    torch.manual_seed(seed)
+    model = transformers.CLIPModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return model, tokenizer

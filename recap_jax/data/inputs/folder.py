@@ -41,7 +41,7 @@ class FolderInput(InputFormat):
         roots: list[tuple[epath.Path, list[epath.Path]]] = []
         for root in paths:
             if root.is_dir():
-                files = sorted((p for p in _walk_files(root) if p.suffix.lower() in IMAGE_EXTENSIONS), key=str)
+                files = sorted((p for p in walk_files(root) if p.suffix.lower() in IMAGE_EXTENSIONS), key=str)
                 if not files:
                     raise ConfigError(f"input.paths: no image files ({', '.join(IMAGE_EXTENSIONS)}) in {root}")
                 roots.append((root, files))
@@ -87,13 +87,13 @@ def _unique_file_keys(files: list[tuple[str, str]]) -> list[str]:
     return keys
 
 
-def _walk_files(folder: epath.Path) -> Iterator[epath.Path]:
+def walk_files(folder: epath.Path) -> Iterator[epath.Path]:
     """All files under `folder` (epath has no recursive glob on gs://); hidden ones skipped."""
     for child in folder.iterdir():
         if child.name.startswith("."):
             continue
         if child.is_dir():
-            yield from _walk_files(child)
+            yield from walk_files(child)
         else:
             yield child
 
