@@ -3,7 +3,7 @@ r"""The paper in miniature on 2 CPU cores (recap_jax.reproduce; docs/mini_paper.
     python -m recap_jax.reproduce --config configs/mini_paper.py [--quick]
 
 Sizes: the default run is the one reported in docs/mini_paper.md; `--quick` applies the
-`quick` overrides below (field `section__name` replaces `section.name`) and writes to
+`quick` overrides below (`quick.SECTION.FIELD` replaces `SECTION.FIELD`) and writes to
 <workdir>_quick.
 """
 
@@ -68,9 +68,40 @@ def get_config() -> ml_collections.ConfigDict:
     c.clip.text_context = 32
     c.clip.embed_dim = 64
 
-    # --quick (tests, under 5 minutes on 2 quiet cores): smaller sets, 50 captioner steps, and CLIPs
-    # of 60 steps (too few to learn: the quick size checks the loop, not the findings).
+    # The Recap-DiT half (Table 7; recap_jax/mini_paper/dit_stage.py): one DiT per p, pixel space.
+    c.dit = ml_collections.ConfigDict()
+    c.dit.ps = (1.0, 0.5, 0.1, 0.0)  # p = probability of the ORIGINAL alt-text (Table 7's rows)
+    c.dit.image_size = 32  # pixels (no autoencoder): the world's 56 px scenes centre-cropped as DiT does
+    # The frozen text tower: the concat CLIP row's (trained on alt-text and recaptions alike, so it
+    # favours neither end of the sweep); its CLIP also gives the CLIP-score analogue.
+    c.dit.text_row = "concat"
+    c.dit.text_max_tokens = 24  # descriptions are <= 17 words
+    c.dit.model_size = "tiny"  # recap_jax/dit/model.py SIZES: width 64, 2 blocks, 4 heads
+    c.dit.patch_size = 4  # 8 x 8 tokens
+    c.dit.learn_sigma = True  # DiT's learned variance
+    c.dit.num_steps = 2000
+    c.dit.batch_size = 32
+    # The paper: AdamW, constant lr 1e-4 at batch 2048, no warm-up or decay; a tiny model and a few
+    # thousand steps need a larger rate (constant, no warm-up, no decay, as the recipe).
+    c.dit.learning_rate = 1e-3
+    c.dit.ema_decay = 0.99  # the paper's 0.9999 averages over ~10k steps, more than a row trains
+    c.dit.cond_drop_prob = 0.1  # the caption dropped to the empty text (classifier-free guidance)
+    c.dit.sampler = "ddim"  # the paper: 250 DDPM steps; 50 DDIM steps fit the CPU
+    c.dit.sample_steps = 50
+    c.dit.guidance_scale = 4.0  # the paper: 10
+    c.dit.grid_images = 8  # samples per row in dit_grid.png
+
+    c.judge = ml_collections.ConfigDict()  # recap_jax/mini_paper/judge.py, trained once per workdir
+    c.judge.num_scenes = 4000
+    c.judge.num_steps = 800
+    c.judge.batch_size = 64
+    c.judge.learning_rate = 2e-3
+
+    # --quick (tests, CI): every field under `quick.SECTION` replaces its namesake in SECTION.
+    # Smaller sets, 50 captioner steps, CLIPs of 60 steps (too few to learn: the quick size checks
+    # the loop, not the findings) and short DiT rows.
     c.quick = ml_collections.ConfigDict(dict(
-        world__num_web=512, world__num_hq=1024, world__num_eval=100, world__per_shard=256,
-        captioner__num_steps=50, clip__num_steps=60, clip__batch_size=32))
+        world=dict(num_web=512, num_hq=1024, num_eval=100, per_shard=256),
+        captioner=dict(num_steps=50), clip=dict(num_steps=60, batch_size=32),
+        dit=dict(num_steps=300)))
     return c

@@ -68,6 +68,8 @@ def alt_text_clauses(text: str) -> dict[str, list[Clause]]:
 
 def _holds(clause: Clause, read: dict[str, str]) -> bool:
     name, value = clause
+    if name in ("small_shape", "small_colour"):  # small objects must be there to have a colour
+        return read["small_count"] != "0" and read[name] == value
     if name != "object":
         return read[name] == value
     colour, shape = value
@@ -95,11 +97,6 @@ def prompt_following(predictions: dict[str, np.ndarray],
             tasks[task] = {"score": float(np.mean(correct)), "num_images": len(correct)}
     overall = float(np.mean([t["score"] for t in tasks.values()])) if tasks else float("nan")
     return {"tasks": tasks, "overall": overall}
-
-
-def clip_score(scores: Sequence[float]) -> float:
-    """The paper's CLIP score from cosines: 100 x cosine floored at 0, averaged."""
-    return float(np.mean(100.0 * np.maximum(np.asarray(scores, np.float64), 0.0)))
 
 
 def evaluate_images(images: np.ndarray, clauses: Sequence[dict[str, list[Clause]]], judge: Any,

@@ -63,11 +63,10 @@ def scene_labels(scenes: Sequence[world.Scene]) -> dict[str, np.ndarray]:
 
 
 def to_size(image: Image.Image, size: int) -> np.ndarray:
-    """uint8 [size, size, 3]: the image resized (bicubic, as the DiT's pixel data) if needed."""
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BICUBIC)
-    return np.asarray(image, np.uint8)
+    """uint8 [size, size, 3]: DiT's resize and centre crop (`encode_latents`' own), so the judge
+    reads real scenes exactly as the DiT's training data shows them."""
+    from recap_jax.dit.images import center_crop
+    return center_crop(image.convert("RGB"), size)
 
 
 def render_scenes(scenes: Sequence[world.Scene], render_size: int, size: int) -> np.ndarray:
