@@ -91,9 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.dit.guidance_scale = 4.0  # the paper: 10
     c.dit.grid_images = 8  # samples per row in dit_grid.png
 
-    c.judge = ml_collections.ConfigDict()  # recap_jax/mini_paper/judge.py, trained once per workdir
-    c.judge.num_scenes = 4000
-    c.judge.num_steps = 800
+    c.judge = ml_collections.ConfigDict()  # recap_jax/mini_paper/judge.py, trained once per workdir and settings
+    c.judge.num_scenes = 6000
+    c.judge.num_steps = 1500  # enough for the small objects' colour (docs/mini_paper.md)
     c.judge.batch_size = 64
     c.judge.learning_rate = 2e-3
 

@@ -9,6 +9,7 @@ Every step is skipped when complete (each job resumes on its own), like the othe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -45,12 +46,13 @@ def held_out_prompts(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def train_judge(config: ml_collections.ConfigDict, folder: str, scenes: list[world.Scene],
                 real: np.ndarray) -> tuple[judge_lib.Judge, dict[str, float]]:
-    """The judge (trained once, kept in `folder`) and its accuracy on the real held-out scenes."""
-    if not epath.Path(folder, "judge.json").exists():
-        j = config.judge
-        settings = judge_lib.JudgeSettings(image_size=config.dit.image_size, render_size=config.world.image_size,
-                                           num_scenes=j.num_scenes, num_steps=j.num_steps,
-                                           batch_size=j.batch_size, learning_rate=j.learning_rate)
+    """The judge (trained once per settings, kept in `folder`) and its accuracy on the real held-out scenes."""
+    j = config.judge
+    settings = judge_lib.JudgeSettings(image_size=config.dit.image_size, render_size=config.world.image_size,
+                                       num_scenes=j.num_scenes, num_steps=j.num_steps,
+                                       batch_size=j.batch_size, learning_rate=j.learning_rate)
+    saved = epath.Path(folder, "judge.json")
+    if not saved.exists() or json.loads(saved.read_text()) != dataclasses.asdict(settings):
         _log(f"judge: {j.num_steps} steps on {j.num_scenes} true scenes -> {folder}")
         judge_lib.train_judge(settings, config.seed, log=print).save(folder)
     judge = judge_lib.Judge.load(folder)

@@ -140,8 +140,9 @@ class Judge:
         flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(self.params).items()}
         save_file(flat, os.path.join(folder, "judge.safetensors.tmp"))
         os.replace(os.path.join(folder, "judge.safetensors.tmp"), os.path.join(folder, "judge.safetensors"))
-        with open(os.path.join(folder, "judge.json"), "w") as f:
+        with open(os.path.join(folder, "judge.json.tmp"), "w") as f:  # written last: the judge is complete
             json.dump(dataclasses.asdict(self.settings), f)
+        os.replace(os.path.join(folder, "judge.json.tmp"), os.path.join(folder, "judge.json"))
 
     @classmethod
     def load(cls, folder: str) -> Judge:
