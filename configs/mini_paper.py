@@ -86,8 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.dit.learning_rate = 1e-3
     c.dit.ema_decay = 0.99  # the paper's 0.9999 averages over ~10k steps, more than a row trains
     c.dit.cond_drop_prob = 0.1  # the caption dropped to the empty text (classifier-free guidance)
-    c.dit.sampler = "ddim"  # the paper: 250 DDPM steps; 50 DDIM steps fit the CPU
-    c.dit.sample_steps = 50
+    c.dit.sampler = "ddpm"  # the paper: 250 DDPM steps; 100 fit the CPU
+    c.dit.sample_steps = 100
     c.dit.guidance_scale = 4.0  # the paper: 10
     c.dit.grid_images = 8  # samples per row in dit_grid.png
 

@@ -66,10 +66,14 @@ def test_dit_table_and_findings_follow_the_numbers():
     assert table[0] == ("| p (original caption) | Raw FID | Raw CLIP | Raw GenEval | Recap FID | Recap CLIP "
                         "| Recap GenEval |")
     assert table[3] == "| 0.0 | 31.0 | 24.0 | 30.0 | 30.0 | 25.0 | 60.0 |"
-    found = dit_report.findings(rows)
+    found = dit_report.findings(rows, num_prompts=100)
     assert len(found) == 3 and all("REPRODUCED" in f and "NOT" not in f for f in found)
     rows["0.0"] = dit_report.row_numbers(scores(0.1, 19.0, 20.0, 45.0))
-    assert all("NOT reproduced" in f for f in dit_report.findings(rows))
+    assert all("NOT reproduced" in f for f in dit_report.findings(rows, num_prompts=100))
+    # A rise within two standard errors is not a finding: 20% -> 26% of 100 prompts (2 SE = 8 points)
+    rows["0.0"] = dit_report.row_numbers(scores(0.26, 25.0, 31.0, 30.0))
+    assert "NOT reproduced" in dit_report.findings(rows, num_prompts=100)[0]
+    assert "REPRODUCED" in dit_report.findings(rows, num_prompts=1000)[0]
 
 
 def test_reliability_names_the_weak_attributes():

@@ -118,12 +118,13 @@ def train_row(c: ml_collections.ConfigDict) -> None:
 
 def sample_row(c: ml_collections.ConfigDict, prompts: dict[str, Any]) -> dict[str, np.ndarray]:
     """Prompt set -> uint8 images [n, s, s, 3], every image seeded by its scene's key (the same seeds
-    in every row); cached in WORKDIR/samples_SET.npy."""
+    in every row); cached in WORKDIR/samples_SET_SAMPLER-STEPS-gSCALE.npy."""
     from recap_jax.dit.sample import Generator
 
     out, generator = {}, None
     for name in PROMPT_SETS:
-        path = epath.Path(c.workdir, f"samples_{name}.npy")
+        s = c.sample
+        path = epath.Path(c.workdir, f"samples_{name}_{s.sampler}{s.steps}-g{s.guidance_scale:g}.npy")
         if not path.exists():
             generator = generator or Generator(c)
             _log(f"dit: sampling {len(prompts[name])} {name} prompts with {c.workdir}")

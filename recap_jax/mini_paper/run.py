@@ -132,7 +132,7 @@ def dit_results(config: ml_collections.ConfigDict, root: str, web_out: str) -> d
     out = dit_stage.run_dit(config, root, web_out)
     dit_report.grid(out.pop("grids"), os.path.join(root, "dit_grid.png"))
     out["table"] = {name: dit_report.row_numbers(scores) for name, scores in out["rows"].items()}
-    out["findings"] = dit_report.findings(out["table"])
+    out["findings"] = dit_report.findings(out["table"], out["num_prompts"])
     out["reliability"] = dit_report.reliability(out["judge_accuracy"])
     return out
 
