@@ -97,3 +97,16 @@ def test_judge_files_round_trip(tmp_path):
     images = judge_lib.render_scenes(scenes, settings.render_size, 24)  # resized to 16 by the judge
     np.testing.assert_array_equal(judge.features(images), loaded.features(images))
     assert loaded.settings == settings and judge.features(images).shape == (5, settings.features)
+
+
+def test_a_dit_text_row_without_its_clip_row_is_refused_before_any_stage_runs(tmp_path):
+    import configs_loader
+    from recap_jax.errors import ConfigError
+    from recap_jax.mini_paper.run import run
+
+    config = configs_loader.load("mini_paper.py")
+    config.workdir = str(tmp_path / "run")
+    config.clip.concat = False
+    with pytest.raises(ConfigError, match="dit.text_row: 'concat'"):
+        run(config)
+    assert not (tmp_path / "run").exists()

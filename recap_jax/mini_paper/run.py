@@ -63,6 +63,9 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if not config.clip.ps:
         raise ConfigError("clip.ps: give at least one p (probability of the original caption)")
     stages.check_captioner_init(config)
+    clip_rows = [row_name(p) for p in config.clip.ps] + (["concat"] if config.clip.concat else [])
+    if config.dit.ps and config.dit.text_row not in clip_rows:  # checked before any stage runs
+        raise ConfigError(f"dit.text_row: {config.dit.text_row!r} is not one of the CLIP rows {clip_rows}")
     start = time.time()
     root = os.path.abspath(config.workdir)
     use_compilation_cache(os.path.join(root, "xla_cache"))
@@ -127,8 +130,6 @@ def run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def dit_results(config: ml_collections.ConfigDict, root: str, web_out: str) -> dict[str, Any]:
     """The Recap-DiT rows (Table 7's shape) with the judge's accuracy and findings; writes the grid."""
-    if config.dit.text_row not in [row_name(p) for p in config.clip.ps] + ["concat"] * bool(config.clip.concat):
-        raise ConfigError(f"dit.text_row: {config.dit.text_row!r} is not one of the CLIP rows (clip.ps, concat)")
     out = dit_stage.run_dit(config, root, web_out)
     dit_report.grid(out.pop("grids"), os.path.join(root, "dit_grid.png"))
     out["table"] = {name: dit_report.row_numbers(scores) for name, scores in out["rows"].items()}
