@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
-from recap_jax.captioning import identity, output_lease, startup
+from recap_jax.captioning import identity, startup
+from recap_jax.data import output_lease
 from recap_jax.captioning.compile_ahead import compile_ahead, use_compile_cache
 from recap_jax.captioning.model_loading import load_captioner
 from recap_jax.captioning.progress import Progress

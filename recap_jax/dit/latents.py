@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from recap_jax.captioning import output_lease
+from recap_jax.data import output_lease
 from recap_jax.conversion.fingerprint import folder_fingerprint
 from recap_jax.data import identity as identity_lib, inputs
 from recap_jax.data.inputs import Failure, WorkUnit

@@ -28,7 +28,7 @@ from recap_jax.models.vision import EncoderLayer
 from recap_jax.parallel.mesh import logical_sharding, make_mesh, params_shardings
 from recap_jax.planning import hlo
 from recap_jax.planning.layer_cost import Cost
-from recap_jax.planning.programs import shard_bytes
+from recap_jax.planning.hlo import shard_bytes
 from recap_jax.training import optimizer
 
 LATENT_SHAPE = (32, 32, 4)  # 256 px images through KL-f8 (the paper)
