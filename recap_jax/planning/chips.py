@@ -28,14 +28,16 @@ class Chip:
     hbm_bytes_per_s: float
     chip_config: str  # libtpu's chip_config_name for the topology description
     max_chips_per_host: int
+    peak_int8_ops: float  # int8 x int8 matmul OP/s (the MXU's int8 rate)
 
 
-# Public spec sheets (cloud.google.com/tpu/docs/system-architecture-tpu-vm).
+# Public spec sheets: cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e ("Peak compute per chip",
+# bf16 and Int8; v4 lists one figure for both, 275 TFLOPs "bf16 or int8"), read 2026-12-07.
 CHIPS = {
-    "v4": Chip("v4", 32 * GIB, 275e12, 1.2e12, "megacore", 4),
-    "v5e": Chip("v5e", 16 * GIB, 197e12, 819e9, "default", 4),
-    "v5p": Chip("v5p", 95 * GIB, 459e12, 2.765e12, "megacore", 4),
-    "v6e": Chip("v6e", 32 * GIB, 918e12, 1.64e12, "default", 4),
+    "v4": Chip("v4", 32 * GIB, 275e12, 1.2e12, "megacore", 4, 275e12),
+    "v5e": Chip("v5e", 16 * GIB, 197e12, 819e9, "default", 4, 393e12),
+    "v5p": Chip("v5p", 95 * GIB, 459e12, 2.765e12, "megacore", 4, 918e12),
+    "v6e": Chip("v6e", 32 * GIB, 918e12, 1.64e12, "default", 4, 1836e12),
 }
 
 # Slice name -> libtpu topology. v4/v5p names count TensorCores (2 per chip), v5e/v6e count chips.
@@ -44,7 +46,10 @@ SLICES = {
     "v4-128": "v4:4x4x4", "v4-256": "v4:4x4x8", "v4-512": "v4:4x8x8", "v4-1024": "v4:8x8x8",
     "v5e-4": "v5e:2x2", "v5e-8": "v5e:2x4", "v5e-16": "v5e:4x4", "v5e-32": "v5e:4x8",
     "v5e-64": "v5e:8x8", "v5e-128": "v5e:8x16", "v5e-256": "v5e:16x16",
-    "v6e-4": "v6e:2x2", "v6e-8": "v6e:2x4", "v6e-256": "v6e:16x16",
+    "v5p-8": "v5p:2x2x1", "v5p-16": "v5p:2x2x2", "v5p-32": "v5p:2x2x4", "v5p-64": "v5p:2x4x4",
+    "v5p-128": "v5p:4x4x4", "v5p-256": "v5p:4x4x8", "v5p-512": "v5p:4x8x8", "v5p-1024": "v5p:8x8x8",
+    "v6e-4": "v6e:2x2", "v6e-8": "v6e:2x4", "v6e-16": "v6e:4x4", "v6e-32": "v6e:4x8", "v6e-64": "v6e:8x8",
+    "v6e-128": "v6e:8x16", "v6e-256": "v6e:16x16",
 }
 
 
