@@ -8,6 +8,7 @@ compilation with `jax.jit(...).lower(...).compile()`, as MaxText's `train_compil
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 from collections.abc import Sequence
@@ -77,8 +78,10 @@ def parse_slice(name: str) -> tuple[str, str, Chip]:
     topology = SLICES.get(name, name)
     match = re.fullmatch(r"(v\d+[a-z]?):(\d+(?:x\d+)*)", topology)
     if not match or match.group(1) not in CHIPS:
-        raise ConfigError(f"topology {name!r}: expected a slice name ({', '.join(SLICES)}) or a "
-                          f"libtpu topology such as v4:2x2x1 or v5e:4x4")
+        close = difflib.get_close_matches(name, SLICES, n=1)
+        raise ConfigError(f"topology {name!r}: " + (f"did you mean {close[0]!r}? " if close else "") +
+                          f"expected a slice name of {'/'.join(CHIPS)} (e.g. v4-256, v5e-256, v5p-128, v6e-256; "
+                          "planning/chips.py SLICES) or a libtpu topology such as v4:2x2x1 or v5e:4x4")
     return name if name in SLICES else topology, topology, CHIPS[match.group(1)]
 
 
