@@ -162,7 +162,8 @@ def plan(config, clip_config=None):
                 fitting, pod.chip, reserve, True, 0, None, pod.num_chips, _EFFICIENCY.value, _NEW_TOKENS.value,
                 len(devices))
     result = {"topology": pod.topology, "slice": pod.name, "chip": pod.chip.name, "chips": pod.num_chips,
-              "hosts": pod.num_hosts, "quantize": config.model.quantize, "model": model.source, "prompt_length": model.prompt_length, "batch_size": config.decode.batch_size,
+              "hosts": pod.num_hosts, "quantize": config.model.quantize, "model": model.source,
+              "prompt_length": model.prompt_length, "batch_size": config.decode.batch_size,
               "hbm_bytes": pod.chip.hbm_bytes, "reserve_bytes": reserve, "fits": ok}
     if not ok:
         fix = f"set --config.decode.batch_size={largest}" if largest else "no decode.batch_size fits: use " \

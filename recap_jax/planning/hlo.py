@@ -21,7 +21,8 @@ _OP_NAME = re.compile(r'op_name="(?P<name>[^"]*)"')
 _TRIP_COUNT = re.compile(r'known_trip_count"?:\{"?n"?:"?(\d+)')
 _BITS = {"pred": 8, "s4": 4, "u4": 4, "f8e4m3fn": 8, "f8e5m2": 8}
 _DEF = re.compile(r"^\s*(?:ROOT )?%(?P<name>[\w.\-]+) = (?P<type>[a-z0-9]+\[[\d,]*\])")
-_MATMUL = re.compile(r"= (?P<type>[a-z0-9]+\[[\d,]*\])\S* (?:dot|convolution)\(%(?P<lhs>[\w.\-]+), %(?P<rhs>[\w.\-]+)\)")
+_MATMUL = re.compile(r"= (?P<type>[a-z0-9]+\[[\d,]*\])\S* (?:dot|convolution)\("
+                     r"%(?P<lhs>[\w.\-]+), %(?P<rhs>[\w.\-]+)\)")
 INT8_TYPES = ("s8", "u8")
 
 
