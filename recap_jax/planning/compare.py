@@ -140,11 +140,11 @@ def cheapest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def table(rows: list[dict[str, Any]], efficiency: float, images: float) -> list[str]:
     n = f"{images / 1e9:g}B" if images >= 1e9 else f"{images:g}"
-    lines = [f"{'config':<16} {'slice':<9} {'quantize':<8} {'fit':<5} {'capt/chip':>9} {'ms/image':>8} "
+    lines = [f"{'config':<22} {'slice':<9} {'quantize':<8} {'fit':<5} {'capt/chip':>9} {'ms/image':>8} "
              f"{'img/s/chip':>10} {'chip-hours':>10} {'days':>6} {'$/chip-h':>8} {'dollars':>10} "
              f"{'days@' + format(efficiency, '.0%'):>9} {'$@' + format(efficiency, '.0%'):>10}"]
     for r in rows:
-        head = (f"{r['label'][:16]:<16} {r['slice']:<9} {r['quantize']:<8} {'yes' if r['fits'] else 'NO':<5} "
+        head = (f"{r['label'][:22]:<22} {r['slice']:<9} {r['quantize']:<8} {'yes' if r['fits'] else 'NO':<5} "
                 f"{r['captions_per_chip']:>9g}")
         if "dollars" not in r:
             lines.append(head + "   (no bound: " + ("does not fit" if not r["fits"] else "costs not counted") + ")")
