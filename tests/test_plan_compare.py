@@ -119,3 +119,20 @@ def test_compare_command_on_tiny_captioners(tmp_path):
         assert r["chip_hours"] == pytest.approx(1e6 / r["images_per_s_per_chip"] / 3600)
     assert out["cheapest"] in ("tiny_v4.py", "tiny_v5e.py")
     assert "int8 x int8 matmuls" in done.stderr  # the v5e plan counted its prefill's int8 FLOPs
+
+
+def test_int8_matmuls_are_read_from_the_hlo_and_timed_at_the_int8_peak():
+    from recap_jax.planning import caption_plan, chips, hlo
+    from recap_jax.planning.layer_cost import Cost
+    text = "\n".join([
+        "  %p.1 = s8[32,48]{1,0} parameter(0)",
+        "  %p.2 = s8[48,96]{1,0} parameter(1)",
+        "  %p.3 = bf16[32,48]{1,0} parameter(2)",
+        "  %convolution.7 = bf16[32,96]{1,0:T(8,128)} convolution(%p.1, %p.2), dim_labels=bf_io->bf",
+        "  %dot.2 = f32[32,96]{1,0} dot(%p.3, %p.2), lhs_contracting_dims={1}, rhs_contracting_dims={0}"])
+    assert hlo.int8_matmul_flops(text) == 2 * 32 * 48 * 96  # the bf16 x s8 dot is not an int8 matmul
+    v6e = chips.CHIPS["v6e"]
+    mixed = Cost(flops=3e12, bytes_accessed=0.0, int8_flops=2e12)
+    assert caption_plan.compute_s(mixed, v6e) == pytest.approx(2e12 / 1836e12 + 1e12 / 918e12)
+    assert caption_plan.compute_s(Cost(3e12, 0.0), v6e) == pytest.approx(3e12 / 918e12)
+    assert (mixed * 2).int8_flops == 4e12 and (mixed + mixed).int8_flops == 4e12

@@ -247,7 +247,8 @@ def throughput(plan: CaptionPlan, model: PlannedModel, config: ml_collections.Co
 
 def compute_s(cost: layer_cost.Cost, chip: Chip) -> float:
     """Seconds at peak: int8 x int8 matmuls at the chip's int8 rate, the other FLOPs at bf16's."""
-    return cost.int8_flops / chip.peak_int8_ops + (cost.flops - cost.int8_flops) / chip.peak_bf16_flops
+    int8_peak = chip.peak_int8_ops or chip.peak_bf16_flops
+    return cost.int8_flops / int8_peak + (cost.flops - cost.int8_flops) / chip.peak_bf16_flops
 
 
 def kernel_cache_reads(plan: CaptionPlan, new_tokens: int) -> float:

@@ -29,7 +29,7 @@ class Chip:
     hbm_bytes_per_s: float
     chip_config: str  # libtpu's chip_config_name for the topology description
     max_chips_per_host: int
-    peak_int8_ops: float  # int8 x int8 matmul OP/s (the MXU's int8 rate)
+    peak_int8_ops: float = 0.0  # int8 x int8 matmul OP/s (the MXU's int8 rate); 0: bf16's
 
 
 # Public spec sheets: cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e ("Peak compute per chip",
