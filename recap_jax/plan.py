@@ -4,8 +4,8 @@
     python -m recap_jax.plan --config configs/v4_256.py [--topology v4-256] [--json]
     python -m recap_jax.plan --config configs/v4_256.py --clip_config configs/clip_v4_pod.py
     python -m recap_jax.plan --clip_config configs/clip_v4_pod.py --topology v4-256   # CLIP only
-    python -m recap_jax.plan --compare configs/v4_256.py configs/v5e_256.py configs/v5p_128.py \
-        configs/v6e_256.py [--price v6e=1.89] [--images 1.3e9]   # days and dollars, slice by slice
+    python -m recap_jax.plan --compare configs/v4_256.py configs/v5e_256.py configs/v5p_128.py configs/v6e_256.py
+    python -m recap_jax.plan --compare benchmarks/results/plan_v6e_256.json --price v6e=1.89 --images 1e9
 
 Prints per chip: params, KV cache, decode state, temporaries and total against the chip's HBM,
 the verdict (exit 0: fits; exit 3: does not fit, naming the largest decode.batch_size that does),
