@@ -33,7 +33,8 @@ class Chip:
 
 
 # Public spec sheets: cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e ("Peak compute per chip",
-# bf16 and Int8; v4 lists one figure for both, 275 TFLOPs "bf16 or int8"), read 2026-12-07.
+# bf16 and Int8). v5e (393 TOPs int8) and v6e (1836) re-read on 2026-12-07; v4 (one figure,
+# 275, for bf16 and int8) and v5p (918 int8) as published there, not re-read here.
 CHIPS = {
     "v4": Chip("v4", 32 * GIB, 275e12, 1.2e12, "megacore", 4, 275e12),
     "v5e": Chip("v5e", 16 * GIB, 197e12, 819e9, "default", 4, 393e12),
