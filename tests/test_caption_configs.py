@@ -35,11 +35,15 @@ def test_v4_256_config_validates_and_fits_a_v4_host():
         load("v4_256", "inputs=gs://typo")
 
 
-def test_v5e_256_config_validates_with_int8_weights():
-    c = load("v5e_256", "input=gs://b/datacomp,output=gs://b/recap,checkpoint=gs://b/ckpt/hqedit")
+@pytest.mark.parametrize("name,slice_name,captions_per_chip", [
+    ("v5e_256", "v5e-256", 32), ("v5p_128", "v5p-128", 256), ("v6e_256", "v6e-256", 144)])
+def test_every_generations_config_validates_with_w8a8(name, slice_name, captions_per_chip):
+    """The configs `plan --compare` chose (docs/tpu_plan.md, "Every generation"): one replica per chip."""
+    c = load(name, "input=gs://b/datacomp,output=gs://b/recap,checkpoint=gs://b/ckpt/hqedit")
     validate(c)
-    assert c.model.quantize == "int8" and c.tpu.topology == "v5e-256"
-    assert c.decode.batch_size % c.mesh.data == 0 and c.decode.prefill_batch % c.mesh.data == 0
+    assert c.model.quantize == "w8a8" and c.tpu.topology == slice_name and c.model.dtype == "bfloat16"
+    assert c.mesh.data == 4 and c.mesh.fsdp * c.mesh.tensor == 1  # 4 chips per host, one replica each
+    assert c.decode.batch_size == captions_per_chip * c.mesh.data and c.decode.prefill_batch % c.mesh.data == 0
     c.model.quantize = "int4"
     with pytest.raises(ConfigError, match="model.quantize"):
         validate(c)

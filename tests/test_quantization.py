@@ -1,5 +1,6 @@
-"""model.quantize = "int8" (Qwix): the tiny captioner loads with int8 decoder weights, the compiled
-prefill and decode take them as int8, and it captions end to end close to the float model."""
+"""model.quantize = "int8" / "w8a8" (Qwix): the tiny captioner loads with int8 decoder weights, the
+compiled prefill and decode take them as int8 (w8a8: the prefill multiplies int8 by int8 on TPU),
+and it captions end to end close to the float model."""
 
 import jax
 import jax.numpy as jnp
@@ -83,3 +84,53 @@ def test_int8_captions_end_to_end_close_to_float(loaded):
 def test_unknown_mode_names_the_field():
     with pytest.raises(ConfigError, match="model.quantize"):
         quantization.check_mode("int4")
+
+
+def _lowered_tiny(mode: str, devices, dtype=jnp.bfloat16):
+    from recap_jax.captioning.tiny_demo import tiny_llava_hf_config
+    from recap_jax.models.config import llava_config_from_hf
+    config = llava_config_from_hf(tiny_llava_hf_config(image_size=56, patch_size=14))
+    model = quantization.caption_model(config, dtype, mode)
+    settings = DecodeSettings(max_new_tokens=4, batch_size=2 * len(devices), prefill_batch=len(devices),
+                              prompt_buckets=(32,))
+    mesh = mesh_lib.make_mesh({"data": len(devices)}, list(devices))
+    return config, lower_caption_programs(model, settings, mesh, dtype, [32])
+
+
+@pytest.mark.parametrize("slice_name", ["v5e-4", "v6e-4"])
+def test_w8a8_prefill_multiplies_int8_by_int8_on_tpu(slice_name):
+    """The compiled TPU prefill has int8 x int8 matmuls: every dense matmul of the decoder layer
+    (the scan body, counted once), one prompt row of 32 tokens per chip; decode has none."""
+    from recap_jax.planning import chips, hlo
+    devices = chips.host_program_devices(chips.compile_slice(slice_name))
+    config, programs = _lowered_tiny("w8a8", devices)
+    prefill = programs.prefill[32].compile().as_text()
+    t = config.text
+    q, kv = t.num_heads * t.head_dim, t.num_kv_heads * t.head_dim
+    dense = t.hidden_size * (2 * q + 2 * kv) + 3 * t.hidden_size * t.intermediate_size  # q, o, k, v, MLP
+    assert hlo.int8_matmul_flops(prefill) == 2 * 32 * dense
+    assert hlo.int8_matmul_flops(programs.decode.compile().as_text()) == 0
+    _, weight_only = _lowered_tiny("int8", devices)
+    assert hlo.int8_matmul_flops(weight_only.prefill[32].compile().as_text()) == 0
+    assert weight_only.decode.as_text() == programs.decode.as_text()  # decode: int8 weights, as "int8"
+
+
+def test_w8a8_captions_end_to_end_and_only_the_prefill_changes(loaded):
+    spec, params, qparams, requests = loaded
+    settings = DecodeSettings(max_new_tokens=12, batch_size=4, prefill_batch=2, prompt_buckets=(32,))
+    int8_model = quantization.caption_model(spec.config, jnp.float32, "int8")
+    w8a8_model = quantization.caption_model(spec.config, jnp.float32, "w8a8")
+    assert quantization.mode_of(w8a8_model) == "w8a8"
+    got = {r.tag: r.tokens for r in Sampler(w8a8_model, qparams, settings).generate(iter(requests))}
+    assert sorted(got) == list(range(len(requests))) and all(len(t) > 0 for t in got.values())
+    r = requests[0]
+    tokens = np.zeros((1, 32), np.int32)
+    tokens[0, :len(r.token_ids)] = r.token_ids
+    args = (tokens, r.pixels[None], np.array([len(r.token_ids)], np.int32))
+    float_model = quantization.caption_model(spec.config, jnp.float32)
+    ref, _ = float_model.apply({"params": params}, *args, method="prefill")
+    weights_only, _ = int8_model.apply({"params": qparams}, *args, method="prefill")
+    both, _ = w8a8_model.apply({"params": qparams}, *args, method="prefill")
+    assert float(jnp.abs(both - weights_only).max()) > 0  # int8 activations change the prefill
+    assert float(jnp.abs(both - ref).max()) < 0.1 * float(jnp.abs(ref).max())
+    assert float(jnp.abs(weights_only - ref).max()) < 0.1 * float(jnp.abs(ref).max())

@@ -22,7 +22,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.template = ""  # a named prompt template (e.g. "llama3_llava"); "" = the checkpoint's
     c.model.dtype = "float32"  # weights and compute: "float32" (CPU) or "bfloat16" (TPU)
     # "int8": the language model's matmul weights in int8 with per-channel scales (Qwix PTQ,
-    # `pip install -e '.[quant]'`), quantised while loading; "" = none.
+    # `pip install -e '.[quant]'`), quantised while loading; "w8a8": the same weights, and int8
+    # activations in the prefill's decoder matmuls (2x the bf16 rate on v5e/v5p/v6e); "" = none.
     c.model.quantize = ""
     # The language model's layers: True, one scanned layer (fast compiles, the CPU default); False,
     # unrolled (the same params; on TPU the compiled decode step then has no loop over layers,

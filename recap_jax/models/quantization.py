@@ -1,8 +1,12 @@
-"""Opt-in int8 weights for the language model, with Qwix (post-training quantisation).
+"""Opt-in int8 weights (and activations) for the language model, with Qwix (post-training quantisation).
 
 `model.quantize = "int8"`: every matmul weight of the LLaMA decoder (q/k/v/o, the MLP, the LM
 head) is stored as int8 with one f32 scale per output channel (absmax), and Qwix's `dot_general`
-/ `einsum` compute with it. The vision tower, projector, embeddings and norms stay in the
+/ `einsum` compute with it. `"w8a8"`: the same int8 weights; in the prefill the decoder's dense
+matmuls also quantise their input activations to int8 (per token, absmax, at run time), so the
+MXU multiplies int8 by int8 (twice bf16's rate on v5e, v5p and v6e); the decode step stays
+weight-only (it is bound by HBM bandwidth, not by the MXU), and the attention's own einsums
+(scores, values) stay in the model's dtype in both. The vision tower, projector, embeddings and norms stay in the
 model's dtype (the decoder is ~96% of the 8B's bytes, and Qwix's PTQ convolution needs int8
 activations too). Weights are quantised leaf by leaf as they are loaded, so the float weights
 are never all in memory. Qwix is an install extra (`.[quant]`): it is imported only when a
@@ -22,7 +26,7 @@ from recap_jax.errors import ConfigError
 from recap_jax.models.config import LlavaConfig
 from recap_jax.models.llava import LlavaModel
 
-QUANTIZE_MODES = ("", "int8")
+QUANTIZE_MODES = ("", "int8", "w8a8")
 # The methods the caption job and the plan call by name (`model.apply(..., method="prefill")`).
 METHODS = ("__call__", "prefill", "decode")
 
@@ -33,29 +37,41 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def _provider(mode: str, module_path: str):
+def _provider(module_path: str, int8_activations: bool = False):
     import qwix  # the [quant] extra: imported only when a model is quantised
     # Qwix matches module paths: in the captioner, the decoder's Dense layers (inside the layer
-    # scan) and the LM head.
-    return qwix.PtqProvider([qwix.QuantizationRule(module_path=module_path, weight_qtype=jnp.int8)])
+    # scan) and the LM head. Dense layers call `dot_general`, the attention `einsum`: only the
+    # former quantise activations, so the scores and the softmax-weighted values stay float.
+    weights = qwix.QuantizationRule(module_path=module_path, weight_qtype=jnp.int8)
+    if not int8_activations:
+        return qwix.PtqProvider([weights])
+    both = qwix.QuantizationRule(module_path=module_path, op_names=("dot_general",), weight_qtype=jnp.int8,
+                                 act_qtype=jnp.int8)
+    return qwix.PtqProvider([both, weights])
 
 
 def quantized_model(model: LlavaModel, mode: str) -> LlavaModel:
-    """`model` computing with quantised weights (`mode` "" returns it unchanged)."""
+    """`model` computing with quantised weights (`mode` "" returns it unchanged); "w8a8": its
+    `prefill` method with int8 activations too, its other methods as "int8"."""
     if not check_mode(mode):
         return model
     import qwix  # the [quant] extra: imported only when a model is quantised
-    quantized = qwix.quantize_model(model, _provider(mode, "language_model/.*"), methods=METHODS)
+    quantized = qwix.quantize_model(model, _provider("language_model/.*"), methods=METHODS)
+    if mode == "w8a8":  # the same params: dynamic activation scales add none
+        prefill = qwix.quantize_model(model, _provider("language_model/.*", int8_activations=True),
+                                      methods=("prefill",))
+        type(quantized).prefill = type(prefill).__dict__["prefill"]
     type(quantized).quantize_mode = mode  # Qwix made this class for this model alone
     return quantized
 
 
-def quantized_layer(layer: nn.Module, mode: str) -> nn.Module:
-    """One decoder layer on its own (the plan's per-layer cost), quantised as in `quantized_model`."""
+def quantized_layer(layer: nn.Module, mode: str, prefill: bool = False) -> nn.Module:
+    """One decoder layer on its own (the plan's per-layer cost), quantised as in `quantized_model`
+    for a `prefill` or a decode step."""
     if not check_mode(mode):
         return layer
     import qwix  # the [quant] extra: imported only when a model is quantised
-    return qwix.quantize_model(layer, _provider(mode, ".*"))
+    return qwix.quantize_model(layer, _provider(".*", int8_activations=prefill and mode == "w8a8"))
 
 
 def mode_of(model: nn.Module) -> str:
@@ -64,7 +80,7 @@ def mode_of(model: nn.Module) -> str:
 
 
 def caption_model(config: LlavaConfig, dtype, quantize: str = "", scan_layers: bool = True) -> LlavaModel:
-    """The captioner's model in `dtype`; with `quantize` ("int8"), Qwix's int8-weight form;
+    """The captioner's model in `dtype`; with `quantize` ("int8", "w8a8"), Qwix's quantised form;
     `scan_layers` False: the decoder's layers unrolled (`model.scan_layers`)."""
     return quantized_model(LlavaModel(config, dtype=dtype, param_dtype=dtype, scan_layers=scan_layers), quantize)
 

@@ -129,8 +129,8 @@ def looped_costs(llava: LlavaModel, settings: DecodeSettings, mesh, prefill: hlo
     missing_text_layers = llava.config.text.num_layers - 1 if llava.scan_layers else 0
     vision_layers = llava.config.num_vision_layers_used
     p = settings.prefill_batch
-    pre = layer_cost.Cost(prefill.flops, prefill.bytes_accessed)
-    step = layer_cost.Cost(decode.flops, decode.bytes_accessed)
+    pre = layer_cost.Cost(prefill.flops, prefill.bytes_accessed, prefill.int8_flops)
+    step = layer_cost.Cost(decode.flops, decode.bytes_accessed, decode.int8_flops)
     if missing_text_layers:
         pre += layer_cost.text_layer_prefill(llava, mesh, p, seq) * missing_text_layers
         step += layer_cost.text_layer_decode(llava, mesh, settings.batch_size, settings.cache_length, cache_dtype,
@@ -207,6 +207,7 @@ class Throughput:
     model_flops: float  # what the work needs (models.flops), per image
     physical_s: float  # model_flops at the chip's peak
     decode_kernel_bytes: float = 0.0  # per image: the decode kernel's cache reads, in decode_bytes
+    prefill_int8_flops: float = 0.0  # per image, of prefill_flops: int8 x int8 matmuls (model.quantize w8a8)
 
     @property
     def images_per_s_per_chip(self) -> float:
@@ -226,10 +227,10 @@ def throughput(plan: CaptionPlan, model: PlannedModel, config: ml_collections.Co
     (or peak, whichever is slower), both per chip."""
     pre, dec = plan.prefill_cost, plan.decode_step_cost
     kernel_step = kernel_cache_reads(plan, new_tokens)
-    dec = layer_cost.Cost(dec.flops, dec.bytes_accessed + kernel_step)
+    dec = dataclasses.replace(dec, bytes_accessed=dec.bytes_accessed + kernel_step)
     images_per_prefill = config.decode.prefill_batch / devices_per_host  # per device
-    prefill_s = max(pre.flops / chip.peak_bf16_flops, pre.bytes_accessed / chip.hbm_bytes_per_s)
-    step_s = max(dec.flops / chip.peak_bf16_flops, dec.bytes_accessed / chip.hbm_bytes_per_s)
+    prefill_s = max(compute_s(pre, chip), pre.bytes_accessed / chip.hbm_bytes_per_s)
+    step_s = max(compute_s(dec, chip), dec.bytes_accessed / chip.hbm_bytes_per_s)
     slots_per_device = plan.batch_size / devices_per_host
     need = image_flops(model.config, model.prompt_length, new_tokens)
     return Throughput(
@@ -239,7 +240,14 @@ def throughput(plan: CaptionPlan, model: PlannedModel, config: ml_collections.Co
         decode_bytes=dec.bytes_accessed * new_tokens / slots_per_device,
         prefill_s=prefill_s / images_per_prefill, decode_s=step_s * new_tokens / slots_per_device,
         model_flops=need.total, physical_s=need.total / chip.peak_bf16_flops,
-        decode_kernel_bytes=kernel_step * new_tokens / slots_per_device)
+        decode_kernel_bytes=kernel_step * new_tokens / slots_per_device,
+        prefill_int8_flops=pre.int8_flops / images_per_prefill)
+
+
+def compute_s(cost: layer_cost.Cost, chip: Chip) -> float:
+    """Seconds at peak: int8 x int8 matmuls at the chip's int8 rate, the other FLOPs at bf16's."""
+    int8_peak = chip.peak_int8_ops or chip.peak_bf16_flops
+    return cost.int8_flops / int8_peak + (cost.flops - cost.int8_flops) / chip.peak_bf16_flops
 
 
 def kernel_cache_reads(plan: CaptionPlan, new_tokens: int) -> float:

@@ -8,6 +8,7 @@ compilation with `jax.jit(...).lower(...).compile()`, as MaxText's `train_compil
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 from collections.abc import Sequence
@@ -28,14 +29,17 @@ class Chip:
     hbm_bytes_per_s: float
     chip_config: str  # libtpu's chip_config_name for the topology description
     max_chips_per_host: int
+    peak_int8_ops: float = 0.0  # int8 x int8 matmul OP/s (the MXU's int8 rate); 0: bf16's
 
 
-# Public spec sheets (cloud.google.com/tpu/docs/system-architecture-tpu-vm).
+# Public spec sheets: cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e ("Peak compute per chip",
+# bf16 and Int8). v5e (393 TOPs int8) and v6e (1836) re-read on 2026-12-07; v4 (one figure,
+# 275, for bf16 and int8) and v5p (918 int8) as published there, not re-read here.
 CHIPS = {
-    "v4": Chip("v4", 32 * GIB, 275e12, 1.2e12, "megacore", 4),
-    "v5e": Chip("v5e", 16 * GIB, 197e12, 819e9, "default", 4),
-    "v5p": Chip("v5p", 95 * GIB, 459e12, 2.765e12, "megacore", 4),
-    "v6e": Chip("v6e", 32 * GIB, 918e12, 1.64e12, "default", 4),
+    "v4": Chip("v4", 32 * GIB, 275e12, 1.2e12, "megacore", 4, 275e12),
+    "v5e": Chip("v5e", 16 * GIB, 197e12, 819e9, "default", 4, 393e12),
+    "v5p": Chip("v5p", 95 * GIB, 459e12, 2.765e12, "megacore", 4, 918e12),
+    "v6e": Chip("v6e", 32 * GIB, 918e12, 1.64e12, "default", 4, 1836e12),
 }
 
 # Slice name -> libtpu topology. v4/v5p names count TensorCores (2 per chip), v5e/v6e count chips.
@@ -44,7 +48,10 @@ SLICES = {
     "v4-128": "v4:4x4x4", "v4-256": "v4:4x4x8", "v4-512": "v4:4x8x8", "v4-1024": "v4:8x8x8",
     "v5e-4": "v5e:2x2", "v5e-8": "v5e:2x4", "v5e-16": "v5e:4x4", "v5e-32": "v5e:4x8",
     "v5e-64": "v5e:8x8", "v5e-128": "v5e:8x16", "v5e-256": "v5e:16x16",
-    "v6e-4": "v6e:2x2", "v6e-8": "v6e:2x4", "v6e-256": "v6e:16x16",
+    "v5p-8": "v5p:2x2x1", "v5p-16": "v5p:2x2x2", "v5p-32": "v5p:2x2x4", "v5p-64": "v5p:2x4x4",
+    "v5p-128": "v5p:4x4x4", "v5p-256": "v5p:4x4x8", "v5p-512": "v5p:4x8x8", "v5p-1024": "v5p:8x8x8",
+    "v6e-4": "v6e:2x2", "v6e-8": "v6e:2x4", "v6e-16": "v6e:4x4", "v6e-32": "v6e:4x8", "v6e-64": "v6e:8x8",
+    "v6e-128": "v6e:8x16", "v6e-256": "v6e:16x16",
 }
 
 
@@ -72,8 +79,10 @@ def parse_slice(name: str) -> tuple[str, str, Chip]:
     topology = SLICES.get(name, name)
     match = re.fullmatch(r"(v\d+[a-z]?):(\d+(?:x\d+)*)", topology)
     if not match or match.group(1) not in CHIPS:
-        raise ConfigError(f"topology {name!r}: expected a slice name ({', '.join(SLICES)}) or a "
-                          f"libtpu topology such as v4:2x2x1 or v5e:4x4")
+        close = difflib.get_close_matches(name, SLICES, n=1)
+        raise ConfigError(f"topology {name!r}: " + (f"did you mean {close[0]!r}? " if close else "") +
+                          f"expected a slice name of {'/'.join(CHIPS)} (e.g. v4-256, v5e-256, v5p-128, v6e-256; "
+                          "planning/chips.py SLICES) or a libtpu topology such as v4:2x2x1 or v5e:4x4")
     return name if name in SLICES else topology, topology, CHIPS[match.group(1)]
 
 

@@ -24,6 +24,10 @@ _ARRAY = re.compile(r"\b(?P<dtype>pred|s4|u4|s8|u8|s16|u16|s32|u32|s64|u64|f8e4m
 _OP_NAME = re.compile(r'op_name="(?P<name>[^"]*)"')
 _TRIP_COUNT = re.compile(r'known_trip_count"?:\{"?n"?:"?(\d+)')
 _BITS = {"pred": 8, "s4": 4, "u4": 4, "f8e4m3fn": 8, "f8e5m2": 8}
+_DEF = re.compile(r"^\s*(?:ROOT )?%(?P<name>[\w.\-]+) = (?P<type>[a-z0-9]+\[[\d,]*\])")
+_MATMUL = re.compile(r"= (?P<type>[a-z0-9]+\[[\d,]*\])\S* (?:dot|convolution)\("
+                     r"%(?P<lhs>[\w.\-]+), %(?P<rhs>[\w.\-]+)\)")
+INT8_TYPES = ("s8", "u8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +63,30 @@ def collectives(hlo_text: str) -> list[Collective]:
     return found
 
 
+def _elements(type_text: str) -> int:
+    dims = type_text[type_text.index("[") + 1:-1]
+    return int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+
+
+def int8_matmul_flops(hlo_text: str) -> float:
+    """FLOPs of the matmuls whose two operands are int8 (the MXU's int8 rate), per device.
+
+    Compiled HLO names operands without their types, so each instruction's type is looked up by
+    name. TPU programs write a matmul as a `convolution`, its layout tricks (padding, reversal)
+    differing from op to op; so the FLOPs come from the sizes alone: a matmul without batch
+    dimensions ([M, K] x [K, N] -> [M, N], any reshaping) does 2 M N K, K = sqrt(|lhs| |rhs| /
+    |out|). Only the decoder's dense layers take int8 activations (`models.quantization`),
+    and they have no batch dimensions. A loop body is counted once, as in XLA's cost analysis."""
+    types = {m.group("name"): m.group("type") for m in map(_DEF.match, hlo_text.splitlines()) if m}
+    total = 0.0
+    for m in _MATMUL.finditer(hlo_text):
+        lhs, rhs = types.get(m.group("lhs"), ""), types.get(m.group("rhs"), "")
+        if lhs.split("[")[0] in INT8_TYPES and rhs.split("[")[0] in INT8_TYPES:
+            out = _elements(m.group("type"))
+            total += 2.0 * out * float(np.sqrt(_elements(lhs) * _elements(rhs) / out))
+    return total
+
+
 def while_trip_counts(hlo_text: str) -> list[int | None]:
     """The trip count of every while loop (None: decided at run time), in program order."""
     counts = []
@@ -91,6 +119,7 @@ class CompiledStats:
     bytes_accessed: float
     collectives: list[Collective]
     trip_counts: list[int | None]  # of the program's while loops
+    int8_flops: float = 0.0  # of `flops`: matmuls of two int8 operands (int8_matmul_flops)
 
     @property
     def peak_bytes(self) -> int:
@@ -110,7 +139,7 @@ def compiled_stats(compiled: Any) -> CompiledStats:
         alias_bytes=int(mem.alias_size_in_bytes), temp_bytes=int(mem.temp_size_in_bytes),
         code_bytes=int(mem.generated_code_size_in_bytes), flops=float(cost.get("flops", 0.0)),
         bytes_accessed=float(cost.get("bytes accessed", 0.0)), collectives=collectives(text),
-        trip_counts=while_trip_counts(text))
+        trip_counts=while_trip_counts(text), int8_flops=int8_matmul_flops(text))
 
 
 def shard_bytes(tree) -> int:

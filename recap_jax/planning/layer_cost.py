@@ -22,18 +22,21 @@ from recap_jax.models.llava import LlavaModel
 from recap_jax.models.quantization import mode_of, quantized_layer
 from recap_jax.models.vision import EncoderLayer
 from recap_jax.parallel import mesh as mesh_lib
+from recap_jax.planning import hlo
 
 
 @dataclasses.dataclass(frozen=True)
 class Cost:
     flops: float
     bytes_accessed: float
+    int8_flops: float = 0.0  # of `flops`: int8 x int8 matmuls (hlo.int8_matmul_flops)
 
     def __add__(self, other: "Cost") -> "Cost":
-        return Cost(self.flops + other.flops, self.bytes_accessed + other.bytes_accessed)
+        return Cost(self.flops + other.flops, self.bytes_accessed + other.bytes_accessed,
+                    self.int8_flops + other.int8_flops)
 
     def __mul__(self, n: float) -> "Cost":
-        return Cost(self.flops * n, self.bytes_accessed * n)
+        return Cost(self.flops * n, self.bytes_accessed * n, self.int8_flops * n)
 
 
 def _compiled_cost(module: nn.Module, mesh: Mesh, *args: jax.ShapeDtypeStruct) -> Cost:
@@ -44,7 +47,8 @@ def _compiled_cost(module: nn.Module, mesh: Mesh, *args: jax.ShapeDtypeStruct) -
     compiled = jax.jit(lambda p, *a: module.apply({"params": p}, *a)).lower(params, *args).compile()
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, list) else cost) or {}
-    return Cost(float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)))
+    return Cost(float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)),
+                hlo.int8_matmul_flops(compiled.as_text()))
 
 
 def _arg(mesh: Mesh, shape, dtype, axes) -> jax.ShapeDtypeStruct:
@@ -55,7 +59,7 @@ def text_layer_prefill(model: LlavaModel, mesh: Mesh, rows: int, seq: int) -> Co
     t = model.config.text
     x = _arg(mesh, (rows, seq, t.hidden_size), model.dtype, ("batch", "length", None))
     positions = _arg(mesh, (rows, seq), jnp.int32, ("batch", "length"))
-    layer = quantized_layer(DecoderLayer(t, model.dtype, model.param_dtype), mode_of(model))
+    layer = quantized_layer(DecoderLayer(t, model.dtype, model.param_dtype), mode_of(model), prefill=True)
     return _compiled_cost(layer, mesh, x, None, positions)
 
 

@@ -61,7 +61,9 @@ def caption_text(plan: CaptionPlan, chip: Chip, reserve: int, verdict: bool, lar
                       f"{new_tokens} new tokens per image; XLA counts a while body once: the decode loop's cost "
                       "is one step, and the layer scans' missing layers are added from each layer compiled alone):",
                   f"  prefill: {rate.prefill_flops / 1e12:.2f} TFLOP, {rate.prefill_bytes / GIB:.2f} GiB per image"
-                  f" -> {rate.prefill_s * 1e3:.1f} ms at peak FLOP/s",
+                  f" -> {rate.prefill_s * 1e3:.1f} ms at peak FLOP/s" + (
+                      f" ({rate.prefill_int8_flops / 1e12:.2f} TFLOP of it int8 x int8 matmuls, at the chip's "
+                      f"int8 peak {chip.peak_int8_ops / 1e12:.0f} TOP/s)" if rate.prefill_int8_flops else ""),
                   f"  decode:  {rate.decode_flops / 1e12:.2f} TFLOP, {rate.decode_bytes / GIB:.2f} GiB per image"
                   f" -> {rate.decode_s * 1e3:.1f} ms at HBM bandwidth" + (
                       f" (of which {rate.decode_kernel_bytes / GIB:.2f} GiB: the ragged attention kernel's live "

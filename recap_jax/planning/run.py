@@ -63,8 +63,9 @@ def plan(config: ml_collections.ConfigDict, settings: PlanSettings,
             lines += ["", "The largest batch that fits:"] + report.caption_text(
                 fitting, pod.chip, reserve, True, 0, None, pod.num_chips, settings.efficiency, settings.new_tokens,
                 len(devices))
-    result = {"topology": pod.topology, "slice": pod.name, "chips": pod.num_chips, "hosts": pod.num_hosts,
-              "model": model.source, "prompt_length": model.prompt_length, "batch_size": config.decode.batch_size,
+    result = {"topology": pod.topology, "slice": pod.name, "chip": pod.chip.name, "chips": pod.num_chips,
+              "hosts": pod.num_hosts, "quantize": config.model.quantize, "model": model.source,
+              "prompt_length": model.prompt_length, "batch_size": config.decode.batch_size,
               "hbm_bytes": pod.chip.hbm_bytes, "reserve_bytes": reserve, "fits": ok}
     if not ok:
         fix = f"set --config.decode.batch_size={largest}" if largest else "no decode.batch_size fits: use " \
@@ -80,6 +81,8 @@ def plan(config: ml_collections.ConfigDict, settings: PlanSettings,
         result.update(per_image={"prefill_flops": rate.prefill_flops, "prefill_bytes": rate.prefill_bytes,
                                  "decode_flops": rate.decode_flops, "decode_bytes": rate.decode_bytes,
                                  "decode_kernel_bytes": rate.decode_kernel_bytes,
+                                 "prefill_int8_flops": rate.prefill_int8_flops, "prefill_s_per_chip": rate.prefill_s,
+                                 "decode_s_per_chip": rate.decode_s,
                                  "bound_s_per_chip": rate.prefill_s + rate.decode_s,
                                  "model_flops": rate.model_flops, "physical_s_per_chip": rate.physical_s},
                       images_per_s_per_chip=rate.images_per_s_per_chip, days_at_bound=rate.days(pod.num_chips),
