@@ -90,6 +90,7 @@ class VisionTower(nn.Module):
     param_dtype: Dtype = jnp.float32
     embed_init_std: float | None = None
     remat: bool = False
+    pre_norm: bool = True  # the LayerNorm before the blocks (CLIPA / open_clip `no_ln_pre` drop it)
 
     @nn.compact
     def __call__(self, pixels: jax.Array) -> jax.Array:
@@ -109,7 +110,8 @@ class VisionTower(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, cfg.hidden_size)),
                              patches], axis=1)
         x = x + pos.astype(self.dtype)
-        x = layer_norm(cfg.layer_norm_eps, self.param_dtype, "pre_layrnorm")(x)
+        if self.pre_norm:
+            x = layer_norm(cfg.layer_norm_eps, self.param_dtype, "pre_layrnorm")(x)
         x = x.astype(self.dtype)
         if self.num_layers == 0:
             return x
