@@ -45,22 +45,29 @@ class TrainState(struct.PyTreeNode):
 
 
 def learning_rate_schedule(cfg: Any) -> optax.Schedule:
-    """Linear warmup from 0 to `learning_rate`, then cosine decay to `learning_rate * end_lr_ratio`."""
+    """Linear warmup to `learning_rate`, then cosine decay to `learning_rate * end_lr_ratio`.
+
+    As open_clip's `cosine_lr`: step s < warmup trains at lr x (s + 1) / warmup, so the first
+    step already learns (a warm-up from 0 would spend step 0 at lr 0)."""
     if cfg.warmup_steps >= cfg.num_steps:
         raise ConfigError(f"train.warmup_steps ({cfg.warmup_steps}) must be < train.num_steps ({cfg.num_steps})")
-    return optax.warmup_cosine_decay_schedule(
+    cosine = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
         decay_steps=cfg.num_steps, end_value=cfg.learning_rate * cfg.end_lr_ratio)
+    warmup = max(int(cfg.warmup_steps), 1)
+    return lambda step: jnp.where(step < cfg.warmup_steps, cfg.learning_rate * (step + 1) / warmup, cosine(step))
 
 
 def _decay_mask(params):
-    """Weight decay on matrices only (not on biases, LayerNorms, embeddings' scalars, logit_scale).
-
-    Scanned blocks (under a "layers" key) carry a leading layer axis that does not count."""
-    def is_matrix(path, x):
-        stacked = any(getattr(k, "key", None) == "layers" for k in path)
-        return x.ndim - int(stacked) >= 2
-    return jax.tree_util.tree_map_with_path(is_matrix, params)
+    """Weight decay on weight matrices and embeddings only: not on biases (the q/k/v biases are
+    [heads, head_dim], matrices by shape), LayerNorm scales, logit_scale / logit_bias (open_clip's
+    rule). Scanned blocks (under a "layers" key) carry a leading layer axis that does not count."""
+    def decays(path, x):
+        names = [getattr(k, "key", None) for k in path]
+        if names[-1] in ("bias", "scale", "logit_scale", "logit_bias"):
+            return False
+        return x.ndim - int("layers" in names) >= 2
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(cfg: Any) -> optax.GradientTransformation:
@@ -176,8 +183,8 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, mesh: Mesh, *
         loss, grads = loss_and_grads(state.params, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        # Clamp the temperature as CLIP does (scale <= 100) so the logits cannot blow up.
-        params = dict(params, logit_scale=jnp.minimum(params["logit_scale"], math.log(logit_scale_max)))
+        # Clamp the temperature as CLIP / open_clip do (1 <= scale <= 100) so the logits cannot blow up.
+        params = dict(params, logit_scale=jnp.clip(params["logit_scale"], 0.0, math.log(logit_scale_max)))
         metrics = {"loss": loss, "logit_scale": jnp.exp(params["logit_scale"]),
                    "grad_norm": optax.tree.norm(grads)}
         if "caption_source" in batch:  # what the step trained on (the realised mixing ratio)
