@@ -88,6 +88,11 @@ class CLIPConfig:
     param_dtype: Any = jnp.float32  # storage dtype of the parameters
     remat: bool = False  # recompute activations in the backward pass (saves memory)
 
+    @property
+    def pools_at_eos(self) -> bool:
+        """Whether the text is pooled at the tokenizer's EOS id (which then has to match)."""
+        return self.text_pool == "eos" and not self.pool_text_at_argmax
+
 
 def config_from_dict(model_cfg: Any, vocab_size: int | None = None) -> CLIPConfig:
     """Builds a `CLIPConfig` from the `config.model` ConfigDict of a train/eval config.
@@ -147,6 +152,15 @@ def check_clip_config(cfg: CLIPConfig) -> None:
 _dense_init = nn.initializers.normal(stddev=0.02)
 
 
+def block_init_stds(tower: TowerConfig) -> tuple[float, float, float]:
+    """OpenAI CLIP's init of a tower's blocks (q/k/v, fc1, out_proj/fc2 stds; open_clip's too).
+
+    With a flat 0.02 a wide image tower starts with the CLS token barely attending to the patches:
+    every image gets nearly the same embedding (cosine 0.9999 at width 256), and a short run
+    collapses the text tower onto it (loss = ln batch)."""
+    return tower.width**-0.5, (2 * tower.width)**-0.5, tower.width**-0.5 * (2 * tower.depth)**-0.5
+
+
 def vision_config(cfg: CLIPConfig) -> VisionConfig:
     """The shared ViT's config for this CLIP's image tower."""
     v = cfg.vision
@@ -166,7 +180,8 @@ class ImageTower(nn.Module):
         # OpenAI CLIP's init: CLS and positions ~ N(0, 1/width), so that where a patch sits is as
         # visible at the start as what it shows (with 0.02 the position signal starts ~10x weaker).
         x = VisionTower(vision_config(cfg), cfg.vision.depth, cfg.dtype, cfg.param_dtype,
-                        embed_init_std=width**-0.5, remat=cfg.remat, pre_norm=cfg.image_ln_pre, name="vit")(images)
+                        embed_init_std=width**-0.5, remat=cfg.remat, pre_norm=cfg.image_ln_pre,
+                        init_stds=block_init_stds(cfg.vision), name="vit")(images)
         post_norm = layer_norm(cfg.layer_norm_eps, cfg.param_dtype, "post_layernorm")
         if cfg.image_pool == "cls":  # LayerNorm acts per token: norm-then-pool = pool-then-norm
             pooled = post_norm(x[:, 0])
@@ -175,8 +190,8 @@ class ImageTower(nn.Module):
         else:
             pooled = jnp.mean(post_norm(x[:, 1:]), axis=1)
         pooled = pooled.astype(cfg.dtype)
-        return nn.Dense(cfg.embed_dim, use_bias=False, name="proj", dtype=cfg.dtype,
-                        param_dtype=cfg.param_dtype, kernel_init=logical_init(("embed", "proj"), _dense_init))(pooled)
+        return nn.Dense(cfg.embed_dim, use_bias=False, name="proj", dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                        kernel_init=logical_init(("embed", "proj"), nn.initializers.normal(width**-0.5)))(pooled)
 
 
 class TextTower(nn.Module):
@@ -197,7 +212,7 @@ class TextTower(nn.Module):
                          (cfg.text_context, tower.width), cfg.param_dtype)
         x = x + pos[:length].astype(cfg.dtype)
         x, _ = encoder_stack(tower.depth, tower.heads, tower.mlp_dim, cfg.activation, cfg.layer_norm_eps,
-                             causal=cfg.text_causal, remat=cfg.remat, **kw)(x, None)
+                             causal=cfg.text_causal, remat=cfg.remat, init_stds=block_init_stds(tower), **kw)(x, None)
         x = layer_norm(cfg.layer_norm_eps, cfg.param_dtype, "final_layer_norm")(x).astype(cfg.dtype)
         # Causal attention means the state at the end-of-text token has seen the whole caption.
         if cfg.text_pool == "last":
@@ -208,7 +223,7 @@ class TextTower(nn.Module):
             eos_position = jnp.argmax(tokens == cfg.eos_token_id, axis=-1)
         pooled = jnp.take_along_axis(x, eos_position[:, None, None], axis=1)[:, 0]
         return nn.Dense(cfg.embed_dim, use_bias=False, name="proj", **kw,
-                        kernel_init=logical_init(("embed", "proj"), _dense_init))(pooled)
+                        kernel_init=logical_init(("embed", "proj"), nn.initializers.normal(tower.width**-0.5)))(pooled)
 
 
 class CLIP(nn.Module):

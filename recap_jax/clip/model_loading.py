@@ -25,7 +25,7 @@ def load_clip_for_eval(config) -> tuple[Any, Any, Any, int]:
     if config.model.hf_dir:
         cfg = hf_weights.read_hf_config(config.model.hf_dir, dtype=config.model.dtype)
         tokenizer = data_lib.Tokenizer(config.tokenizer or config.model.hf_dir)
-        if not cfg.pool_text_at_argmax and tokenizer.eos_id != cfg.eos_token_id:
+        if cfg.pools_at_eos and tokenizer.eos_id != cfg.eos_token_id:
             raise ConfigError(f"tokenizer: its EOS id {tokenizer.eos_id} differs from the model's "
                              f"eos_token_id {cfg.eos_token_id}")
         params = hf_weights.load_hf_params(config.model.hf_dir, cfg)

@@ -39,7 +39,7 @@ def build_model(model_cfg: ml_collections.ConfigDict, tokenizer: data_lib.Tokeni
         if tokenizer.vocab_size > cfg.vocab_size:
             raise ConfigError(f"data.tokenizer: {tokenizer.vocab_size} tokens do not fit the vocabulary "
                              f"({cfg.vocab_size}) of model.hf_dir={model_cfg.hf_dir}")
-        if not cfg.pool_text_at_argmax and tokenizer.eos_id != cfg.eos_token_id:
+        if cfg.pools_at_eos and tokenizer.eos_id != cfg.eos_token_id:
             raise ConfigError(f"data.tokenizer: its EOS id {tokenizer.eos_id} differs from the eos_token_id "
                              f"{cfg.eos_token_id} of model.hf_dir (text would be pooled at the wrong token)")
         # HF CLIP has no logit bias; a sigmoid-loss fine-tune adds one (initialised from the config).
