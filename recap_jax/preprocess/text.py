@@ -47,7 +47,8 @@ def hf_chat_template(template: str) -> str:
     [image, prompt] renders exactly what `PromptEncoder.render(prompt)` renders (llava-hf export)."""
     if template not in TEMPLATES:
         raise ValueError(f"prompt template {template!r}: known templates are {sorted(TEMPLATES)}")
-    return TEMPLATES[template].replace("<image>\n{{ prompt }}", _HF_TURN)
+    # HF renders with jinja's default of dropping the template's final newline: end on an expression.
+    return TEMPLATES[template].replace("<image>\n{{ prompt }}", _HF_TURN) + "{{ '' }}"
 
 
 @dataclasses.dataclass
