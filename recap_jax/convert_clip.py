@@ -39,7 +39,7 @@ def main(argv) -> int:
             raise ConfigError("--tokenizer goes with --from open_clip only")
         cfg = folders.to_open_clip(src, dest)
     print(f"[convert_clip] {src} -> {dest}: image {cfg.vision.width}w x {cfg.vision.depth} "
-          f"({cfg.image_pool} pooling), text {cfg.text.width}w x {cfg.text.depth} ({'argmax' if cfg.pool_text_at_argmax else cfg.text_pool}), "
+          f"({cfg.image_pool} pooling), text {cfg.text.width}w x {cfg.text.depth} ({'argmax' if cfg.pool_text_at_argmax and cfg.text_pool == 'eos' else cfg.text_pool}), "
           f"embed {cfg.embed_dim}")
     return 0
 

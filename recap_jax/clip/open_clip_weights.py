@@ -120,7 +120,7 @@ def open_clip_model_cfg(cfg: CLIPConfig) -> dict:
         vision["no_ln_pre"] = True
     if cfg.image_pool == "avg":
         vision.update(pool_type="avg", final_ln_after_pool=cfg.image_ln_after_pool)
-    pool = "argmax" if cfg.pool_text_at_argmax else cfg.text_pool
+    pool = "argmax" if cfg.pool_text_at_argmax and cfg.text_pool == "eos" else cfg.text_pool
     text = dict(context_length=cfg.text_context, vocab_size=cfg.vocab_size, width=cfg.text.width,
                 heads=cfg.text.heads, layers=cfg.text.depth, mlp_ratio=cfg.text.mlp_dim / cfg.text.width,
                 pool_type=pool, no_causal_mask=not cfg.text_causal)
