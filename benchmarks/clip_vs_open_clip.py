@@ -1,4 +1,5 @@
-"""CLIP training throughput: recap_jax's train step vs open_clip (PyTorch), both float32 on the CPU.
+"""CLIP training, recap_jax's train step vs open_clip (PyTorch), both float32 on the CPU: equal work
+(the same loss curve, step by step) and its speed.
 
     python benchmarks/clip_vs_open_clip.py [--batch 64] [--steps 6] [--phases] [--open-clip-python PY]
 
@@ -9,29 +10,36 @@ MLP 4x, CLS pooling, LayerNorms pre/post, bias-free projection), a causal text t
 bias-free projection), embedding size 256, a learned temperature; quick_gelu, LayerNorm eps 1e-5;
 22.5M parameters (12.6M of them the token embedding), 0.82 GFLOP per sample forward.
 The parent asserts that both parameter counts agree within 1%.
+Both sides start from the SAME weights: open_clip builds the model (its init, torch seed 0) and
+writes it as an open_clip hub folder (`--side init`); ours reads that folder with
+`recap_jax.clip.open_clip_weights`. Both follow open_clip_train's cosine schedule (--lr-warmup
+steps of warm-up, cosine to 0 over warm-up + timed steps) on the same batches, so their losses must
+agree step by step: the parent prints both curves and exits non-zero when they differ by more
+than --tolerance (default 1e-4, the parity test's).
 - open_clip: `open_clip.model.CLIP(embed_dim, CLIPVisionCfg, CLIPTextCfg, quick_gelu=True)` (its
   default transformer block: `nn.MultiheadAttention`), `open_clip.loss.ClipLoss`, and the update of
-  open_clip's training loop (`open_clip_train.train_one_epoch`, fp32 precision): zero_grad,
-  forward, loss.backward, clip_grad_norm_(1.0), `torch.optim.AdamW` (param groups as open_clip's
-  main: no weight decay on gains/biases/logit_scale), logit_scale clamped at log(100).
-  torch.set_num_threads(os.cpu_count()).
+  open_clip's training loop (`open_clip_train.train_one_epoch`, fp32 precision): lr from
+  `cosine_lr`, zero_grad, forward, loss.backward, clip_grad_norm_(1.0), `torch.optim.AdamW` (param
+  groups as open_clip's main: no weight decay on gains/biases/logit_scale), logit_scale clamped to
+  [0, log(100)]. torch.set_num_threads(os.cpu_count()).
 - ours: the jitted `recap_jax.clip.train_step.make_train_step` step that `recap_jax.train_clip`
   runs (softmax loss over the global batch via shard_map, AdamW with the same b1/b2/eps/lr/weight
-  decay on matrices only, global-norm clipping 1.0, logit_scale clamp), on a mesh over all local
+  decay groups and schedule, global-norm clipping 1.0, logit_scale clamp), on a mesh over all local
   devices (one CPU device), state donated, batches put on the mesh each step with
   `jax.make_array_from_process_local_data` as the trainer does, metrics fetched once per log
   interval (as the trainer does).
 Data: synthetic random images (CLIP-normalised float32) and random token ids with an end-of-text
 token at a random position, generated in memory before timing and cycled, so data loading and
 augmentation are excluded on BOTH sides. The first --warmup steps (ours: compilation + first run;
-open_clip: first-call allocations) are excluded from the timed steps and reported apart.
+open_clip: first-call allocations) are excluded from the timed steps and reported apart (their
+losses are on the curves).
 Each side runs in its own subprocess (so peak RSS is its own); with --rounds R the sides run
 alternately R times each and each side's fastest run is reported (on a shared machine other jobs
 only ever slow a run down; every round's s/step is kept in the JSON). The parent prints samples/s, s/step,
 first-step time, peak RSS and the ratio ours/open_clip, plus a roofline: model FLOPs per sample
 (matmuls incl. attention, training = 3 x forward) against this machine's dense float32 matmul
 FLOP/s (a 2048^3 `jnp.dot` / `torch.mm`). With --phases each side also times forward only and
-forward+backward (no optimizer) of the same model and loss.
+forward+backward (no optimizer) of the same model and loss. The load average is recorded.
 Writes benchmarks/results/clip_vs_open_clip.json.
 """
 
@@ -430,7 +438,7 @@ def report(args, sides: dict) -> None:
     print(f"\nsamples/s ours/open_clip: {ratio:.2f}x")
     result = {"args": {k: v for k, v in vars(args).items() if k not in ("side", "out")},
               "params": params, "forward_flops_per_sample": flops, "rows": rows, "ratio_samples_per_s": ratio,
-              "sides": sides, "cpu_count": os.cpu_count()}
+              "sides": sides, "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
     out = pathlib.Path(args.out)
     out.parent.mkdir(exist_ok=True)
     result["loss_curves"] = {s: curves[s].tolist() for s in order}
