@@ -19,7 +19,9 @@ every caption exactly --new-tokens tokens, `python -m recap_jax.caption --config
 (decode.batch_size = --batch) vs HF `generate` reading the same JPEGs, each timed as a whole
 process (imports, loading, compiles included): ours twice, with an empty XLA compilation cache
 (cold: it compiles and fills the cache) and then with that cache (warm), HF in between. The
-variable-length ratio and both equal-work ratios are printed.
+variable-length ratio and both equal-work ratios are printed. Equal work means a record per image:
+the checkpoint's word-level tokenizer covers its whole vocabulary (every random token decodes to
+text), and the run fails unless both caption-command runs wrote a record for every JPEG.
 Writes benchmarks/results/caption_vs_hf.json (--out).
 """
 
