@@ -14,7 +14,7 @@ import torch
 import configs_loader
 from clip_helpers import tiny_config, write_shapes
 from open_clip_helpers import ARCHS, build_open_clip, random_batches, save_open_clip
-from recap_jax.clip import data, folders, hf_weights, open_clip_weights, trainer
+from recap_jax.clip import folders, hf_weights, open_clip_weights, trainer
 from recap_jax.clip.model import CLIP
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -71,10 +71,7 @@ def _read_converted(src: str) -> tuple[CLIPConfig, Any, dict | None]:
     cfg = hf_weights.read_hf_config(src)
     with open(os.path.join(src, "config.json")) as f:
         stored = json.load(f).get(OPEN_CLIP_KEY)
-    params = hf_weights.load_hf_params(src, cfg)
-    if cfg.use_logit_bias:
-        params["logit_bias"] = np.asarray(params["logit_bias"])
-    return cfg, params, stored
+    return cfg, hf_weights.load_hf_params(src, cfg), stored
 
 
 def _read_workdir(src: str) -> tuple[CLIPConfig, Any, dict | None]:
