@@ -19,7 +19,9 @@ every caption exactly --new-tokens tokens, `python -m recap_jax.caption --config
 (decode.batch_size = --batch) vs HF `generate` reading the same JPEGs, each timed as a whole
 process (imports, loading, compiles included): ours twice, with an empty XLA compilation cache
 (cold: it compiles and fills the cache) and then with that cache (warm), HF in between. The
-variable-length ratio and both equal-work ratios are printed.
+variable-length ratio and both equal-work ratios are printed. Equal work means a record per image:
+the checkpoint's word-level tokenizer covers its whole vocabulary (every random token decodes to
+text), and the run fails unless both caption-command runs wrote a record for every JPEG.
 Writes benchmarks/results/caption_vs_hf.json (--out).
 """
 
@@ -61,8 +63,17 @@ def make_images(n: int, seed: int = 0):
 
 
 def build_checkpoint(folder: pathlib.Path) -> None:
+    """The random checkpoint, with a word-level tokenizer covering its WHOLE vocabulary (the tiny
+    test tokenizer's ~200 words + filler words w0, w1, ...): every id the random weights emit
+    decodes to text, so every image gets a non-empty caption (a record) on our side."""
     from tiny_llava import save_tiny_llava
+
+    from recap_jax.captioning.tiny_demo import SPECIAL_TOKENS, WORDS, tiny_tokenizer
     save_tiny_llava(folder, pad=True, **BENCH_CONFIG)
+    filler = BENCH_CONFIG["vocab_size"] - len(SPECIAL_TOKENS) - len(set(WORDS))
+    tokenizer = tiny_tokenizer(tuple(f"w{i}" for i in range(filler)))
+    assert len(tokenizer) == BENCH_CONFIG["vocab_size"]
+    tokenizer.save_pretrained(folder)
 
 
 # --- HF side -----------------------------------------------------------------------------------
@@ -267,6 +278,11 @@ def equal_work(args, folder: pathlib.Path) -> dict:
         outputs[side] = proc.stdout
     hf = json.loads(outputs["hf"].split("RESULT", 1)[1])
     shutil.rmtree(work, ignore_errors=True)
+    for side in ("ours_cold", "ours_warm"):  # equal work: a record for every image, as HF decodes every one
+        summary = summary_line(outputs[side])
+        if summary.get("records_total") != args.images or summary.get("failed"):
+            sys.exit(f"{side} wrote {summary.get('records_total')} records for {args.images} images "
+                     f"({summary.get('failed')} failed): not the same work as HF's {hf['images']} decodes")
     return {"ours_cold_wall_s": walls["ours_cold"], "ours_warm_wall_s": walls["ours_warm"], "hf_wall_s": walls["hf"],
             "ratio_cold": walls["hf"] / walls["ours_cold"], "ratio_warm": walls["hf"] / walls["ours_warm"],
             "ours_generated_tokens": summary_tokens(outputs["ours_cold"]),
@@ -314,7 +330,7 @@ def main() -> None:
     parser.add_argument("--stop-tokens", default="",
                         help="comma-separated stop token ids for both sides; empty: pick a few giving "
                              "realistic caption lengths")
-    parser.add_argument("--checkpoint", default="/tmp/recap_bench_llava")
+    parser.add_argument("--checkpoint", default="/tmp/recap_bench_llava_fullvocab")
     parser.add_argument("--out", default=str(HERE / "results" / "caption_vs_hf.json"), help="result JSON")
     parser.add_argument("--equal-work-images", type=int, default=None,
                         help="images of the equal-work whole-process run (default --images; 0 skips it)")
@@ -335,8 +351,10 @@ def main() -> None:
         return
 
     folder = pathlib.Path(args.checkpoint)
-    if not (folder / "config.json").exists():
-        build_checkpoint(folder)
+    tokenizer_file = folder / "tokenizer.json"
+    if not (folder / "config.json").exists() or not tokenizer_file.exists() or \
+            len(json.loads(tokenizer_file.read_text())["model"]["vocab"]) < BENCH_CONFIG["vocab_size"]:
+        build_checkpoint(folder)  # (again: a folder from before the whole-vocabulary tokenizer)
     sides = {}
     stop = []
     for side in ("ours", "hf"):  # ours first: it picks the stop token HF then uses

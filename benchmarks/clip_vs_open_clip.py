@@ -1,4 +1,5 @@
-"""CLIP training throughput: recap_jax's train step vs open_clip (PyTorch), both float32 on the CPU.
+"""CLIP training, recap_jax's train step vs open_clip (PyTorch), both float32 on the CPU: equal work
+(the same loss curve, step by step) and its speed.
 
     python benchmarks/clip_vs_open_clip.py [--batch 64] [--steps 6] [--phases] [--open-clip-python PY]
 
@@ -9,29 +10,36 @@ MLP 4x, CLS pooling, LayerNorms pre/post, bias-free projection), a causal text t
 bias-free projection), embedding size 256, a learned temperature; quick_gelu, LayerNorm eps 1e-5;
 22.5M parameters (12.6M of them the token embedding), 0.82 GFLOP per sample forward.
 The parent asserts that both parameter counts agree within 1%.
+Both sides start from the SAME weights: open_clip builds the model (its init, torch seed 0) and
+writes it as an open_clip hub folder (`--side init`); ours reads that folder with
+`recap_jax.clip.open_clip_weights`. Both follow open_clip_train's cosine schedule (--lr-warmup
+steps of warm-up, cosine to 0 over warm-up + timed steps) on the same batches, so their losses must
+agree step by step: the parent prints both curves and exits non-zero when they differ by more
+than --tolerance (default 1e-4, the parity test's).
 - open_clip: `open_clip.model.CLIP(embed_dim, CLIPVisionCfg, CLIPTextCfg, quick_gelu=True)` (its
   default transformer block: `nn.MultiheadAttention`), `open_clip.loss.ClipLoss`, and the update of
-  open_clip's training loop (`open_clip_train.train_one_epoch`, fp32 precision): zero_grad,
-  forward, loss.backward, clip_grad_norm_(1.0), `torch.optim.AdamW` (param groups as open_clip's
-  main: no weight decay on gains/biases/logit_scale), logit_scale clamped at log(100).
-  torch.set_num_threads(os.cpu_count()).
+  open_clip's training loop (`open_clip_train.train_one_epoch`, fp32 precision): lr from
+  `cosine_lr`, zero_grad, forward, loss.backward, clip_grad_norm_(1.0), `torch.optim.AdamW` (param
+  groups as open_clip's main: no weight decay on gains/biases/logit_scale), logit_scale clamped to
+  [0, log(100)]. torch.set_num_threads(os.cpu_count()).
 - ours: the jitted `recap_jax.clip.train_step.make_train_step` step that `recap_jax.train_clip`
   runs (softmax loss over the global batch via shard_map, AdamW with the same b1/b2/eps/lr/weight
-  decay on matrices only, global-norm clipping 1.0, logit_scale clamp), on a mesh over all local
+  decay groups and schedule, global-norm clipping 1.0, logit_scale clamp), on a mesh over all local
   devices (one CPU device), state donated, batches put on the mesh each step with
   `jax.make_array_from_process_local_data` as the trainer does, metrics fetched once per log
   interval (as the trainer does).
 Data: synthetic random images (CLIP-normalised float32) and random token ids with an end-of-text
 token at a random position, generated in memory before timing and cycled, so data loading and
 augmentation are excluded on BOTH sides. The first --warmup steps (ours: compilation + first run;
-open_clip: first-call allocations) are excluded from the timed steps and reported apart.
+open_clip: first-call allocations) are excluded from the timed steps and reported apart (their
+losses are on the curves).
 Each side runs in its own subprocess (so peak RSS is its own); with --rounds R the sides run
 alternately R times each and each side's fastest run is reported (on a shared machine other jobs
 only ever slow a run down; every round's s/step is kept in the JSON). The parent prints samples/s, s/step,
 first-step time, peak RSS and the ratio ours/open_clip, plus a roofline: model FLOPs per sample
 (matmuls incl. attention, training = 3 x forward) against this machine's dense float32 matmul
 FLOP/s (a 2048^3 `jnp.dot` / `torch.mm`). With --phases each side also times forward only and
-forward+backward (no optimizer) of the same model and loss.
+forward+backward (no optimizer) of the same model and loss. The load average is recorded.
 Writes benchmarks/results/clip_vs_open_clip.json.
 """
 
@@ -43,6 +51,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -50,7 +59,8 @@ import numpy as np
 from common import dense_matmul_flops, peak_rss_mib  # benchmarks/common.py, beside this script
 
 HERE = pathlib.Path(__file__).resolve().parent
-DEFAULT_OPEN_CLIP_PYTHON = os.environ.get("OPEN_CLIP_PYTHON", "/tmp/ocvenv/bin/python")
+# open_clip_torch is a test dependency of the project: the project's interpreter has it.
+DEFAULT_OPEN_CLIP_PYTHON = os.environ.get("OPEN_CLIP_PYTHON", sys.executable)
 RECIPE = "python3 -m venv /tmp/ocvenv && /tmp/ocvenv/bin/pip install open_clip_torch"
 LR, WD, B1, B2, EPS, CLIP_NORM, SCALE_MAX = 5e-4, 0.1, 0.9, 0.98, 1e-6, 1.0, 100.0
 
@@ -92,23 +102,24 @@ def timed_loop(step, batches, warmup: int, steps: int, sync) -> dict:
     out = step(batches[0])
     sync(out)
     first = time.perf_counter() - start
-    for i in range(1, warmup):
-        out = step(batches[i % len(batches)])
-    sync(out)
+    warm_outs = [step(batches[i % len(batches)]) for i in range(1, warmup)]
+    sync(warm_outs)
     times = []
     start = last = time.perf_counter()
-    outs = []
+    outs, every = [], []
     for i in range(steps):
-        outs.append(step(batches[i % len(batches)]))
+        outs.append(step(batches[(warmup + i) % len(batches)]))
         if (i + 1) % 10 == 0 or i + 1 == steps:  # the trainer fetches metrics once per log interval
             sync(outs)
+            every += outs
             outs = []
         now = time.perf_counter()
         times.append(now - last)
         last = now
     wall = time.perf_counter() - start
     return {"first_step_s": first, "timed_wall_s": wall, "s_per_step": wall / steps,
-            "steps": steps, "warmup_steps": warmup, "step_times_s": times}
+            "steps": steps, "warmup_steps": warmup, "step_times_s": times,
+            "outputs": [out] + warm_outs + every}
 
 
 # --- our side ----------------------------------------------------------------------------------
@@ -121,20 +132,17 @@ def run_ours(args) -> dict:
 
     from recap_jax.clip import loss as loss_lib
     from recap_jax.clip import train_step
-    from recap_jax.clip.model import CLIP, CLIPConfig, TowerConfig, count_params
+    from recap_jax.clip.model import CLIP, count_params
     from recap_jax.parallel.mesh import make_mesh
 
-    cfg = CLIPConfig(
-        image_size=args.image_size, patch_size=args.patch,
-        vision=TowerConfig(args.vision_width, args.vision_layers, args.vision_width // args.head_dim,
-                           4 * args.vision_width),
-        text=TowerConfig(args.text_width, args.text_layers, args.text_width // args.head_dim, 4 * args.text_width),
-        vocab_size=args.vocab, text_context=args.context, embed_dim=args.embed_dim,
-        eos_token_id=args.vocab - 1, activation="quick_gelu", dtype=jnp.float32)
+    from recap_jax.clip import open_clip_weights
+
+    # The weights open_clip's side starts from too (built by open_clip, written by `--side init`).
+    cfg, init, _ = open_clip_weights.load_open_clip(args.init_dir, dtype=jnp.float32)
     model = CLIP(cfg)
     t = ml_collections.ConfigDict(dict(
-        learning_rate=LR, warmup_steps=1, num_steps=10**6, end_lr_ratio=0.0, b1=B1, b2=B2, eps=EPS,
-        weight_decay=WD, grad_clip_norm=CLIP_NORM))
+        learning_rate=LR, warmup_steps=args.lr_warmup, num_steps=total_steps(args), end_lr_ratio=0.0, b1=B1,
+        b2=B2, eps=EPS, weight_decay=WD, grad_clip_norm=CLIP_NORM))
     tx = train_step.make_optimizer(t)
     lr_fn = train_step.learning_rate_schedule(t)
     mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
@@ -142,7 +150,7 @@ def run_ours(args) -> dict:
     step_fn = train_step.make_train_step(model, tx, mesh, loss_kind="softmax", accum_steps=1,
                                          logit_scale_max=SCALE_MAX, learning_rate_fn=lr_fn,
                                          state_shardings=shardings)
-    state, _ = train_step.create_train_state(model, tx, mesh, 0)
+    state, _ = train_step.create_train_state(model, tx, mesh, 0, init_from=init)
     params = count_params(state.params)
     sharding = train_step.batch_sharding(mesh)
     batches = synthetic_batches(args)
@@ -154,7 +162,8 @@ def run_ours(args) -> dict:
         return metrics
 
     result = timed_loop(step, batches, args.warmup, args.steps, lambda m: jax.device_get(m))
-    result["final_loss"] = float(jax.device_get(step(batches[0]))["loss"])
+    result["losses"] = [float(m["loss"]) for m in jax.device_get(result.pop("outputs"))]
+    result["final_loss"] = result["losses"][-1]
     if args.phases:  # forward only, forward+backward (no optimizer): same model, same loss
         contrastive = loss_lib.sharded_contrastive_loss("softmax", mesh, train_step.BATCH_AXES)
 
@@ -181,22 +190,63 @@ def run_ours(args) -> dict:
 # --- open_clip side ----------------------------------------------------------------------------
 
 
-def run_open_clip(args) -> dict:
-    import math
-
-    import open_clip
+def open_clip_model(args):
+    """The benchmark's CLIP as open_clip builds it (its own init, torch seed 0)."""
     import torch
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    torch.set_num_threads(os.cpu_count() or 2)
     torch.manual_seed(0)
-    model = CLIP(
+    return CLIP(
         args.embed_dim,
         CLIPVisionCfg(layers=args.vision_layers, width=args.vision_width, head_width=args.head_dim,
                       mlp_ratio=4.0, patch_size=args.patch, image_size=args.image_size),
         CLIPTextCfg(context_length=args.context, vocab_size=args.vocab, width=args.text_width,
                     heads=args.text_width // args.head_dim, layers=args.text_layers, mlp_ratio=4.0),
         quick_gelu=True)
+
+
+def write_init(args) -> dict:
+    """The starting weights of both sides, as an open_clip hub folder (open_clip_config.json +
+    open_clip_model.safetensors): ours reads it with `recap_jax.clip.open_clip_weights`."""
+    from safetensors.torch import save_file
+
+    os.makedirs(args.init_dir, exist_ok=True)
+    v, t = dict(image_size=args.image_size, layers=args.vision_layers, width=args.vision_width,
+                head_width=args.head_dim, mlp_ratio=4.0, patch_size=args.patch), \
+        dict(context_length=args.context, vocab_size=args.vocab, width=args.text_width,
+             heads=args.text_width // args.head_dim, layers=args.text_layers, mlp_ratio=4.0)
+    with open(os.path.join(args.init_dir, "open_clip_config.json"), "w") as f:
+        json.dump({"model_cfg": {"embed_dim": args.embed_dim, "quick_gelu": True, "vision_cfg": v, "text_cfg": t}}, f)
+    save_file({k: v.contiguous() for k, v in open_clip_model(args).state_dict().items()},
+              os.path.join(args.init_dir, "open_clip_model.safetensors"))
+    return {"init_dir": args.init_dir}
+
+
+def total_steps(args) -> int:
+    """Steps each side runs (the cosine schedule's length): warm-up steps + timed steps."""
+    return args.warmup + args.steps
+
+
+def open_clip_lr(args, step: int) -> float:
+    """open_clip_train.scheduler.cosine_lr (its module is not in every open_clip install)."""
+    import math
+
+    if step < args.lr_warmup:
+        return LR * (step + 1) / args.lr_warmup
+    e, es = step - args.lr_warmup, total_steps(args) - args.lr_warmup
+    return 0.5 * (1 + math.cos(math.pi * e / es)) * LR
+
+
+def run_open_clip(args) -> dict:
+    import math
+
+    import open_clip
+    import torch
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(os.cpu_count() or 2)
+    model = open_clip_model(args)
+    model.load_state_dict(load_file(os.path.join(args.init_dir, "open_clip_model.safetensors")))
     model.train()
     params = sum(p.numel() for p in model.parameters())
     # open_clip_train/main.py: no weight decay on gains, biases and logit_scale.
@@ -209,9 +259,12 @@ def run_open_clip(args) -> dict:
     batches = [{"image": torch.from_numpy(b["image"]).permute(0, 3, 1, 2).contiguous(),
                 "tokens": torch.from_numpy(b["tokens"]).long()} for b in synthetic_batches(args)]
 
+    counter = [0]
+
     def step(batch):  # open_clip_train.train.train_one_epoch, accum_freq=1, fp32
         for group in optimizer.param_groups:  # the per-step lr scheduler call
-            group["lr"] = LR
+            group["lr"] = open_clip_lr(args, counter[0])
+        counter[0] += 1
         optimizer.zero_grad()
         image_features, text_features, logit_scale = model(batch["image"], batch["tokens"])
         total_loss = loss_fn(image_features, text_features, logit_scale)
@@ -223,7 +276,8 @@ def run_open_clip(args) -> dict:
         return total_loss.detach()
 
     result = timed_loop(step, batches, args.warmup, args.steps, lambda _: None)
-    result["final_loss"] = float(step(batches[0]))
+    result["losses"] = [float(x) for x in result.pop("outputs")]
+    result["final_loss"] = result["losses"][-1]
     if args.phases:
         b = batches[0]
 
@@ -301,18 +355,28 @@ def main() -> None:
     parser.add_argument("--open-clip-python", default=DEFAULT_OPEN_CLIP_PYTHON,
                         help="a Python with open_clip_torch (default $OPEN_CLIP_PYTHON or /tmp/ocvenv/bin/python)")
     parser.add_argument("--out", default=str(HERE / "results" / "clip_vs_open_clip.json"))
-    parser.add_argument("--side", choices=["ours", "open_clip"], help=argparse.SUPPRESS)
+    parser.add_argument("--lr-warmup", type=int, default=2, help="learning-rate warm-up steps (both sides)")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest per-step loss difference accepted (the parity test's, float32)")
+    parser.add_argument("--init-dir", default="", help="where the shared starting weights go (default: a temp folder)")
+    parser.add_argument("--side", choices=["ours", "open_clip", "init"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.side:
-        fn = run_ours if args.side == "ours" else run_open_clip
+        fn = {"ours": run_ours, "open_clip": run_open_clip, "init": write_init}[args.side]
         print("RESULT" + json.dumps(fn(args)))
         return
 
-    argv = [a for a in sys.argv[1:]]
+    check_open_clip_python(args.open_clip_python)  # it also writes the shared starting weights
+    with tempfile.TemporaryDirectory() as tmp:
+        args.init_dir = args.init_dir or os.path.join(tmp, "init")
+        argv = [a for a in sys.argv[1:] if not a.startswith("--init-dir")] + ["--init-dir", args.init_dir]
+        run_side("init", args.open_clip_python, argv)
+        compare(args, argv)
+
+
+def compare(args, argv: list[str]) -> None:
     sides = {}
-    if args.only != "ours":
-        check_open_clip_python(args.open_clip_python)
     runs: dict[str, list[float]] = {}
     for _ in range(args.rounds):  # alternate the sides; keep each side's fastest run
         for side in ("ours", "open_clip"):
@@ -360,17 +424,29 @@ def report(args, sides: dict) -> None:
         print(f"{names[s]}: final loss {sides[s]['final_loss']:.4f}; {sides[s]['versions']}")
     if len(order) < 2:
         return
+    # Equal work: the same start, batches, schedule and update give the same losses, step by step.
+    curves = {s: np.array(sides[s]["losses"]) for s in order}
+    diff = np.abs(curves["ours"] - curves["open_clip"])
+    print(f"\nloss per step (both start from open_clip's init; lr warm-up {args.lr_warmup}, cosine over "
+          f"{total_steps(args)} steps):\n{'step':>6s}{'open_clip':>12s}{'recap_jax':>12s}{'|diff|':>10s}")
+    for i, (a, b) in enumerate(zip(curves["open_clip"], curves["ours"])):
+        print(f"{i:6d}{a:12.5f}{b:12.5f}{abs(a - b):10.1e}")
+    print(f"largest difference {diff.max():.1e} (tolerance {args.tolerance:.0e})")
     if abs(params["ours"] - params["open_clip"]) > 0.01 * params["open_clip"]:
         sys.exit(f"parameter counts differ by more than 1%: {params} -- not the same architecture")
     ratio = rows["ours"]["samples_per_s"] / rows["open_clip"]["samples_per_s"]
     print(f"\nsamples/s ours/open_clip: {ratio:.2f}x")
     result = {"args": {k: v for k, v in vars(args).items() if k not in ("side", "out")},
               "params": params, "forward_flops_per_sample": flops, "rows": rows, "ratio_samples_per_s": ratio,
-              "sides": sides, "cpu_count": os.cpu_count()}
+              "sides": sides, "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
     out = pathlib.Path(args.out)
     out.parent.mkdir(exist_ok=True)
+    result["loss_curves"] = {s: curves[s].tolist() for s in order}
+    result["loss_max_abs_diff"] = float(diff.max())
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
+    if diff.max() > args.tolerance:
+        sys.exit(f"the loss curves differ by {diff.max():.2e} > {args.tolerance:.0e}: not the same training")
 
 
 if __name__ == "__main__":

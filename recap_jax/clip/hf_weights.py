@@ -18,9 +18,9 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from recap_jax.clip.model import CLIP, CLIPConfig, TowerConfig, init_params
+from recap_jax.clip.model import CLIP, VARIANT_FIELDS, CLIPConfig, TowerConfig, init_params
 from recap_jax.conversion.rules import (ParamRule, encoder_layer_rules, layer_norm_rules, params_from_plan,
-                                        plan_params, vision_tower_rules)
+                                        plan_params, tensors_from_params, vision_tower_rules)
 from recap_jax.conversion.tensors import CheckpointTensors
 from recap_jax.errors import ConfigError, ConversionError
 from recap_jax.models.layers import dtype_from_name
@@ -42,6 +42,9 @@ def read_hf_config(hf_dir: str, dtype: str = "float32", remat: bool = False) -> 
         raise ConfigError("model.hf_dir: image and text towers use different activations; not supported")
     act = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}.get(act, act)
     eos = int(t.get("eos_token_id", 49407))
+    # Variants HF's CLIPModel lacks (open_clip / CLIPA models converted by `convert_clip`).
+    variant = {k: v for k, v in (hf.get(VARIANT_KEY) or {}).items() if k in VARIANT_FIELDS + ("use_logit_bias",
+                                                                                              "init_logit_bias")}
     return CLIPConfig(
         image_size=int(v.get("image_size", 224)), patch_size=int(v.get("patch_size", 32)),
         vision=TowerConfig(int(v.get("hidden_size", 768)), int(v.get("num_hidden_layers", 12)),
@@ -56,8 +59,10 @@ def read_hf_config(hf_dir: str, dtype: str = "float32", remat: bool = False) -> 
         activation=act,
         layer_norm_eps=float(v.get("layer_norm_eps", 1e-5)),
         init_logit_scale=float(hf.get("logit_scale_init_value", math.log(1 / 0.07))),
-        dtype=dtype_from_name(dtype), remat=remat)
+        dtype=dtype_from_name(dtype), remat=remat, **variant)
 
+
+VARIANT_KEY = "recap_jax_clip"  # config.json entry with our CLIPConfig fields HF's CLIPModel lacks
 
 # HF CLIPModel tensor names -> canonical names (some checkpoints prefix everything with "clip.").
 CLIP_RENAMES = tuple((prefix + old, new) for prefix in ("", "clip.") for old, new in (
@@ -101,3 +106,34 @@ def load_hf_params(hf_dir: str, cfg: CLIPConfig) -> dict[str, Any]:
         bias = tensors.read("logit_bias") if stored else cfg.init_logit_bias
         params["logit_bias"] = np.asarray(bias, np.float32).reshape(())
     return params
+
+
+def hf_config_dict(cfg: CLIPConfig) -> dict:
+    """A HF CLIPModel config.json for `cfg`; fields HF lacks go under VARIANT_KEY (then only our
+    loaders reproduce the model: transformers would pool and mask the HF way)."""
+    act = {"gelu_tanh": "gelu_pytorch_tanh"}.get(cfg.activation, cfg.activation)
+    tower = lambda t: dict(hidden_size=t.width, num_hidden_layers=t.depth, num_attention_heads=t.heads,  # noqa: E731
+                           intermediate_size=t.mlp_dim, hidden_act=act, layer_norm_eps=cfg.layer_norm_eps)
+    default = CLIPConfig()
+    variant = {k: getattr(cfg, k) for k in VARIANT_FIELDS + ("use_logit_bias", "init_logit_bias")
+               if getattr(cfg, k) != getattr(default, k)}
+    out = dict(architectures=["CLIPModel"], model_type="clip", projection_dim=cfg.embed_dim,
+               logit_scale_init_value=cfg.init_logit_scale,
+               vision_config=dict(tower(cfg.vision), image_size=cfg.image_size, patch_size=cfg.patch_size),
+               text_config=dict(tower(cfg.text), vocab_size=cfg.vocab_size, max_position_embeddings=cfg.text_context,
+                                eos_token_id=cfg.eos_token_id))
+    if variant:
+        out[VARIANT_KEY] = variant
+    return out
+
+
+def hf_tensors(params: Any) -> dict[str, np.ndarray]:
+    """Our (plain) params as HF CLIPModel tensors (float32 numpy; the inverse of `load_hf_params`)."""
+    rules = clip_param_rules() + [ParamRule(("logit_bias",), "logit_bias", "scalar")]  # if the model has one
+    canonical = tensors_from_params(rules, jax.device_get(params))
+    back = sorted(((new, old) for old, new in CLIP_RENAMES[:6]), key=lambda r: -len(r[0]))
+    out = {}
+    for name, value in canonical.items():
+        new, old = next((n, o) for n, o in back if name.startswith(n))
+        out[old + name[len(new):]] = value
+    return out

@@ -73,6 +73,12 @@ class CLIPConfig:
     embed_dim: int = 512  # size of the shared image-text embedding space
     eos_token_id: int = 49407  # text pooling position: first occurrence of this token
     pool_text_at_argmax: bool = False  # HF legacy: pool at the highest token id instead
+    # open_clip / CLIPA variants (`clip/open_clip_weights.py` maps open_clip's config onto these):
+    text_pool: str = "eos"  # "eos" (first EOS), "argmax" (highest id, open_clip's default), "last"
+    text_causal: bool = True  # False: every text token sees every other (CLIPA's `no_causal_mask`)
+    image_pool: str = "cls"  # "cls" token or "avg" of the patch tokens (CLIPA's pool_type="avg")
+    image_ln_pre: bool = True  # LayerNorm before the image blocks (False: open_clip's `no_ln_pre`)
+    image_ln_after_pool: bool = False  # post-LayerNorm on the pooled vector, not on every token
     activation: str = "quick_gelu"  # "quick_gelu" (OpenAI CLIP), "gelu" (exact) or "gelu_tanh"
     layer_norm_eps: float = 1e-5
     init_logit_scale: float = math.log(1 / 0.07)  # log of the initial temperature inverse
@@ -81,6 +87,11 @@ class CLIPConfig:
     dtype: Any = jnp.float32  # compute dtype
     param_dtype: Any = jnp.float32  # storage dtype of the parameters
     remat: bool = False  # recompute activations in the backward pass (saves memory)
+
+    @property
+    def pools_at_eos(self) -> bool:
+        """Whether the text is pooled at the tokenizer's EOS id (which then has to match)."""
+        return self.text_pool == "eos" and not self.pool_text_at_argmax
 
 
 def config_from_dict(model_cfg: Any, vocab_size: int | None = None) -> CLIPConfig:
@@ -114,13 +125,22 @@ def config_from_dict(model_cfg: Any, vocab_size: int | None = None) -> CLIPConfi
         use_logit_bias=bool(get("use_logit_bias")),
         init_logit_scale=float(get("init_logit_scale")),
         init_logit_bias=float(get("init_logit_bias")),
-        dtype=dtype_from_name(get("dtype")), remat=bool(get("remat")))
+        dtype=dtype_from_name(get("dtype")), remat=bool(get("remat")),
+        # A converted open_clip / Recap-CLIP variant names these; absent or None: CLIP's own.
+        **{k: model_cfg[k] for k in VARIANT_FIELDS if k in model_cfg and model_cfg[k] is not None})
     check_clip_config(cfg)
     return cfg
 
 
+VARIANT_FIELDS = ("text_pool", "text_causal", "image_pool", "image_ln_pre", "image_ln_after_pool")
+_CHOICES = {"text_pool": ("eos", "argmax", "last"), "image_pool": ("cls", "avg")}
+
+
 def check_clip_config(cfg: CLIPConfig) -> None:
     """ConfigError naming the `model.*` field when the sizes do not fit together."""
+    for field, choices in _CHOICES.items():
+        if getattr(cfg, field) not in choices:
+            raise ConfigError(f"model.{field}: {getattr(cfg, field)!r} is not one of {choices}")
     if cfg.image_size % cfg.patch_size:
         raise ConfigError(f"model.image_size: {cfg.image_size} is not a multiple of the patch size "
                          f"{cfg.patch_size}")
@@ -136,6 +156,15 @@ def check_clip_config(cfg: CLIPConfig) -> None:
 # ---------------------------------------------------------------------------------------------
 
 _dense_init = nn.initializers.normal(stddev=0.02)
+
+
+def block_init_stds(tower: TowerConfig) -> tuple[float, float, float]:
+    """OpenAI CLIP's init of a tower's blocks (q/k/v, fc1, out_proj/fc2 stds; open_clip's too).
+
+    With a flat 0.02 a wide image tower starts with the CLS token barely attending to the patches:
+    every image gets nearly the same embedding (cosine 0.9999 at width 256), and a short run
+    collapses the text tower onto it (loss = ln batch)."""
+    return tower.width**-0.5, (2 * tower.width)**-0.5, tower.width**-0.5 * (2 * tower.depth)**-0.5
 
 
 def vision_config(cfg: CLIPConfig) -> VisionConfig:
@@ -157,10 +186,18 @@ class ImageTower(nn.Module):
         # OpenAI CLIP's init: CLS and positions ~ N(0, 1/width), so that where a patch sits is as
         # visible at the start as what it shows (with 0.02 the position signal starts ~10x weaker).
         x = VisionTower(vision_config(cfg), cfg.vision.depth, cfg.dtype, cfg.param_dtype,
-                        embed_init_std=width**-0.5, remat=cfg.remat, name="vit")(images)
-        pooled = layer_norm(cfg.layer_norm_eps, cfg.param_dtype, "post_layernorm")(x[:, 0]).astype(cfg.dtype)
-        return nn.Dense(cfg.embed_dim, use_bias=False, name="proj", dtype=cfg.dtype,
-                        param_dtype=cfg.param_dtype, kernel_init=logical_init(("embed", "proj"), _dense_init))(pooled)
+                        embed_init_std=width**-0.5, remat=cfg.remat, pre_norm=cfg.image_ln_pre,
+                        init_stds=block_init_stds(cfg.vision), name="vit")(images)
+        post_norm = layer_norm(cfg.layer_norm_eps, cfg.param_dtype, "post_layernorm")
+        if cfg.image_pool == "cls":  # LayerNorm acts per token: norm-then-pool = pool-then-norm
+            pooled = post_norm(x[:, 0])
+        elif cfg.image_ln_after_pool:
+            pooled = post_norm(jnp.mean(x[:, 1:].astype(jnp.float32), axis=1))
+        else:
+            pooled = jnp.mean(post_norm(x[:, 1:]), axis=1)
+        pooled = pooled.astype(cfg.dtype)
+        return nn.Dense(cfg.embed_dim, use_bias=False, name="proj", dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                        kernel_init=logical_init(("embed", "proj"), nn.initializers.normal(width**-0.5)))(pooled)
 
 
 class TextTower(nn.Module):
@@ -181,16 +218,18 @@ class TextTower(nn.Module):
                          (cfg.text_context, tower.width), cfg.param_dtype)
         x = x + pos[:length].astype(cfg.dtype)
         x, _ = encoder_stack(tower.depth, tower.heads, tower.mlp_dim, cfg.activation, cfg.layer_norm_eps,
-                             causal=True, remat=cfg.remat, **kw)(x, None)
+                             causal=cfg.text_causal, remat=cfg.remat, init_stds=block_init_stds(tower), **kw)(x, None)
         x = layer_norm(cfg.layer_norm_eps, cfg.param_dtype, "final_layer_norm")(x).astype(cfg.dtype)
         # Causal attention means the state at the end-of-text token has seen the whole caption.
-        if cfg.pool_text_at_argmax:
+        if cfg.text_pool == "last":
+            eos_position = jnp.full(tokens.shape[:1], length - 1)
+        elif cfg.pool_text_at_argmax or cfg.text_pool == "argmax":
             eos_position = jnp.argmax(tokens, axis=-1)
         else:  # first EOS (padding may reuse the EOS id)
             eos_position = jnp.argmax(tokens == cfg.eos_token_id, axis=-1)
         pooled = jnp.take_along_axis(x, eos_position[:, None, None], axis=1)[:, 0]
         return nn.Dense(cfg.embed_dim, use_bias=False, name="proj", **kw,
-                        kernel_init=logical_init(("embed", "proj"), _dense_init))(pooled)
+                        kernel_init=logical_init(("embed", "proj"), nn.initializers.normal(tower.width**-0.5)))(pooled)
 
 
 class CLIP(nn.Module):

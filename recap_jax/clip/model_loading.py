@@ -32,7 +32,7 @@ def build_model(model_cfg: ml_collections.ConfigDict, tokenizer: data_lib.Tokeni
         if tokenizer.vocab_size > cfg.vocab_size:
             raise ConfigError(f"data.tokenizer: {tokenizer.vocab_size} tokens do not fit the vocabulary "
                              f"({cfg.vocab_size}) of model.hf_dir={model_cfg.hf_dir}")
-        if not cfg.pool_text_at_argmax and tokenizer.eos_id != cfg.eos_token_id:
+        if cfg.pools_at_eos and tokenizer.eos_id != cfg.eos_token_id:
             raise ConfigError(f"data.tokenizer: its EOS id {tokenizer.eos_id} differs from the eos_token_id "
                              f"{cfg.eos_token_id} of model.hf_dir (text would be pooled at the wrong token)")
         # HF CLIP has no logit bias; a sigmoid-loss fine-tune adds one (initialised from the config).
@@ -68,7 +68,7 @@ def load_clip_for_eval(config) -> tuple[Any, Any, Any, int]:
     if config.model.hf_dir:
         cfg = hf_weights.read_hf_config(config.model.hf_dir, dtype=config.model.dtype)
         tokenizer = data_lib.Tokenizer(config.tokenizer or config.model.hf_dir)
-        if not cfg.pool_text_at_argmax and tokenizer.eos_id != cfg.eos_token_id:
+        if cfg.pools_at_eos and tokenizer.eos_id != cfg.eos_token_id:
             raise ConfigError(f"tokenizer: its EOS id {tokenizer.eos_id} differs from the model's "
                              f"eos_token_id {cfg.eos_token_id}")
         params = hf_weights.load_hf_params(config.model.hf_dir, cfg)

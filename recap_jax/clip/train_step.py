@@ -53,8 +53,11 @@ def _settings(cfg: Any) -> optimizer_lib.OptimizerSettings:
 
 
 def learning_rate_schedule(cfg: Any) -> optax.Schedule:
-    """The one schedule (training/optimizer.py) for the fields of `cfg`."""
-    return optimizer_lib.learning_rate_schedule(_settings(cfg))
+    """The one schedule (training/optimizer.py) for the fields of `cfg`, with open_clip's warm-up:
+    step s < warmup trains at lr x (s + 1) / warmup, so the first step already learns."""
+    shared = optimizer_lib.learning_rate_schedule(_settings(cfg))
+    warmup = int(cfg.warmup_steps)
+    return lambda step: shared(jnp.where(step < warmup, step + 1, step))
 
 
 def make_optimizer(cfg: Any) -> optax.GradientTransformation:
@@ -165,8 +168,8 @@ def make_train_step(model: CLIP, tx: optax.GradientTransformation, mesh: Mesh, *
         loss, grads = loss_and_grads(state.params, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        # Clamp the temperature as CLIP does (scale <= 100) so the logits cannot blow up.
-        params = dict(params, logit_scale=jnp.minimum(params["logit_scale"], math.log(logit_scale_max)))
+        # Clamp the temperature as CLIP / open_clip do (1 <= scale <= 100) so the logits cannot blow up.
+        params = dict(params, logit_scale=jnp.clip(params["logit_scale"], 0.0, math.log(logit_scale_max)))
         metrics = {"loss": loss, "logit_scale": jnp.exp(params["logit_scale"]),
                    "grad_norm": optax.tree.norm(grads)}
         if "caption_source" in batch:  # what the step trained on (the realised mixing ratio)

@@ -31,6 +31,27 @@ TRANSFORMS: dict[str, tuple[Callable[[np.ndarray, tuple], np.ndarray], Callable[
     "heads_bias": (lambda t, s: t.reshape(s), lambda s: (s[0] * s[1],)),
     "conv": (lambda t, s: t.transpose(2, 3, 1, 0), lambda s: (s[3], s[2], s[0], s[1])),  # OIHW -> HWIO
 }
+# One third of a fused attention input (torch `nn.MultiheadAttention.in_proj_*`: q, k, v stacked on dim 0).
+for _i, _part in enumerate("qkv"):
+    TRANSFORMS[f"in_proj_{_part}"] = (
+        lambda t, s, i=_i: t[i * s[1] * s[2]:(i + 1) * s[1] * s[2]].T.reshape(s),
+        lambda s: (3 * s[1] * s[2], s[0]))
+    TRANSFORMS[f"in_proj_{_part}_bias"] = (
+        lambda t, s, i=_i: t[i * s[0] * s[1]:(i + 1) * s[0] * s[1]].reshape(s),
+        lambda s: (3 * s[0] * s[1],))
+
+# Ours -> the stored layout (the inverse of each transform; fused thirds are concatenated by the caller).
+INVERSES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "same": lambda x: x,
+    "scalar": lambda x: x,
+    "linear": lambda x: x.T,
+    "heads_in": lambda x: x.reshape(x.shape[0], -1).T,
+    "heads_out": lambda x: x.reshape(-1, x.shape[-1]).T,
+    "heads_bias": lambda x: x.reshape(-1),
+    "conv": lambda x: x.transpose(3, 2, 0, 1),
+    **{f"in_proj_{p}": (lambda x: x.reshape(x.shape[0], -1).T) for p in "qkv"},
+    **{f"in_proj_{p}_bias": (lambda x: x.reshape(-1)) for p in "qkv"},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +101,14 @@ def vision_tower_rules(path: tuple[str, ...], source: str = "vision:") -> list[P
     ]
 
 
+def tree_has(tree, path: Sequence[str]) -> bool:
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
+
+
 def tree_get(tree, path: Sequence[str]):
     for key in path:
         tree = tree[key]
@@ -99,7 +128,7 @@ def plan_params(rules: Sequence[ParamRule], shapes, tensors: CheckpointTensors,
     `ignore(canonical_name)`)."""
     expected: set[str] = set()
     plan = []
-    for rule in rules:
+    for rule in (r for r in rules if tree_has(shapes, r.path)):  # e.g. no pre-LayerNorm in CLIPA
         target = tuple(tree_get(shapes, rule.path).shape)
         stacked = "{i}" in rule.source
         stored_shape = TRANSFORMS[rule.transform][1](target[1:] if stacked else target)
@@ -154,3 +183,24 @@ def params_from_plan(plan: Sequence[PlannedParam], tensors: CheckpointTensors, d
     for path, value in planned_leaves(plan, tensors, dtype, on_tensor):
         tree_set(params, path, value)
     return params
+
+
+def tensors_from_params(rules: Sequence[ParamRule], params, dtype=np.float32) -> dict[str, np.ndarray]:
+    """The inverse of `params_from_plan`: canonical name -> stored-layout array, for every rule
+    whose param exists in `params` (plain arrays); stacked params become one tensor per layer."""
+    pieces: dict[str, dict[str, np.ndarray]] = {}
+    for rule in rules:
+        if not tree_has(params, rule.path):
+            continue
+        value = np.asarray(tree_get(params, rule.path), dtype)
+        stacked = "{i}" in rule.source
+        for i in range(value.shape[0] if stacked else 1):
+            name = rule.source.format(i=i)
+            pieces.setdefault(name, {})[rule.transform] = INVERSES[rule.transform](value[i] if stacked else value)
+    out = {}
+    for name, parts in pieces.items():
+        if len(parts) == 1:
+            out[name] = np.ascontiguousarray(next(iter(parts.values())))
+        else:  # a fused q/k/v tensor: its thirds in q, k, v order
+            out[name] = np.concatenate([parts[k] for k in sorted(parts, key=lambda t: "qkv".index(t[8]))])
+    return out

@@ -25,6 +25,7 @@ from recap_jax.conversion import bundle
 from recap_jax.conversion.llava import param_rules
 from recap_jax.errors import ConfigError
 from recap_jax.models.config import LlavaConfig
+from recap_jax.preprocess import text as text_lib
 
 # Our canonical tensor prefixes -> transformers 5 llava-hf names (the converter reads them back).
 HF_PREFIXES = {"vision:": "model.vision_tower.", "projector:": "model.multi_modal_projector.",
@@ -71,12 +72,18 @@ def hf_tensors(config: LlavaConfig, params) -> Iterator[tuple[str, np.ndarray]]:
             yield name, np.ascontiguousarray(_TO_TORCH[rule.transform](value))
 
 
+def hf_vocab_size(config: LlavaConfig) -> int:
+    """The llava-hf text vocabulary: the original layout's `<image>` id is the first one past the
+    LLaMA vocabulary, and llava-hf looks every input id up in the embedding table, so it grows."""
+    return max(config.text.vocab_size, config.image_token_id + 1)
+
+
 def hf_config(config: LlavaConfig, tokenizer) -> transformers.LlavaConfig:
     used = config.num_vision_layers_used
     if used == 0:
         raise ConfigError("export: a vision_feature_layer of 0 (embeddings only) has no llava-hf form")
     t, v = config.text, config.vision
-    text = {"model_type": "llama", "vocab_size": t.vocab_size, "hidden_size": t.hidden_size,
+    text = {"model_type": "llama", "vocab_size": hf_vocab_size(config), "hidden_size": t.hidden_size,
             "intermediate_size": t.intermediate_size, "num_hidden_layers": t.num_layers,
             "num_attention_heads": t.num_heads, "num_key_value_heads": t.num_kv_heads,
             "head_dim": t.head_dim, "rms_norm_eps": t.rms_norm_eps, "rope_theta": t.rope_theta,
@@ -148,8 +155,14 @@ def export_hf(out: epath.PathLike, spec: bundle.CaptionerSpec, params, dtype: st
     side = spec.config.vision.hidden_size
     tensors["model.vision_tower.post_layernorm.weight"] = np.ones(side, bundle.param_dtype(dtype))
     tensors["model.vision_tower.post_layernorm.bias"] = np.zeros(side, bundle.param_dtype(dtype))
+    extra = range(spec.config.text.vocab_size, hf_vocab_size(spec.config))  # ids our model never emits
+    for name in ("model.language_model.embed_tokens.weight", "lm_head.weight"):  # zero rows for them
+        if extra and name in tensors:
+            tensors[name] = np.concatenate([tensors[name], np.zeros((len(extra), tensors[name].shape[1]),
+                                                                   tensors[name].dtype)])
     _write_safetensors(out, iter(tensors.items()))
-    chat_template = spec.chat_template or getattr(spec.tokenizer, "chat_template", None)
+    chat_template = (text_lib.hf_chat_template(spec.template) if spec.template else
+                     spec.chat_template or getattr(spec.tokenizer, "chat_template", None))
     processor = transformers.LlavaProcessor(
         image_processor=_image_processor(spec), tokenizer=spec.tokenizer, chat_template=chat_template,
         patch_size=spec.config.vision.patch_size, num_additional_image_tokens=1,
@@ -157,7 +170,8 @@ def export_hf(out: epath.PathLike, spec: bundle.CaptionerSpec, params, dtype: st
     processor.save_pretrained(str(out))
     transformers.GenerationConfig(
         eos_token_id=list(spec.stop_ids), bos_token_id=spec.tokenizer.bos_token_id,
-        pad_token_id=spec.tokenizer.pad_token_id).save_pretrained(str(out))
+        pad_token_id=spec.tokenizer.pad_token_id,
+        suppress_tokens=list(extra) or None).save_pretrained(str(out))
     return out
 
 

@@ -37,6 +37,20 @@ LLAMA3_LLAVA_SYSTEM_TEMPLATE = (
 
 TEMPLATES = {"llama3_llava": LLAMA3_LLAVA_TEMPLATE, "llama3_llava_system": LLAMA3_LLAVA_SYSTEM_TEMPLATE}
 
+# The last user turn's content as a HF chat template writes it (a string, or image/text parts).
+_HF_TURN = ("{% set content = messages[-1]['content'] %}{% if content is string %}{{ content }}{% else %}"
+            "{% for part in content %}{% if part['type'] == 'image' %}<image>\n{% else %}{{ part['text'] }}"
+            "{% endif %}{% endfor %}{% endif %}")
+
+
+def hf_chat_template(template: str) -> str:
+    """A named template as a processor chat template: `apply_chat_template` on one user turn
+    [image, prompt] renders exactly what `PromptEncoder.render(prompt)` renders (llava-hf export)."""
+    if template not in TEMPLATES:
+        raise ValueError(f"prompt template {template!r}: known templates are {sorted(TEMPLATES)}")
+    # HF renders with jinja's default of dropping the template's final newline: end on an expression.
+    return TEMPLATES[template].replace("<image>\n{{ prompt }}", _HF_TURN) + "{{ '' }}"
+
 
 @dataclasses.dataclass
 class PromptEncoder:

@@ -74,13 +74,16 @@ def learning_rate_schedule(s: OptimizerSettings) -> optax.Schedule:
 
 
 def decay_mask(params: Any) -> Any:
-    """Weight decay on matrices only (not on biases, norms, scalars such as logit_scale).
-
-    Scanned blocks (under a "layers" key) carry a leading layer axis that does not count."""
-    def is_matrix(path, x):
-        stacked = any(getattr(k, "key", None) == "layers" for k in path)
-        return x.ndim - int(stacked) >= 2
-    return jax.tree_util.tree_map_with_path(is_matrix, params)
+    """Weight decay on weight matrices and embeddings only: not on biases (attention q/k/v biases
+    are [heads, head_dim], matrices by shape), norm scales, logit_scale / logit_bias (open_clip's
+    and HF Trainer's rule). Scanned blocks (under a "layers" key) carry a leading layer axis that
+    does not count."""
+    def decays(path, x):
+        names = [getattr(k, "key", None) for k in path]
+        if names[-1] in ("bias", "scale", "logit_scale", "logit_bias"):
+            return False
+        return x.ndim - int("layers" in names) >= 2
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(s: OptimizerSettings) -> optax.GradientTransformation:
