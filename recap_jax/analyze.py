@@ -62,6 +62,9 @@ def main(argv) -> int:
         return 0
     brief = {k: v for k, v in summary.items() if k not in ("flag_keys", "org_top_words", "re_top_words")}
     print(json.dumps(brief, indent=1))
+    if summary.get("num_rows") == 0:
+        print(f"[analyze] {argv[1]} has no examples (a caption output where every sample failed lists them "
+              "in its failures*.jsonl): the analysis is empty")
     print(f"[analyze] report: {out}/report.html")
     return 0
 

@@ -37,6 +37,9 @@ def main(argv) -> int:
                              shard_index=_SHARD_INDEX.value, num_shards=_NUM_SHARDS.value,
                              overwrite=_OVERWRITE.value)
     brief = {k: v for k, v in summary.items() if k != "duplicates"}
+    if summary["rows_read"] == 0:
+        print(f"[export] {argv[1]} has no examples (a caption output where every sample failed lists them "
+              "in its failures*.jsonl): the export is empty")
     print(json.dumps(brief, indent=1))
     print(f"[export] {summary['rows_written']} rows -> {argv[2]} ({summary['duplicates_dropped']} duplicate "
           f"sha256 dropped; null columns: {', '.join(summary['null_columns'])})")

@@ -19,7 +19,8 @@ COLOURS = {"org": "#888888", "re": "#1f77b4"}
 def _finish(fig, ax, xlabel: str, ylabel: str, path: str) -> str:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # an empty dataset draws no line to label
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -107,7 +107,7 @@ class OutputRows:
         from recap_jax.data.tfds_folder import open_tfds_folder
         from recap_jax.release.image_join import JoinedRecords, has_images
 
-        self._source = (open_tfds_folder(folder, "train", field="OUTPUT_DIR") if is_local(folder)
+        self._source = (open_tfds_folder(folder, "train", field="OUTPUT_DIR", allow_empty=True) if is_local(folder)
                         else RemoteOutputSource(folder))
         self.has_images = has_images(self._source)
         if images and not self.has_images:
