@@ -106,7 +106,8 @@ def _print_help(doc: str, module_name: str) -> None:
     for module in (module_name, __name__):
         for flag in flags.FLAGS.get_flags_for_module(sys.modules[module]):
             print(f"  --{flag.name}: {flag.help}")
-    print("  --config.<field>=value: override any field of the config file (e.g. --config.seed=1)")
+    if "config" in flags.FLAGS:  # commands with positional paths (analyze, export) take no config file
+        print("  --config.<field>=value: override any field of the config file (e.g. --config.seed=1)")
 
 
 def run_config_command(main: Callable[[Sequence[str]], int | None], doc: str, module_name: str,
