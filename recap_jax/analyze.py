@@ -56,9 +56,9 @@ def main(argv) -> int:
         raise ConfigError(f"expected one OUTPUT_DIR or Parquet path, got {list(argv[1:])}: "
                           "python -m recap_jax.analyze PATH [--clip CHECKPOINT]")
     s = settings()
-    out = s.out or run.default_out(argv[1])
-    check_reachable({"PATH": argv[1], "--out": out, "--clip": s.clip, "--tokenizer": s.tokenizer},
-                    _GCS_TIMEOUT.value, writable=("--out",))
+    check_reachable({"PATH": argv[1], "--clip": s.clip, "--tokenizer": s.tokenizer}, _GCS_TIMEOUT.value)
+    out = s.out or run.default_out(argv[1])  # which reads PATH
+    check_reachable({"--out": out}, _GCS_TIMEOUT.value, writable=("--out",))
     summary = run.merge(out, s) if _MERGE.value else run.analyze(argv[1], s)
     if summary is None:
         print(f"[analyze] shard {s.shard_index}/{s.num_shards} written under {out}/shards; "

@@ -153,10 +153,14 @@ class _Store:
                 self.fs.pipe_file(self.key, data)
                 return True
             bucket, name = self.key.split("/", 1)
-            try:  # a media upload with ifGenerationMatch: gcsfs's pipe_file only offers "= 0"
-                self.fs.call("POST", f"{self.fs._location}/upload/storage/v1/b/{bucket}/o", uploadType="media",
-                             name=name, ifGenerationMatch=str(version), data=data,
-                             headers={"Content-Type": "application/json"}, json_out=True)
+            # A multipart upload (the JSON API's, as gcsfs writes small files) with ifGenerationMatch:
+            # gcsfs's pipe_file only offers the precondition "= 0".
+            body = (b'--==0==\nContent-Type: application/json; charset=UTF-8\n\n' + json.dumps({"name": name}).encode()
+                    + b"\n--==0==\nContent-Type: application/json\n\n" + data + b"\n--==0==--")
+            try:
+                self.fs.call("POST", f"{self.fs._location}/upload/storage/v1/b/{bucket}/o", uploadType="multipart",
+                             ifGenerationMatch=str(version), data=body, json_out=True,
+                             headers={"Content-Type": 'multipart/related; boundary="==0=="'})
             except FileExistsError:  # 412: another job rewrote or replaced the lease since we read it
                 return False
             finally:
