@@ -100,3 +100,13 @@ def test_cpu_commands_run_as_written():
             shutil.rmtree(REPO / args[-1], ignore_errors=True)
         proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=1800)
         assert proc.returncode == 0, f"{where}: {command}\n{proc.stderr[-3000:]}"
+
+
+def test_ci_runs_the_readme_test_command_with_the_slow_suite():
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"Run the tests.*?```bash\n(.*?)\n```", readme, flags=re.S).group(1).strip()
+    ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1].strip()
+    assert ci == block  # CI runs exactly what the README says
+    assert block.endswith("python -m pytest -q && python -m pytest -q -m slow")
+    # `pytest -m slow` collecting nothing would exit 5 and fail CI: there are slow tests.
+    assert any("@pytest.mark.slow" in f.read_text() for f in (REPO / "tests").glob("test_*.py"))
