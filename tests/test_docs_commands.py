@@ -19,7 +19,8 @@ from configs_loader import load
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # Placeholders a reader must replace, and what needs a TPU, a bucket or a download.
-NOT_CPU = ("gs://", "/data/", "/models/", "~/", "BUCKET", "$", "v4_", "--distributed", "tpu/", "open_clip", "venv", "pip ")
+NOT_CPU = ("gs://", "/data/", "/models/", "~/", "BUCKET", "$", "v4_", "--distributed", "tpu/", "open_clip", "venv",
+           "pip ")
 
 
 def commands() -> list[tuple[str, str]]:

@@ -119,7 +119,8 @@ def test_gcs_heartbeat_never_overwrites_a_lease_taken_meanwhile():
         key = f"{gcs_emulator.BUCKET}/heartbeat/{LEASE_FILE}"
         assert mine.renew() and mine.renew()  # its own lease: the conditional rewrite succeeds, twice
         assert json.loads(fs.cat_file(key))["heartbeat"] == mine.record.heartbeat
-        _replaced_after_read(mine, lambda: fs.pipe_file(key, json.dumps(dataclasses.asdict(_record_of("taker"))).encode()))
+        taker = json.dumps(dataclasses.asdict(_record_of("taker"))).encode()
+        _replaced_after_read(mine, lambda: fs.pipe_file(key, taker))
         assert mine.renew() is False  # the rewrite's generation precondition failed
         fs.invalidate_cache()
         assert json.loads(fs.cat_file(key))["run_id"] == "taker"

@@ -124,7 +124,8 @@ def test_unreachable_gcs_fails_in_seconds_with_one_line(tmp_path, module, args, 
                   dead)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith(f"error: {field}: could not reach gs://{gcs_emulator.BUCKET}/out"), lines
+    want = f"error: {field}: could not reach gs://{gcs_emulator.BUCKET}/out"
+    assert len(lines) == 1 and lines[0].startswith(want), lines
     assert time.time() - start < 60  # the probe's 3 s plus start-up, not gcsfs's minute of retries
     assert list(tmp_path.iterdir()) == []
 
