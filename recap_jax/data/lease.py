@@ -12,6 +12,8 @@ Taking a lease never relies on a rename (on gs:// a rename is a copy and a delet
   a stale one is first deleted at the generation that was read, so of two jobs taking over the
   same stale lease one deletes and creates it and the other's delete or create fails;
 - local: the same check-and-write under an exclusive `flock` of FOLDER/.lease.lock.
+The heartbeat's rewrite is conditional the same way (the generation it read on gs://, the lock
+locally): a job that stalled past `stale_s` never overwrites the lease of the job that took over.
 """
 
 from __future__ import annotations
