@@ -32,6 +32,7 @@ _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Hosts sharing the run (each
 _SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "This host's share, in [0, num_shards).")
 _MERGE = flags.DEFINE_bool("merge", False, "Merge the shards' results under OUT (after a sharded run).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_GCS_TIMEOUT = flags.DEFINE_float("gcs_timeout_s", 20.0, "Seconds each gs:// path has to answer at start-up.")
 
 
 def settings(run, health):
@@ -47,12 +48,15 @@ def settings(run, health):
 
 def main(argv) -> int:
     from recap_jax.analysis import health, run  # deferred past the flags (cli.job_main)
+    from recap_jax.data.storage import check_reachable
 
     if len(argv) != 2:
         raise ConfigError(f"expected one OUTPUT_DIR or Parquet path, got {list(argv[1:])}: "
                           "python -m recap_jax.analyze PATH [--clip CHECKPOINT]")
     s = settings(run, health)
-    out = s.out or run.default_out(argv[1])
+    check_reachable({"PATH": argv[1], "--clip": s.clip, "--tokenizer": s.tokenizer}, _GCS_TIMEOUT.value)
+    out = s.out or run.default_out(argv[1])  # which reads PATH
+    check_reachable({"--out": out}, _GCS_TIMEOUT.value, writable=("--out",))
     summary = run.merge(out, s) if _MERGE.value else run.analyze(argv[1], s)
     if summary is None:
         print(f"[analyze] shard {s.shard_index}/{s.num_shards} written under {out}/shards; "
@@ -60,6 +64,9 @@ def main(argv) -> int:
         return 0
     brief = {k: v for k, v in summary.items() if k not in ("flag_keys", "org_top_words", "re_top_words")}
     print(json.dumps(brief, indent=1))
+    if summary.get("num_rows") == 0:
+        print(f"[analyze] {argv[1]} has no examples (a caption output where every sample failed lists them "
+              "in its failures*.jsonl): the analysis is empty")
     print(f"[analyze] report: {out}/report.html")
     return 0
 

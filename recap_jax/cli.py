@@ -26,6 +26,32 @@ HELP_FLAGS = ("-h", "--help", "-?", "--helpshort", "--helpfull")
 # OS errors that mean "this path is wrong", not "this program is wrong".
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError, IsADirectoryError)
 
+
+
+def keep_libtpu_asleep() -> None:
+    """Runs on the CPU where no TPU chip is attached, so that libtpu (the `[tpu]` extra, which the
+    plan command needs to compile for TPU topologies) does not start and print its start-up
+    errors. An explicit JAX_PLATFORMS, a visible GPU or JAX_FORCE_TPU_INIT is left alone."""
+    import importlib.util
+
+    if "JAX_PLATFORMS" in os.environ or "JAX_FORCE_TPU_INIT" in os.environ:
+        return
+    if importlib.util.find_spec("libtpu") is None:
+        return
+    from jax._src import hardware_utils  # jax's own PCI scan, the one its TPU start-up uses
+
+    if hardware_utils.num_available_tpu_chips_and_device_id()[0] or hardware_utils.has_visible_nvidia_gpu():
+        return
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")  # in case jax was imported before this ran
+
+
+# transformers prints "PyTorch was not found..." on import where torch is absent (we need its tokenizers only).
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+keep_libtpu_asleep()
+
 flags.DEFINE_bool("debug", False, f"Show the traceback of user errors too (or set {DEBUG_ENV}=1).")
 
 
@@ -81,7 +107,8 @@ def _print_help(doc: str, module_name: str) -> None:
     for module in (module_name, __name__):
         for flag in flags.FLAGS.get_flags_for_module(sys.modules[module]):
             print(f"  --{flag.name}: {flag.help}")
-    print("  --config.<field>=value: override any field of the config file (e.g. --config.seed=1)")
+    if "config" in flags.FLAGS:  # commands with positional paths (analyze, export) take no config file
+        print("  --config.<field>=value: override any field of the config file (e.g. --config.seed=1)")
 
 
 def run_config_command(main: Callable[[Sequence[str]], int | None], doc: str, module_name: str,

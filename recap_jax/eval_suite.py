@@ -7,7 +7,8 @@ r"""The paper's CLIP evaluation suite in one command: ImageNet-1K zero-shot, COC
         --config.coco.annotations=/data/karpathy/dataset_coco.json --config.coco.images=/data/coco \
         --config.imagenet.folder=/data/imagenet --config.urban1k.folder=/data/Urban1k
 
-Datasets whose paths are not set (or not there) are skipped with a line. See configs/eval_suite.py.
+Datasets whose paths are left unset are skipped with a line; a path that is set but not there is
+an error naming the field (exit 2). See configs/eval_suite.py.
 Exit status: 0 done, 2 a usage error (one line naming the field or file; --debug for the traceback).
 """
 

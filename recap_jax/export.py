@@ -23,6 +23,7 @@ _ROWS_PER_FILE = flags.DEFINE_integer("rows_per_file", 1_048_576, "Rows per Parq
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Split the export into jobs by sha256 (one per host).")
 _SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "This job's share, in [0, num_shards).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace files a previous export left in DEST.")
+_GCS_TIMEOUT = flags.DEFINE_float("gcs_timeout_s", 20.0, "Seconds each gs:// path has to answer at start-up.")
 
 
 def main(argv) -> int:
@@ -34,8 +35,11 @@ def main(argv) -> int:
     summary = export_parquet(argv[1], argv[2], scores=_SCORES.value, dedup=_DEDUP.value,
                              rows_per_group=_ROWS_PER_GROUP.value, rows_per_file=_ROWS_PER_FILE.value,
                              shard_index=_SHARD_INDEX.value, num_shards=_NUM_SHARDS.value,
-                             overwrite=_OVERWRITE.value)
+                             overwrite=_OVERWRITE.value, gcs_timeout_s=_GCS_TIMEOUT.value)
     brief = {k: v for k, v in summary.items() if k != "duplicates"}
+    if summary["rows_read"] == 0:
+        print(f"[export] {argv[1]} has no examples (a caption output where every sample failed lists them "
+              "in its failures*.jsonl): the export is empty")
     print(json.dumps(brief, indent=1))
     print(f"[export] {summary['rows_written']} rows -> {argv[2]} ({summary['duplicates_dropped']} duplicate "
           f"sha256 dropped; null columns: {', '.join(summary['null_columns'])})")

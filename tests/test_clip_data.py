@@ -102,12 +102,19 @@ def test_iterator_state_restores_the_exact_stream(shapes, tokenizer):
 
 
 def test_several_folders_are_read_together(shapes, tokenizer, tmp_path):
-    extra = synthetic.write_tfds_folder(str(tmp_path / "extra"), synthetic.make_records(32, 32, seed=7))
+    # The extra folder's captions are marked (a word three times: no shapes caption reads so), so
+    # that its records can be told from the main folder's, which repeats forever too.
+    records = synthetic.make_records(32, 32, seed=7)
+    for record in records:
+        record["org_caption"] = "left left left"
+    extra = synthetic.write_tfds_folder(str(tmp_path / "extra"), records)
     ds = data.train_dataset(f"{shapes['train']},{extra}", tokenizer, image_size=32, per_host_batch=48,
                             seed=0, org_caption_prob=1.0, org_caption_max_tokens=8)
-    # 288 records -> 6 batches per epoch; collect one epoch and count the extra folder's captions
+    # 256 + 32 records -> 6 batches per epoch: one epoch holds each extra caption exactly once.
     one_epoch = np.concatenate([ds[i]["tokens"] for i in range(6)])
     assert len(one_epoch) == 288
+    marker = tokenizer(["left left left"], 8)[0][:5]  # BOS, the three words, EOS
+    assert sum(np.array_equal(row[:5], marker) for row in one_epoch) == 32
     with pytest.raises(ValueError, match="data.folders"):
         data.train_dataset(str(tmp_path / "missing"), tokenizer, image_size=32, per_host_batch=4, seed=0)
 

@@ -152,18 +152,32 @@ def test_suite_on_every_fixture_reports_every_column(tiny_hf_clip, tmp_path, cap
     assert "| tiny random CLIP |" in table and "cut to the model's 32-token text length" in table
 
 
-def test_missing_datasets_are_skipped_with_a_line(tiny_hf_clip, tmp_path, capsys):
+def test_unset_datasets_are_skipped_with_a_line(tiny_hf_clip, tmp_path, capsys):
     config = _suite_config(tiny_hf_clip, tmp_path / "out")
     config.urban1k.folder = suite_fixtures.urban1k(str(tmp_path / "urban"))
-    config.imagenet.folder = str(tmp_path / "no_imagenet")
     out = suite.evaluate_model(config)
     printed = capsys.readouterr().out
     assert set(out["results"]) == {"urban1k"}
     assert set(out["skipped"]) == {"imagenet", "coco", "flickr", "vg_attribute"}
-    assert f"skipped imagenet: imagenet.folder={tmp_path / 'no_imagenet'} does not exist" in printed
-    assert "skipped coco: coco.annotations is not set" in printed
+    assert "skipped imagenet: imagenet.folder not set" in printed
+    assert "skipped coco: coco.annotations/coco.images not set" in printed
     table = open(tmp_path / "out" / "eval_suite.md").read()
     assert "| tiny random CLIP | - | - | - | - | - |" in table
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("imagenet.folder", "{tmp}/no_imagenet", "imagenet.folder={tmp}/no_imagenet: does not exist"),
+    ("coco.annotations", "{tmp}/karpathy.json", "coco.images: not set, but coco.annotations is; set both or neither"),
+])
+def test_a_set_path_that_is_wrong_is_an_error_not_a_skip(tiny_hf_clip, tmp_path, field, value, message):
+    config = _suite_config(tiny_hf_clip, tmp_path / "out")
+    (tmp_path / "karpathy.json").write_text("{}")
+    section, leaf = field.split(".")
+    config[section][leaf] = value.replace("{tmp}", str(tmp_path))
+    with pytest.raises(ConfigError) as e:
+        suite.evaluate_model(config)
+    assert str(e.value) == message.replace("{tmp}", str(tmp_path))
+    assert not (tmp_path / "out").exists()
 
 
 def test_command_help_and_user_errors_exit_2(tmp_path):

@@ -102,7 +102,12 @@ def test_bfloat16_checkpoint_round_trip(tmp_path, hf_dir):
     logits = model.apply({"params": params}, tokens, pixels)
     logits32 = LlavaModel(spec.config).apply({"params": params32}, tokens, pixels)
     assert np.all(np.isfinite(np.asarray(logits)))
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(logits32), atol=0.15)
+    # bf16 against f32, measured against the logits' own spread over the vocabulary (an absolute
+    # tolerance says nothing if the logits are small): measured 0.046 off at a spread of 0.66.
+    a, b = np.asarray(logits, np.float32), np.asarray(logits32)
+    spread = float(b.std(axis=-1).mean())
+    assert spread > 0 and np.abs(a - b).max() <= 0.1 * spread, (np.abs(a - b).max(), spread)
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.9  # the same greedy choices
     # A second conversion to the same folder needs --overwrite.
     assert convert.main(["--hf_dir", str(hf_dir), "--out", str(tmp_path / "bf16")]) == 2
 

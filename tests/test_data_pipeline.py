@@ -58,11 +58,27 @@ def test_keeps_order_runs_in_parallel_and_reports_failures():
 
 
 def test_prefetch_bounds_work_ahead_of_the_consumer():
+    # After one item is consumed the pipeline holds prefetch=5 samples submitted to the workers, and
+    # the reader thread 5 more in its queue plus one in hand, blocked: 11 drawn from the input, and
+    # never more while the consumer waits. Wait (for a state, not a fixed time) until it got there.
+    drawn = []
+
+    def source():
+        for sample in _samples([str(i) for i in range(100)]):
+            drawn.append(sample.key)
+            yield sample
+
     prepare = _Concurrency(seconds=0.0)
-    stream = pipeline.prepared_samples(_samples([str(i) for i in range(100)]), prepare, num_workers=2, prefetch=5)
+    stream = pipeline.prepared_samples(source(), prepare, num_workers=2, prefetch=5)
     next(stream)
-    time.sleep(0.2)  # a slow consumer: the workers must not run far ahead
-    assert prepare.calls <= 6
+    deadline = time.time() + 60
+    while (len(drawn) < 11 or prepare.calls < 5) and time.time() < deadline:
+        time.sleep(0.01)
+    assert (prepare.calls, len(drawn)) == (5, 11)  # reached the bound and stopped there
+    assert next(stream)[1] == "1"  # consuming one more lets exactly one more in
+    while len(drawn) < 12 and time.time() < deadline:
+        time.sleep(0.01)
+    assert len(drawn) == 12 and prepare.calls <= 6
     stream.close()
 
 

@@ -44,6 +44,10 @@ def test_only_host_0_writes_the_export_folders(tiny, tmp_path, monkeypatch):
     assert barriers == ["recap_jax export written"]
     assert (out / "recap_config.json").exists() and (out / "tokenizer").is_dir()
     assert (tmp_path / "main" / "export_hf" / "config.json").exists()
+    # The weights are shared like the JSON beside them (safetensors alone writes 0600).
+    hf = tmp_path / "main" / "export_hf"
+    assert (hf / "model.safetensors").stat().st_mode & 0o777 == (hf / "config.json").stat().st_mode & 0o777
+    assert not list(hf.glob(".*"))  # no mode probe left behind
     assert [p.name for p in (tmp_path / "main").iterdir() if p.name.startswith(".")] == []  # renamed
     monkeypatch.undo()
     _, back = model_loading.load_captioner(checkpoint=str(out))

@@ -128,7 +128,7 @@ def test_killed_on_gcs_at_three_points_resumes_to_every_key_once(world, gcs, loc
     fs = gcsfs.GCSFileSystem()
     out = f"{GS}/out-killed"
     markers = f"{gcs_emulator.BUCKET}/out-killed/.units"
-    for kill_after in (1, 3, 5):
+    for kill_after in (1, 2, 3):  # 3 of 6 units left at the last kill: a loaded machine still kills part-way
         proc = subprocess.Popen(_command(f"{GS}/ckpt", f"{GS}/tars", out), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env={**env(), **gcs}, cwd=REPO)
         deadline = time.time() + 400

@@ -3,6 +3,7 @@ several jobs taking over one stale lease at once exactly one wins, locally and o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -68,3 +69,65 @@ def test_one_of_several_takes_over_a_stale_lease_on_gcs():
         gcsfs.GCSFileSystem().pipe_file(f"{gcs_emulator.BUCKET}/out/{LEASE_FILE}", _stale_record())
         results = _race(f"gs://{gcs_emulator.BUCKET}/out", env)
     assert sorted(results) == ["refused"] * 3 + ["won"], results
+
+
+def _replaced_after_read(lease: Lease, replace) -> list:
+    """Wraps the lease store's read: right after the heartbeat reads its own record, `replace` runs
+    (another job taking the lease over while this one stalled between read and rewrite)."""
+    read, calls = lease._store.read, []
+
+    def read_then_replace():
+        result = read()
+        if not calls:
+            calls.append(replace())
+        return result
+
+    lease._store.read = read_then_replace
+    return calls
+
+
+def test_local_heartbeat_never_overwrites_a_lease_taken_meanwhile(tmp_path):
+    import threading
+    mine = Lease(tmp_path, "stalled", heartbeat_s=3600).acquire()
+    other = Lease(tmp_path, "taker")
+    taken = threading.Event()
+
+    def take_over():  # as acquire() does: under the lock
+        def write():
+            with other._store.critical():
+                other._store.overwrite(_record_of("taker"))
+            taken.set()
+        thread = threading.Thread(target=write)
+        thread.start()
+        taken.wait(1.0)  # blocks while the heartbeat holds the lock (without it: writes at once)
+        return thread
+
+    calls = _replaced_after_read(mine, take_over)
+    mine.renew()
+    calls[0].join(10)
+    assert json.loads((tmp_path / LEASE_FILE).read_text())["run_id"] == "taker"  # the later write stands
+    assert mine.renew() is False  # and the stalled job sees it lost the lease
+    mine._stop.set()
+
+
+def test_gcs_heartbeat_never_overwrites_a_lease_taken_meanwhile():
+    with gcs_emulator.serving_this_process():
+        import gcsfs
+        fs = gcsfs.GCSFileSystem()
+        folder = f"gs://{gcs_emulator.BUCKET}/heartbeat"
+        mine = Lease(folder, "stalled", heartbeat_s=3600).acquire()
+        key = f"{gcs_emulator.BUCKET}/heartbeat/{LEASE_FILE}"
+        assert mine.renew() and mine.renew()  # its own lease: the conditional rewrite succeeds, twice
+        assert json.loads(fs.cat_file(key))["heartbeat"] == mine.record.heartbeat
+        taker = json.dumps(dataclasses.asdict(_record_of("taker"))).encode()
+        _replaced_after_read(mine, lambda: fs.pipe_file(key, taker))
+        assert mine.renew() is False  # the rewrite's generation precondition failed
+        fs.invalidate_cache()
+        assert json.loads(fs.cat_file(key))["run_id"] == "taker"
+        mine._stop.set()
+
+
+def _record_of(run_id: str):
+    from recap_jax.data.lease import Record
+    now = time.time()
+    return Record(run_id, "other-host", 1, now, now)

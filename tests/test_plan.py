@@ -10,6 +10,7 @@ import jax
 import pytest
 
 from configs_loader import load
+from recap_jax.errors import ConfigError
 from recap_jax.models.config import llava_config_from_hf
 from recap_jax.parallel.mesh import make_mesh
 from recap_jax.planning import caption_plan, chips, hlo, startup
@@ -108,10 +109,33 @@ def test_throughput_bound_counts_every_scanned_layer(tiny_plan):
     assert rate.days(128) * rate.mfu() == pytest.approx(1.3e9 * rate.physical_s / 128 / 86400)
 
 
-def test_fit_check_is_a_no_op_off_tpu():
+def test_fit_check_is_a_no_op_off_tpu(monkeypatch):
     config, _ = tiny_job()
     config.decode.batch_size = 10**9  # would not fit any chip; on CPU nothing is checked
-    startup.check_fits_on_tpu(config, make_mesh({"data": 1}, jax.devices()[:1]))
+    compiled = []
+    monkeypatch.setattr(startup, "fit_error", lambda *a, **k: compiled.append(a) or "does not fit")
+    assert startup.check_fits_on_tpu(config, make_mesh({"data": 1}, jax.devices()[:1])) is None
+    assert compiled == []  # nothing compiled, nothing read
+
+
+def test_fit_check_on_tpu_devices_names_the_batch_that_fits(v4_host, tiny_plan, monkeypatch):
+    # The caption job's start-up branch on TPU, on libtpu's compile-only v4 devices; a chip with
+    # room for about 10 of the tiny job's slots per chip keeps the search for the largest batch short.
+    config, model = tiny_job()
+    monkeypatch.setattr(startup, "planned_model", lambda c: model)
+    per_slot = (tiny_plan.cache_bytes + tiny_plan.state_bytes + tiny_plan.functions["decode"].temp_bytes) / 4
+    room = tiny_plan.total_bytes - 4 * per_slot + 10 * per_slot  # 16 slots on 4 chips: 4 per chip
+    small = dataclasses.replace(chips.chip_of(v4_host[0]), hbm_bytes=int(startup.RESERVE_BYTES + room))
+    monkeypatch.setattr(startup, "chip_of", lambda device: small)
+    mesh = make_mesh({"data": 4}, v4_host)
+    assert startup.check_fits_on_tpu(config, mesh) is None  # the 16 slots fit
+    config.decode.batch_size = 1024
+    with pytest.raises(ConfigError) as e:
+        startup.check_fits_on_tpu(config, mesh)
+    message = str(e.value)
+    assert message.startswith("decode.batch_size=1024 does not fit a TPU v4 chip"), message
+    largest = int(message.rsplit("=", 1)[1])
+    assert 16 <= largest < 1024 and largest % 4 == 0
 
 
 def test_collectives_are_read_from_hlo_text():

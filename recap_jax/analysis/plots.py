@@ -32,7 +32,8 @@ def pyplot(command: str) -> Any:
 def _finish(fig, ax, xlabel: str, ylabel: str, path: str) -> str:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # an empty dataset draws no line to label
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     pyplot("analyze").close(fig)

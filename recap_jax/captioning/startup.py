@@ -9,10 +9,8 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import json
-import logging
 import struct
 import uuid
 from typing import Any
@@ -68,7 +66,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{out}: output.dir cannot be written ({existing}: {e.strerror or e}); "
                               "choose a folder you can write") from None
         for root in input_roots(config.input.paths):
-            if path == root or root in path.parents:
+            if storage.is_inside(str(path), str(root)):
                 raise ConfigError(f"output.dir: {out} is inside input.paths ({root}): the next run would "
                                   "read its own output; put it elsewhere")
 
@@ -103,46 +101,9 @@ def remote_paths(config: ml_collections.ConfigDict) -> dict[str, str]:
     return found
 
 
-def _bucket(path: str) -> str:
-    return path.split("://", 1)[1].split("/", 1)[0]
-
-
-def _probe(field: str, path: str) -> None:
-    import gcsfs
-    fs = gcsfs.GCSFileSystem()
-    bucket = _bucket(path)
-    if field == "output.dir":
-        probe = f"{path.rstrip('/')}/.probe-{uuid.uuid4().hex[:8]}".split("://", 1)[1]
-        fs.pipe_file(probe, b"recap_jax write probe")
-        fs.rm_file(probe)
-    elif not fs.exists(bucket):
-        raise FileNotFoundError(f"bucket {bucket} not found")
-
-
 def check_remote(config: ml_collections.ConfigDict, timeout_s: float) -> None:
     """Each gs:// path's bucket reachable (the output writable) within `timeout_s` seconds."""
-    found = remote_paths(config)
-    if not found:
-        return
-    storage.require_gcs(next(iter(found)))
-    # gcsfs logs every retry with a traceback: the one-line error below says it all.
-    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(found), thread_name_prefix="gcs-probe")
-    futures = {field: pool.submit(_probe, field, path) for field, path in found.items()}
-    try:
-        for field, future in futures.items():
-            what = "write to" if field == "output.dir" else "reach"
-            try:
-                future.result(timeout=timeout_s)
-            except concurrent.futures.TimeoutError:
-                raise ConfigError(f"{field}: could not {what} {found[field]} within {timeout_s:.0f}s "
-                                  "(network? credentials: gcloud auth application-default login)") from None
-            except Exception as e:  # noqa: BLE001 - any failure of the probe is the user's to fix
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                raise ConfigError(f"{field}: could not {what} {found[field]} ({type(e).__name__}: "
-                                  f"{first[:200]})") from None
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    storage.check_reachable(remote_paths(config), timeout_s, writable=("output.dir",))
 
 
 # --- the model's limits ---------------------------------------------------------------------

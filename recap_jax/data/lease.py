@@ -12,6 +12,8 @@ Taking a lease never relies on a rename (on gs:// a rename is a copy and a delet
   a stale one is first deleted at the generation that was read, so of two jobs taking over the
   same stale lease one deletes and creates it and the other's delete or create fails;
 - local: the same check-and-write under an exclusive `flock` of FOLDER/.lease.lock.
+The heartbeat's rewrite is conditional the same way (the generation it read on gs://, the lock
+locally): a job that stalled past `stale_s` never overwrites the lease of the job that took over.
 """
 
 from __future__ import annotations
@@ -144,14 +146,32 @@ class _Store:
         except FileNotFoundError:
             return False
 
-    def overwrite(self, record: Record) -> None:
+    def overwrite(self, record: Record, version: Any = None) -> bool:
+        """Replace the record; on gs:// only if it is still at `version` (the generation read),
+        else False. Locally the caller holds `critical()`, which makes read-compare-write atomic."""
         data = json.dumps(dataclasses.asdict(record)).encode()
         if self.remote:
-            self.fs.pipe_file(self.key, data)
-            return
+            if version is None:
+                self.fs.pipe_file(self.key, data)
+                return True
+            bucket, name = self.key.split("/", 1)
+            # A multipart upload (the JSON API's, as gcsfs writes small files) with ifGenerationMatch:
+            # gcsfs's pipe_file only offers the precondition "= 0".
+            body = (b'--==0==\nContent-Type: application/json; charset=UTF-8\n\n' + json.dumps({"name": name}).encode()
+                    + b"\n--==0==\nContent-Type: application/json\n\n" + data + b"\n--==0==--")
+            try:
+                self.fs.call("POST", f"{self.fs._location}/upload/storage/v1/b/{bucket}/o", uploadType="multipart",
+                             ifGenerationMatch=str(version), data=body, json_out=True,
+                             headers={"Content-Type": 'multipart/related; boundary="==0=="'})
+            except FileExistsError:  # 412: another job rewrote or replaced the lease since we read it
+                return False
+            finally:
+                self.fs.invalidate_cache(self.key)
+            return True
         tmp = self.folder / f".{LEASE_FILE}.tmp-{os.getpid()}"
         tmp.write_bytes(data)
         tmp.replace(self.path)
+        return True
 
 
 class Lease:
@@ -206,14 +226,20 @@ class Lease:
                 log.warning("%s: lease heartbeat failed: %s", self.folder, e)
 
     def renew(self) -> bool:
-        """Refresh the heartbeat; False (and no write) if another run has taken the lease."""
-        held, _ = self._store.read()
-        if held is None or held.run_id != self.run_id:
-            log.warning("%s: the lease was taken over by %s", self.folder, held.describe() if held else "nobody")
-            return False
-        self.record.heartbeat = time.time()
-        self._store.overwrite(self.record)
-        return True
+        """Refresh the heartbeat; False (and no write) if another run has taken the lease.
+
+        The rewrite is conditional: a job that stalled past `stale_s` and wakes up after another
+        took the lease over must not overwrite that job's record (gs://: the generation read must
+        still be the live one; local: read and write under the lock that acquire() takes)."""
+        with self._store.critical():
+            held, version = self._store.read()
+            if held is not None and held.run_id == self.run_id:
+                self.record.heartbeat = time.time()
+                if self._store.overwrite(self.record, version):
+                    return True
+                held, _ = self._store.read()
+        log.warning("%s: the lease was taken over by %s", self.folder, held.describe() if held else "nobody")
+        return False
 
     def release(self) -> None:
         self._stop.set()

@@ -5,12 +5,15 @@ Shared by the input formats, the output writer and the commands' start-up checks
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TypeVar
 
 from etils import epath
@@ -38,6 +41,61 @@ def require_gcs(field: str) -> None:
     except ImportError:
         raise ConfigError(f"{field}: gs:// paths need gcsfs (pip install gcsfs, "
                           "or the project's [gcs] / [tpu] extra)") from None
+
+
+def is_inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies under it, symlinks resolved (a link to the input is the
+    input); remote paths compare by name, and a local path is never inside a remote one."""
+    if is_local(path) != is_local(folder):
+        return False
+    if not is_local(path):
+        a, b = str(path).rstrip("/"), str(folder).rstrip("/")
+        return a == b or a.startswith(b + "/")
+    real = os.path.realpath(os.path.expanduser(path))  # resolves the existing part of a new path too
+    root = os.path.realpath(os.path.expanduser(folder))
+    return real == root or real.startswith(root.rstrip("/") + "/")
+
+
+def _probe(path: str, write: bool) -> None:
+    import gcsfs
+    fs = gcsfs.GCSFileSystem()
+    bucket = path.split("://", 1)[1].split("/", 1)[0]
+    if write:
+        probe = f"{path.rstrip('/')}/.probe-{uuid.uuid4().hex[:8]}".split("://", 1)[1]
+        fs.pipe_file(probe, b"recap_jax write probe")
+        fs.rm_file(probe)
+    elif not fs.exists(bucket):
+        raise FileNotFoundError(f"bucket {bucket} not found")
+
+
+def check_reachable(paths: Mapping[str, str], timeout_s: float, writable: Collection[str] = ()) -> None:
+    """Each gs:// path of {field: path} reachable (a write accepted for the fields in `writable`)
+    within `timeout_s` seconds, all probed at once; ConfigError naming the first field that is not.
+
+    Without this, no network or no credentials shows as a minute of gcsfs retries, then a traceback.
+    """
+    found = {field: path for field, path in paths.items() if str(path).startswith("gs://")}
+    if not found:
+        return
+    require_gcs(next(iter(found)))
+    # gcsfs logs every retry with a traceback: the one-line error below says it all.
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(found), thread_name_prefix="gcs-probe")
+    futures = {field: pool.submit(_probe, path, field in writable) for field, path in found.items()}
+    try:
+        for field, future in futures.items():
+            what = "write to" if field in writable else "reach"
+            try:
+                future.result(timeout=timeout_s)
+            except concurrent.futures.TimeoutError:
+                raise ConfigError(f"{field}: could not {what} {found[field]} within {timeout_s:.0f}s "
+                                  "(network? credentials: gcloud auth application-default login)") from None
+            except Exception as e:  # noqa: BLE001 - any failure of the probe is the user's to fix
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise ConfigError(f"{field}: could not {what} {found[field]} ({type(e).__name__}: "
+                                  f"{first[:200]})") from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 class TransientIOError(Exception):

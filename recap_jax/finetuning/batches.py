@@ -136,7 +136,9 @@ class BatchMaker:
                 usable += 1
                 yield Position(epoch, offset), record, encoded
             if usable == 0 and began_at == 0:
-                raise ConfigError(f"data.path: epoch {epoch} holds no usable example (see {self.failures.path})")
+                listed = f" (see {self.failures.path})" if self.failures.path.exists() else ""
+                raise ConfigError(f"data.path: none of the {offset} examples of epoch {epoch} is usable{listed}"
+                                  if offset else "data.path: no examples (the data is empty)")
             epoch, offset = epoch + 1, 0
 
     def batches(self, start: Position) -> Iterator[Batch]:

@@ -10,6 +10,8 @@ vision tower has that many blocks and takes its features from the last one: the 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterator
 from typing import Any
 
@@ -116,6 +118,18 @@ def _image_processor(spec: bundle.CaptionerSpec):
     return cls(**settings)
 
 
+def _save(tensors: dict[str, np.ndarray], path: epath.Path) -> None:
+    """safetensors' save_file leaves its file 0600; an exported model is meant to be shared like
+    the JSON files beside it, so it gets the mode a new file of this process gets (the umask's)."""
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    if "://" in str(path):
+        return
+    probe = path.parent / f".{path.name}.mode-{os.getpid()}"
+    probe.write_bytes(b"")  # os.umask() would have to change the process-wide mask to read it
+    os.chmod(path, stat.S_IMODE(os.stat(probe).st_mode))
+    probe.unlink()
+
+
 def _write_safetensors(out: epath.Path, tensors: Iterator[tuple[str, np.ndarray]]) -> None:
     """Shards of at most SHARD_BYTES plus the index transformers reads for sharded folders."""
     shards: list[dict[str, np.ndarray]] = [{}]
@@ -127,12 +141,12 @@ def _write_safetensors(out: epath.Path, tensors: Iterator[tuple[str, np.ndarray]
         shards[-1][name] = value
         size += value.nbytes
     if len(shards) == 1:
-        save_file(shards[0], str(out / "model.safetensors"), metadata={"format": "pt"})
+        _save(shards[0], out / "model.safetensors")
         return
     weight_map = {}
     for i, shard in enumerate(shards):
         file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(out / file), metadata={"format": "pt"})
+        _save(shard, out / file)
         weight_map.update({name: file for name in shard})
     total = sum(v.nbytes for s in shards for v in s.values())
     (out / "model.safetensors.index.json").write_text(json.dumps(

@@ -49,6 +49,8 @@ class LlavaJsonReader:
             raise ConfigError(f"data.path: {path} is not JSON or JSONL: {e}") from None
         if not isinstance(entries, list):
             raise ConfigError(f"data.path: {path} must hold a list of conversations")
+        if not entries:
+            raise ConfigError(f"data.path: no examples in {path} (an empty list of conversations)")
         self.entries, self.name = entries, file.name
         self.image_folder = epath.Path(image_folder) if image_folder else file.parent
         self.shuffle, self.seed = shuffle, seed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import ml_collections
 from jax.sharding import Mesh
 
@@ -41,7 +42,10 @@ def check_fits_on_tpu(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     if devices[0].platform != "tpu":
         return
     chip = chip_of(devices[0])
-    stats = devices[0].memory_stats() or {}
+    try:
+        stats = devices[0].memory_stats() or {}
+    except jax.errors.JaxRuntimeError:  # a compile-only device (libtpu's topology): the nominal HBM
+        stats = {}
     if stats.get("bytes_limit"):  # what the runtime really lets us use
         chip = Chip(**{**chip.__dict__, "hbm_bytes": int(stats["bytes_limit"])})
     message = fit_error(config, devices, chip, reserve_bytes=0 if stats.get("bytes_limit") else RESERVE_BYTES)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from etils import epath
 from tqdm import tqdm
 
-from recap_jax.data.storage import staged_folder
+from recap_jax.data.storage import check_reachable, is_inside, staged_folder
 
 from recap_jax.data.schema import image_sha256
 from recap_jax.errors import ConfigError
@@ -104,13 +104,20 @@ def released_row(row: Row, sha256: str, scores: dict[str, Any] | None) -> dict[s
 
 def export_parquet(output_dir: str, dest: str, *, scores: list[str] | None = None, dedup: bool = True,
                    rows_per_group: int = 65_536, rows_per_file: int = 1_048_576, shard_index: int = 0,
-                   num_shards: int = 1, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Writes DEST (see the module docstring); returns the summary also written to export_summary.json."""
+                   num_shards: int = 1, overwrite: bool = False, progress: bool = True,
+                   gcs_timeout_s: float = 20.0) -> dict[str, Any]:
+    """Writes DEST (see the module docstring); returns the summary also written to export_summary.json.
+
+    gs:// paths are probed first (`gcs_timeout_s`); a DEST inside OUTPUT_DIR is refused."""
     if rows_per_group < 1 or rows_per_file < rows_per_group:
         raise ConfigError(f"--rows_per_group={rows_per_group} / --rows_per_file={rows_per_file}: "
                           "need 1 <= rows_per_group <= rows_per_file")
     if not 0 <= shard_index < num_shards:
         raise ConfigError(f"--shard_index={shard_index}: must be in [0, --num_shards={num_shards})")
+    check_reachable({"OUTPUT_DIR": output_dir, "DEST": dest}, gcs_timeout_s, writable=("DEST",))
+    if is_inside(dest, output_dir):
+        raise ConfigError(f"DEST: {dest} is inside OUTPUT_DIR {output_dir} (the export would write into the "
+                          "caption output); choose a folder outside it")
     rows = OutputRows(output_dir)
     prefix = "train" if num_shards == 1 else f"train-{shard_index:05d}-of-{num_shards:05d}"
     target = epath.Path(dest)

@@ -104,7 +104,7 @@ class OutputRows:
 
     def __init__(self, folder: str, shard_index: int = 0, num_shards: int = 1, images: bool = False,
                  images_field: str = "OUTPUT_DIR"):
-        self._source = (open_tfds_folder(folder, "train", field="OUTPUT_DIR") if is_local(folder)
+        self._source = (open_tfds_folder(folder, "train", field="OUTPUT_DIR", allow_empty=True) if is_local(folder)
                         else RemoteOutputSource(folder))
         self.has_images = has_images(self._source)
         if images and not self.has_images:

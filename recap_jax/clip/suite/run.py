@@ -1,5 +1,5 @@
-"""Runs every configured dataset of the suite on one model's encoders; a dataset whose paths are
-not set or not there is skipped with a line, never a crash."""
+"""Runs every configured dataset of the suite on one model's encoders; a dataset whose paths the
+user left unset is skipped with a line; a path that is set but not there is a ConfigError."""
 
 from __future__ import annotations
 
@@ -8,39 +8,62 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax
 import ml_collections
 
 from recap_jax.clip import evaluate, model_loading
 from recap_jax.clip.suite import imagenet, report, retrieval_sets, vg_attribute
+from recap_jax.errors import ConfigError
 
-def _missing(cfg: ml_collections.ConfigDict, name: str, fields: tuple[str, ...]) -> str | None:
-    """Why `name` cannot run (a field unset or a path absent), or None."""
-    for field in fields:
-        value = cfg[field]
+DATASETS = ("imagenet", "coco", "flickr", "urban1k", "vg_attribute")
+
+
+# The path fields of each dataset (all of them set: it runs; none: it is skipped).
+PATH_FIELDS = {"imagenet": ("folder",), "coco": ("annotations", "images"), "flickr": ("annotations", "images"),
+               "urban1k": ("folder",), "vg_attribute": ("folder",)}
+
+
+def unset_reason(config: ml_collections.ConfigDict, name: str) -> str | None:
+    """Why dataset `name` is skipped (the user set none of its paths), or None if it runs.
+
+    ConfigError naming the field for a path that is set but not there, or a dataset set in part:
+    a typo must not turn into a silently skipped row.
+    """
+    fields = PATH_FIELDS[name]
+    values = {field: config[name].get(field, "") for field in fields}
+    if not any(values.values()):
+        return f"{'/'.join(f'{name}.{field}' for field in fields)} not set"
+    for field, value in values.items():
         if not value:
-            return f"{name}.{field} is not set"
+            others = ", ".join(f"{name}.{f}" for f, v in values.items() if v)
+            raise ConfigError(f"{name}.{field}: not set, but {others} is; set both or neither")
         if not os.path.exists(value):
-            return f"{name}.{field}={value} does not exist"
+            raise ConfigError(f"{name}.{field}={value}: does not exist")
     return None
 
 
-def _runners(config: ml_collections.ConfigDict, encoders: evaluate.Encoders) -> dict[str, tuple[tuple[str, ...], Callable]]:
+def check_paths(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """{dataset: why skipped} of the datasets left unset; ConfigError for a wrong path (see
+    `unset_reason`). Run before loading the model."""
+    reasons = {name: unset_reason(config, name) for name in DATASETS}
+    return {name: reason for name, reason in reasons.items() if reason}
+
+
+def _runners(config: ml_collections.ConfigDict, encoders: evaluate.Encoders) -> dict[str, Callable]:
     c = config
     return {
-        "imagenet": (("folder",), lambda: imagenet.evaluate_zero_shot(
+        "imagenet": lambda: imagenet.evaluate_zero_shot(
             encoders, c.imagenet.folder, templates=c.imagenet.templates, split=c.imagenet.split,
-            max_images=c.imagenet.max_images)),
-        "coco": (("annotations", "images"), lambda: retrieval_sets.evaluate_sets(
+            max_images=c.imagenet.max_images),
+        "coco": lambda: retrieval_sets.evaluate_sets(
             encoders, *retrieval_sets.read_karpathy(c.coco.annotations, c.coco.images, c.coco.split, "coco"),
-            field="coco")),
-        "flickr": (("annotations", "images"), lambda: retrieval_sets.evaluate_sets(
+            field="coco"),
+        "flickr": lambda: retrieval_sets.evaluate_sets(
             encoders, *retrieval_sets.read_karpathy(c.flickr.annotations, c.flickr.images, c.flickr.split, "flickr"),
-            field="flickr")),
-        "urban1k": (("folder",), lambda: retrieval_sets.evaluate_sets(
-            encoders, *retrieval_sets.read_urban1k(c.urban1k.folder), field="urban1k", count_truncated=True)),
-        "vg_attribute": (("folder",), lambda: vg_attribute.evaluate_attribution(
-            encoders, c.vg_attribute.folder, min_pair_count=c.vg_attribute.min_pair_count)),
+            field="flickr"),
+        "urban1k": lambda: retrieval_sets.evaluate_sets(
+            encoders, *retrieval_sets.read_urban1k(c.urban1k.folder), field="urban1k", count_truncated=True),
+        "vg_attribute": lambda: vg_attribute.evaluate_attribution(
+            encoders, c.vg_attribute.folder, min_pair_count=c.vg_attribute.min_pair_count),
     }
 
 
@@ -63,8 +86,8 @@ def run_suite(config: ml_collections.ConfigDict, encoders: evaluate.Encoders,
               log: Callable[[str], None] = print) -> tuple[dict[str, dict], dict[str, str], list[str]]:
     """(results per dataset, skipped {dataset: reason}, notes for the report)."""
     results, skipped, notes = {}, {}, []
-    for name, (fields, runner) in _runners(config, encoders).items():
-        reason = _missing(config[name], name, fields)
+    for name, runner in _runners(config, encoders).items():
+        reason = unset_reason(config, name)
         if reason:
             skipped[name] = reason
             log(f"skipped {name}: {reason}")
@@ -83,6 +106,7 @@ def run_suite(config: ml_collections.ConfigDict, encoders: evaluate.Encoders,
 def evaluate_model(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The eval_suite command: the model of `config.model` on every configured dataset; writes the
     report under `config.output_dir` (process 0). Returns {"results", "skipped", "notes", "paths"}."""
+    check_paths(config)  # a wrong path is named before the model loads
     encoders = model_loading.build_encoders(config)
     first = jax.process_index() == 0
     results, skipped, notes = run_suite(config, encoders, log=lambda line: print(line, flush=True) if first else None)
