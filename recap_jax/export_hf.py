@@ -27,7 +27,7 @@ def main(argv) -> int:
 
     from recap_jax.captioning.model_loading import read_converted_spec, restore_params
     from recap_jax.conversion.atomic import write_atomically
-    from recap_jax.training.export import export_hf, hf_config
+    from recap_jax.finetuning.export import export_hf, hf_config
 
     if len(argv) != 3:
         raise ConfigError(f"expected CKPT and DEST, got {list(argv[1:])}: python -m recap_jax.export_hf CKPT DEST")

@@ -50,6 +50,7 @@ LAYERS = {
     "recap_jax.clip.evaluate": STEPS_AND_EVALUATION,
     "recap_jax.clip.retrieval_job": STEPS_AND_EVALUATION,
     "recap_jax.clip.suite": STEPS_AND_EVALUATION,
+    "recap_jax.clip.folders": STEPS_AND_EVALUATION,  # convert_clip's reading and writing of whole models
     "recap_jax.finetuning.loss": STEPS_AND_EVALUATION,
     "recap_jax.finetuning.step": STEPS_AND_EVALUATION,
     "recap_jax.captioning.model_loading": STEPS_AND_EVALUATION,

@@ -72,7 +72,7 @@ def test_a_reader_that_needs_examples_names_the_empty_folder(all_failed):
 
 
 def test_empty_finetune_json_names_no_missing_failures_file(tmp_path):
-    from recap_jax.training.records import LlavaJsonReader
+    from recap_jax.finetuning.records import LlavaJsonReader
     (tmp_path / "empty.json").write_text("[]")
     with pytest.raises(ConfigError) as e:
         LlavaJsonReader(str(tmp_path / "empty.json"), "", shuffle=False, seed=0)

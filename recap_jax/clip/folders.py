@@ -77,13 +77,13 @@ def _read_converted(src: str) -> tuple[CLIPConfig, Any, dict | None]:
 def _read_workdir(src: str) -> tuple[CLIPConfig, Any, dict | None]:
     import ml_collections
 
-    from recap_jax.clip import data as data_lib, trainer
+    from recap_jax.clip import data as data_lib, model_loading  # jax + transformers: only a workdir needs them
     from recap_jax.parallel.mesh import make_mesh
 
     with open(os.path.join(src, "config.json")) as f:
         run = ml_collections.ConfigDict(json.load(f))
-    model, _ = trainer.build_model(run.model, data_lib.Tokenizer(run.data.tokenizer))
-    params, _ = trainer.latest_params(src, model, make_mesh({"data": -1, "fsdp": 1, "tensor": 1}))
+    model, _ = model_loading.build_model(run.model, data_lib.Tokenizer(run.data.tokenizer))
+    params, _ = model_loading.latest_params(src, model, make_mesh({"data": -1, "fsdp": 1, "tensor": 1}))
     stored = None
     if run.model.get("hf_dir") and os.path.isfile(os.path.join(run.model.hf_dir, "config.json")):
         with open(os.path.join(run.model.hf_dir, "config.json")) as f:
