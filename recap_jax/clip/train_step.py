@@ -52,17 +52,21 @@ def _settings(cfg: Any) -> optimizer_lib.OptimizerSettings:
         optimizer_lib.OptimizerSettings) if f.name in cfg})
 
 
+def open_clip_schedule(s: optimizer_lib.OptimizerSettings) -> optax.Schedule:
+    """The one schedule (training/optimizer.py) with open_clip's warm-up: step s < warmup trains
+    at lr x (s + 1) / warmup, so the first step already learns."""
+    shared = optimizer_lib.learning_rate_schedule(s)
+    return lambda step: shared(jnp.where(step < s.warmup_steps, step + 1, step))
+
+
 def learning_rate_schedule(cfg: Any) -> optax.Schedule:
-    """The one schedule (training/optimizer.py) for the fields of `cfg`, with open_clip's warm-up:
-    step s < warmup trains at lr x (s + 1) / warmup, so the first step already learns."""
-    shared = optimizer_lib.learning_rate_schedule(_settings(cfg))
-    warmup = int(cfg.warmup_steps)
-    return lambda step: shared(jnp.where(step < warmup, step + 1, step))
+    """CLIP's schedule for the fields of `cfg` (a `config.train`, or a benchmark's subset)."""
+    return open_clip_schedule(_settings(cfg))
 
 
 def make_optimizer(cfg: Any) -> optax.GradientTransformation:
-    """The one AdamW builder (training/optimizer.py) for the fields of `cfg`."""
-    return optimizer_lib.make_optimizer(_settings(cfg))
+    """The one AdamW builder (training/optimizer.py) for the fields of `cfg`, on CLIP's schedule."""
+    return optimizer_lib.make_optimizer(_settings(cfg), learning_rate_schedule(cfg))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -111,8 +111,8 @@ class ClipTrainer(loop.Trainer):
         self.model, self.hf_params = build_model(config.model, self.tokenizer)
         settings = optimizer.settings_from_config(t)
         self.num_steps = settings.num_steps
-        self.tx = optimizer.make_optimizer(settings)
-        self.learning_rate_fn = optimizer.learning_rate_schedule(settings)
+        self.learning_rate_fn = train_step.open_clip_schedule(settings)
+        self.tx = optimizer.make_optimizer(settings, self.learning_rate_fn)
         self.abstract, self.shardings = train_step.abstract_train_state(self.model, self.tx, mesh, config.seed)
         self.step = train_step.make_train_step(
             self.model, self.tx, mesh, loss_kind=t.loss, accum_steps=t.accum_steps,

@@ -86,9 +86,10 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(s: OptimizerSettings) -> optax.GradientTransformation:
-    """AdamW (decoupled decay on `decay_mask`, as HF's Trainer and open_clip) after clipping."""
-    adamw = optax.adamw(learning_rate_schedule(s), b1=s.b1, b2=s.b2, eps=s.eps,
+def make_optimizer(s: OptimizerSettings, schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
+    """AdamW (decoupled decay on `decay_mask`, as HF's Trainer and open_clip) after clipping;
+    `schedule`: a trainer's own variant of `learning_rate_schedule(s)` (CLIP's open_clip warm-up)."""
+    adamw = optax.adamw(schedule or learning_rate_schedule(s), b1=s.b1, b2=s.b2, eps=s.eps,
                         weight_decay=s.weight_decay, mask=decay_mask)
     if s.grad_clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(s.grad_clip_norm), adamw)
