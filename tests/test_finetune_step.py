@@ -87,8 +87,11 @@ def test_accumulation_equals_one_big_batch_and_frozen_stay_frozen():
         results.append((state, metrics))
     (s1, m1), (s2, m2) = results
     assert abs(float(m1["loss"]) - float(m2["loss"])) < 1e-6
+    # Adam divides each gradient by its own magnitude: where a gradient is ~eps, the float32
+    # summation order of the two batchings moves that element's update by a few 1e-6 of lr 1e-3.
+    # The params must agree within 1% of one step's update (mis-weighted micro-batches move them by ~lr).
     for a, b in zip(jax.tree.leaves(s1["trainable"]), jax.tree.leaves(s2["trainable"])):
-        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
     # Optimizer state only for the trainable (projector) params.
     n_state = sum(x.size for x in jax.tree.leaves(s1["opt_state"]))
     n_projector = sum(x.size for x in jax.tree.leaves(trainable))
