@@ -11,46 +11,13 @@ import os
 
 import ml_collections
 
-from recap_jax.parallel.distributed import distributed_config
+from recap_jax.dit.defaults import latents_config
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.input = ml_collections.ConfigDict(dict(
-        # "caption_output" (input.dir) or "released" (img2dataset tars + released Parquet captions)
-        format="caption_output",
-        dir=os.path.join(_REPO, "out", "demo", "captions"),  # a caption job's output
-        split="",  # "" = train
-        records_per_unit=256,  # records per work unit (= per output shard, the unit of resumption)
-        max_pixels=64_000_000,  # larger images are listed as failures (decompression bombs)
-        num_workers=2,  # image-decoding threads
-        # A captions-only caption output (output.store_images=false) is joined with the images of the
-        # caption job's input by key (sha256 checked): "" = the input its run_config.json records.
-        image_paths="",
-        image_format="",  # "webdataset" or "folder"; "" = as recorded
-        # input.format=released: the img2dataset tars (files, folders or globs, comma-separated), where
-        # each caption is (data/captions_map.py: txt, json:FIELD or parquet:COLUMN), and the Parquet files
-        paths="",
-        captions_map="",  # e.g. org_caption=txt,re_caption=json:re_caption
-        captions_parquet="",
-    ))
-    c.autoencoder = ml_collections.ConfigDict(dict(
-        kind="kl-f8",  # "kl-f8" (the latent-diffusion autoencoder of `dir`) or "pixels" (no autoencoder)
-        dir="",  # a diffusers AutoencoderKL folder (config.json + *.safetensors), e.g. sd-vae-ft-ema
-        posterior="sample",  # "sample" (DiT's latent_dist.sample(), noise seeded by seed and key) or "mean"
-        # true: build a tiny random KL-f8 autoencoder at `dir` if nothing is there (the offline demo)
-        build_tiny_if_missing=False,
-    ))
-    c.image_size = 64  # DiT's centre crop side (the paper: 256); latents are image_size / 8 for KL-f8
-    c.batch_size = 8  # images per autoencoder call
-    c.seed = 0  # of the posterior samples
-    c.output = ml_collections.ConfigDict(dict(
-        dir=os.path.join(_REPO, "out", "demo", "latents"),
-        overwrite=False,  # delete what an earlier run wrote in output.dir and start anew
-        lease_stale_s=600.0,  # a lease without heartbeat for this long may be taken over
-        lease_heartbeat_s=60.0,
-    ))
-    c.distributed = distributed_config()
+    c = latents_config()
+    c.input.dir = os.path.join(_REPO, "out", "demo", "captions")
+    c.output.dir = os.path.join(_REPO, "out", "demo", "latents")
     return c

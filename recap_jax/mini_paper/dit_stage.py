@@ -19,6 +19,7 @@ import numpy as np
 from etils import epath
 
 from recap_jax.clip import mini_world as world
+from recap_jax.dit.defaults import latents_config
 from recap_jax.mini_paper import geneval
 from recap_jax.mini_paper import judge as judge_lib
 
@@ -66,14 +67,11 @@ def encode_latents(config: ml_collections.ConfigDict, captions_dir: str, out_dir
     if epath.Path(out_dir, "dataset_info.json").exists():
         _log(f"latents: complete at {out_dir}")
         return out_dir
-    c = ml_collections.ConfigDict(dict(
-        input=dict(dir=captions_dir, split="", records_per_unit=config.world.per_shard,
-                   max_pixels=64_000_000, num_workers=2),
-        autoencoder=dict(kind="pixels", dir="", posterior="mean"), image_size=config.dit.image_size,
-        batch_size=64, seed=config.seed,
-        output=dict(dir=out_dir, overwrite=False, lease_stale_s=600.0, lease_heartbeat_s=60.0)))
-    from recap_jax.parallel.distributed import distributed_config
-    c.distributed = distributed_config()
+    c = latents_config()
+    c.input.format, c.input.dir, c.input.records_per_unit = "caption_output", captions_dir, config.world.per_shard
+    c.autoencoder.kind, c.autoencoder.posterior = "pixels", "mean"
+    c.image_size, c.batch_size, c.seed = config.dit.image_size, 64, config.seed
+    c.output.dir = out_dir
     c.distributed.mode = "off"
     _log(f"latents: {captions_dir} -> {out_dir} (pixels, {config.dit.image_size} px)")
     latents.run(c)
