@@ -75,7 +75,7 @@ def test_workdir_to_open_clip_and_eval_of_converted(tmp_path_factory, tmp_path):
     subprocess.run([sys.executable, "-m", "recap_jax.convert_clip", "--from", "open_clip", src, converted,
                     "--tokenizer", shapes["tokenizer"]], check=True, cwd=REPO, timeout=300)
 
-    from recap_jax.clip.evaluate import evaluate_config
+    from recap_jax.clip.retrieval_job import evaluate_config
     eval_config = configs_loader.load("clip_eval.py")
     eval_config.model.hf_dir = converted  # its tokenizer was copied in
     eval_config.datasets.main.folder, eval_config.datasets.main.split = shapes["heldout"], "train"

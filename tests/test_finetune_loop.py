@@ -96,8 +96,8 @@ def test_no_usable_image_is_exit_2_before_any_step(tiny, tmp_path):
     first = result.stderr.splitlines()[0]
     assert first.startswith("error: data.image_folder: no usable example") and f"all {len(CAPTIONS)} examples" in first
     assert "[finetune] step" not in result.stdout
-    # The evidence the message names and the lease's lock file; no identity, config, checkpoints, export.
-    assert sorted(p.name for p in workdir.iterdir()) == [".lease.lock", "failures-00000.jsonl"]
+    # The evidence the message names; no identity, config, checkpoints, export.
+    assert sorted(p.name for p in workdir.iterdir()) == ["failures-00000.jsonl"]
 
 
 def test_a_second_job_on_the_workdir_is_refused(tiny, tmp_path):
@@ -108,4 +108,4 @@ def test_a_second_job_on_the_workdir_is_refused(tiny, tmp_path):
                                 timeout=900)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.startswith(f"error: workdir: {workdir} is being written by another job")
-    assert sorted(p.name for p in workdir.iterdir()) == [".lease.lock"]
+    assert sorted(p.name for p in workdir.iterdir()) == []

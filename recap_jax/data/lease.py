@@ -11,7 +11,7 @@ Taking a lease never relies on a rename (on gs:// a rename is a copy and a delet
 - gs://: the record is created with the precondition "no live object" (ifGenerationMatch=0), and
   a stale one is first deleted at the generation that was read, so of two jobs taking over the
   same stale lease one deletes and creates it and the other's delete or create fails;
-- local: the same check-and-write under an exclusive `flock` of FOLDER/.lease.lock.
+- local: the same check-and-write under an exclusive `flock` of FOLDER itself.
 The heartbeat's rewrite is conditional the same way (the generation it read on gs://, the lock
 locally): a job that stalled past `stale_s` never overwrites the lease of the job that took over.
 """
@@ -93,12 +93,13 @@ class _Store:
         if self.remote:  # preconditions on each call make it safe without a lock
             yield
             return
-        with open(os.fspath(self.folder / ".lease.lock"), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        # The folder itself is locked: a lock file would be left behind in a folder the job refused.
+        fd = os.open(os.fspath(self.folder), os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def read(self) -> tuple[Record | None, Any]:
         """(record, version) or (None, None)."""

@@ -133,12 +133,12 @@ def run(config: ml_collections.ConfigDict, make_trainer: Callable[[ml_collection
 
 
 def _remove_if_only_lease(workdir: str) -> None:
-    """A failed first start leaves no folder behind (only the lease's lock file was written)."""
+    """A failed first start leaves no folder behind (only the lease was written there)."""
     path = epath.Path(workdir)
     if "://" in workdir or not path.exists():
         return
     names = {p.name for p in path.iterdir()}
-    if names <= {".lease.lock", ".lease.json"}:
+    if names <= {".lease.json"}:
         for name in names:
             (path / name).unlink()
         path.rmdir()
