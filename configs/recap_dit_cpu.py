@@ -1,9 +1,9 @@
 r"""A tiny Recap-DiT on CPU (pixel space or a tiny autoencoder), for tests and the README's run.
 
-    python -m recap_jax.train_dit --config configs/recap_dit_cpu.py --config.workdir=/tmp/dit \
-        --config.data.dir=/tmp/latents --config.text.encoder=/tmp/clip_run
-    python -m recap_jax.sample_dit --config configs/recap_dit_cpu.py --config.workdir=/tmp/dit \
-        --config.sample.prompts=prompts.txt --config.sample.out=/tmp/dit_samples
+    python -m recap_jax.train_dit --config configs/recap_dit_cpu.py --config.workdir=out/demo/dit \
+        --config.data.dir=out/demo/latents --config.text.encoder=/tmp/clip_tiny
+    python -m recap_jax.sample_dit --config configs/recap_dit_cpu.py --config.workdir=out/demo/dit \
+        --config.sample.prompts=assets/dit_demo_prompts.txt --config.sample.out=out/demo/dit_samples
 
 Every field: recap_jax/dit/defaults.py. The recipe is the paper's (AdamW, constant lr, no warm-up,
 no decay, EMA, guidance 10) on a 2-block DiT, with a larger lr and a fast EMA so that 20 steps move.
