@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.loss_chunk = 512
     c.train.warmup_ratio = 0.03  # linear warm-up over this share of the steps, then cosine to 0
     c.train.checkpoint_every = 500
+    c.train.async_checkpointing = False  # a saved step is on disk before the next step starts
     c.train.log_every = 10
 
     c.export = ml_collections.ConfigDict()

@@ -85,8 +85,10 @@ def step_folders(workdir: epath.PathLike) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if re.fullmatch(r"\d+", p.name))
 
 
-def _manager(workdir: epath.PathLike, keep: int = 1_000_000, create: bool = False) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create)
+def _manager(workdir: epath.PathLike, keep: int = 1_000_000, create: bool = False,
+             asynchronous: bool = True) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                           enable_async_checkpointing=asynchronous)
     return ocp.CheckpointManager(epath.Path(workdir) / CHECKPOINTS_DIR, options=options, item_names=ITEMS)
 
 
@@ -175,9 +177,9 @@ def restore_latest(workdir: epath.PathLike, abstract_state: Any, resume_from_ste
 class Saver:
     """Saves steps (state + data position + loop record with checksums) as the run goes."""
 
-    def __init__(self, workdir: epath.PathLike, keep: int):
+    def __init__(self, workdir: epath.PathLike, keep: int, asynchronous: bool = True):
         (epath.Path(workdir) / CHECKPOINTS_DIR).mkdir(parents=True, exist_ok=True)
-        self.manager = _manager(workdir, keep=keep, create=True)
+        self.manager = _manager(workdir, keep=keep, create=True, asynchronous=asynchronous)
         self.last_saved = self.manager.latest_step()
 
     def save(self, step: int, state: Any, position: Any, loop: dict[str, Any]) -> None:

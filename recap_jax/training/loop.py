@@ -196,7 +196,7 @@ class _Run:
             if first is None:
                 raise ConfigError(f"data: no usable example for {self.trainer.name} (nothing to learn)")
         self._record_start()
-        self.saver = checkpoints.Saver(self.workdir, self.t.keep_checkpoints)
+        self.saver = checkpoints.Saver(self.workdir, self.t.keep_checkpoints, self.t.async_checkpointing)
         self.writer = MetricsWriter(self.workdir, start)
         try:
             state, step, stopped = self._steps(state, start, stop_at, first, batches)

@@ -37,6 +37,8 @@ def train_fields(t: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     t.log_every = 50  # steps between progress lines / metrics rows
     t.checkpoint_every = 200  # steps between Orbax checkpoints (the last step and a stop are saved too)
     t.keep_checkpoints = 2  # how many recent checkpoints to keep
+    # Save in the background while training goes on (a SIGKILL during a save loses that step only).
+    t.async_checkpointing = True
     t.eval_every = 0  # steps between evaluations; 0 = only at the end of training
     t.stop_after_steps = 0  # >0: leave (after saving) after this many steps of THIS run (time-sliced jobs)
     # -1: resume from the newest intact checkpoint (a damaged newer one is set aside, saying so);
