@@ -11,8 +11,6 @@ only, so it does not depend on the batch size, device count or a resumed run. Re
 command finishes an interrupted run. Exit status: 0 done, 2 a usage error (one line).
 """
 
-from collections.abc import Sequence
-
 from ml_collections import config_flags
 
 from recap_jax import cli
@@ -22,18 +20,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "fields are overridden with --config.a.b=value.", lock_config=True)
 
 
-def main(argv: Sequence[str]) -> int:
-    config = cli.command_config(argv, _CONFIG.value, "configs/recap_dit_cpu.py")
-    from recap_jax.parallel.distributed import initialize_distributed
-    initialize_distributed(config.distributed)
-    import jax
+def _job():
+    from recap_jax.dit.sample_job import run  # deferred past the flags (cli.job_main)
+    return run
 
-    from recap_jax.dit import sample_job
 
-    summary = sample_job.run(config)
-    if jax.process_index() == 0:
-        print(summary)
-    return 0
+main = cli.job_main(_CONFIG, "configs/recap_dit_cpu.py", _job, str)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 r"""Train a Recap-DiT (text-to-image DiT, the paper's Section 6) on an encode_latents output.
 
     python -m recap_jax.train_dit --config configs/recap_dit_cpu.py \
-        --config.workdir=/tmp/dit --config.data.dir=/tmp/latents --config.text.encoder=/tmp/clip_run
+        --config.workdir=out/demo/dit --config.data.dir=out/demo/latents --config.text.encoder=/tmp/clip_tiny
 
 The text encoder (--config.text.encoder) is frozen: a train_clip workdir or a Hugging Face
 CLIPModel / CLIPTextModel folder. Every field is documented in recap_jax/dit/defaults.py.
@@ -9,8 +9,6 @@ Rerunning the same command resumes from the newest checkpoint at the same data p
 saves and exits 130. Metrics: <workdir>/metrics.jsonl and TensorBoard under <workdir>/tensorboard.
 Exit status: 0 done, 2 a usage error (one line; --debug for the traceback), 130 interrupted.
 """
-
-from collections.abc import Sequence
 
 from ml_collections import config_flags
 
@@ -21,19 +19,16 @@ _CONFIG = config_flags.DEFINE_config_file(
     "fields are overridden with --config.a.b=value.", lock_config=True)
 
 
-def main(argv: Sequence[str]) -> int:
-    config = cli.command_config(argv, _CONFIG.value, "configs/recap_dit_cpu.py")
-    from recap_jax.parallel.distributed import initialize_distributed
-    initialize_distributed(config.distributed)
-    import jax
+def _job():
+    from recap_jax.dit.trainer import train  # deferred past the flags (cli.job_main)
+    return train
 
-    from recap_jax.dit import trainer
 
-    result = trainer.train(config)
-    result.pop("state")
-    if jax.process_index() == 0:
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
-    return 0
+def _summary(result: dict) -> str:
+    return str({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items() if k != "state"})
+
+
+main = cli.job_main(_CONFIG, "configs/recap_dit_cpu.py", _job, _summary)
 
 
 if __name__ == "__main__":

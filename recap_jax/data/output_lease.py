@@ -8,44 +8,24 @@ launch never refuse each other.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
 
 import jax
 import ml_collections
 import numpy as np
-from etils import epath
 
-from recap_jax.data.lease import Lease, LeaseHeldError, new_run_id
+from recap_jax.data import lease as lease_lib
+from recap_jax.data.lease import Lease
 from recap_jax.errors import UserError
 
 T = TypeVar("T")
 
 
-@contextlib.contextmanager
-def hold(config: ml_collections.ConfigDict) -> Iterator[Lease | None]:
+def hold(config: ml_collections.ConfigDict) -> contextlib.AbstractContextManager[Lease | None]:
     """Hold the output lease while the body runs (process 0 holds it; others get None)."""
     out = config.output
-    lease, error = None, None
-    if jax.process_index() == 0:
-        epath.Path(out.dir).mkdir(parents=True, exist_ok=True)
-        lease = Lease(out.dir, new_run_id(), stale_s=out.lease_stale_s, heartbeat_s=out.lease_heartbeat_s)
-        try:
-            lease.acquire()
-        except LeaseHeldError as e:
-            lease, error = None, e
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        got = multihost_utils.broadcast_one_to_all(np.int32(error is None))
-        if not int(got) and error is None:
-            error = LeaseHeldError(f"output.dir: {out.dir} is being written by another job (see host 0's message)")
-    if error is not None:
-        raise error
-    try:
-        yield lease
-    finally:
-        if lease is not None:
-            lease.release()
+    return lease_lib.hold(out.dir, field="output.dir", stale_s=out.lease_stale_s, heartbeat_s=out.lease_heartbeat_s)
 
 
 def process_0_first(fn: Callable[[], T], what: str) -> T:
